@@ -1,0 +1,50 @@
+# The two set-up commands (see README): `make demo` and `make test`.
+# Both create .venv on first use; a CPU build of torch is pinned so that a fresh machine
+# without a GPU does not download the multi-GB CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo gui test install install-test sysdeps bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[all]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[testing]"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+## Main job: simulate, train, pick and evaluate on built-in phantom data (CPU is fine).
+demo: $(VENV)/.installed
+	$(VENV)/bin/cryopicker demo
+
+## Open napari with the sample tomogram and every cryopicker widget docked.
+gui: $(VENV)/.installed
+	$(VENV)/bin/cryopicker gui
+
+## Headless display packages for Qt/napari under Xvfb (Debian; only when run as root).
+sysdeps:
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null && ! command -v xvfb-run >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    xvfb xauth libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
+	    libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libxkbcommon-x11-0 \
+	    libdbus-1-3 libegl1 libfontconfig1 libgl1 >/dev/null; \
+	fi
+
+## Whole test suite (core + napari GUI under a virtual X server).
+test: $(VENV)/.installed-test sysdeps
+	QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,1 @@
+"""Pure-Python core of napari-cryopicker: never imports Qt or napari."""

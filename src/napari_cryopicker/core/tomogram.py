@@ -1,0 +1,179 @@
+"""Tomogram I/O: memory-mapped MRC reading with the header's voxel size, writing,
+and robust intensity normalisation.
+
+Arrays are indexed ``[z, y, x]`` (as mrcfile gives them); ``voxel_size`` is in Angstrom.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+from .errors import TomogramError
+
+TOMOGRAM_SUFFIXES = (".mrc", ".rec", ".map", ".st", ".mrcs", ".ali")
+
+
+@dataclass
+class Tomogram:
+    """A tomogram: a (z, y, x) array (usually a read-only memory map) and its voxel size."""
+
+    data: np.ndarray
+    voxel_size: float  # Angstrom, isotropic (x of the header)
+    path: Path | None = None
+    voxel_size_xyz: tuple[float, float, float] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path is not None else "tomogram"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def scale(self) -> tuple[float, float, float]:
+        """napari scale (vz, vy, vx) in Angstrom."""
+        if self.voxel_size_xyz is not None:
+            x, y, z = self.voxel_size_xyz
+            return (z, y, x)
+        v = self.voxel_size
+        return (v, v, v)
+
+
+def is_tomogram_path(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(TOMOGRAM_SUFFIXES)
+
+
+def read_voxel_size(path: str | os.PathLike) -> float | None:
+    """Voxel size (Angstrom) from an MRC header without reading the data; None if unset."""
+    try:
+        with mrcfile.open(path, header_only=True, permissive=True) as m:
+            vs = float(m.voxel_size.x)
+    except Exception:
+        return None
+    return vs if vs > 0 else None
+
+
+def open_tomogram(path: str | os.PathLike, mmap: bool = True) -> Tomogram:
+    """Open an MRC tomogram as a (z, y, x) memory map with its voxel size.
+
+    Raises :class:`TomogramError` with a message naming the file for anything that is
+    not a readable 3D MRC volume. A zero voxel size warns and assumes 1 Angstrom.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise TomogramError(f"{p}: is a directory, not a tomogram file; give the .mrc file inside it")
+    if not p.exists():
+        raise TomogramError(f"{p}: no such file")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if mmap:
+                m = mrcfile.mmap(p, mode="r", permissive=True)
+            else:
+                m = mrcfile.open(p, mode="r", permissive=True)
+    except Exception as e:  # mrcfile raises ValueError/OSError/EOFError etc.
+        raise TomogramError(f"{p}: not a readable MRC file ({e})") from None
+    data = m.data
+    problems = [str(w.message) for w in caught]
+    if data is None:
+        m.close()
+        detail = f" ({problems[0]})" if problems else ""
+        raise TomogramError(
+            f"{p}: not a valid MRC file or truncated{detail}; re-export it from your "
+            "reconstruction program"
+        )
+    if data.ndim != 3 or min(data.shape) < 1:
+        shape = tuple(data.shape)
+        m.close()
+        kind = "a 2D image" if data.ndim == 2 else f"{data.ndim}D data"
+        raise TomogramError(
+            f"{p}: holds {kind} of shape {shape}; a tomogram must be a 3D volume (z, y, x)"
+        )
+    if data.dtype.kind == "c":
+        m.close()
+        raise TomogramError(f"{p}: complex-valued MRC data is not a tomogram")
+    vs_rec = m.voxel_size
+    vs_xyz = (float(vs_rec.x), float(vs_rec.y), float(vs_rec.z))
+    if not all(np.isfinite(vs_xyz)) or vs_xyz[0] <= 0:
+        warnings.warn(
+            f"{p}: the MRC header has no voxel size (0); assuming 1 Angstrom per voxel. "
+            "Set the real voxel size for correct export coordinates.",
+            stacklevel=2,
+        )
+        vs_xyz = (1.0, 1.0, 1.0)
+    elif vs_xyz[1] <= 0 or vs_xyz[2] <= 0:
+        vs_xyz = (vs_xyz[0],) * 3
+    # keep the mrcfile object alive with the memory map; close it when data is collected
+    tomo = Tomogram(data=data, voxel_size=vs_xyz[0], path=p, voxel_size_xyz=vs_xyz)
+    tomo._mrc = m  # type: ignore[attr-defined]
+    return tomo
+
+
+def write_tomogram(
+    path: str | os.PathLike, data: np.ndarray, voxel_size: float | tuple[float, float, float] = 1.0
+) -> Path:
+    """Write a (z, y, x) volume as MRC with the given voxel size, atomically."""
+    p = Path(path)
+    arr = np.asarray(data)
+    if arr.ndim != 3:
+        raise TomogramError(f"{p}: can only write 3D volumes (z, y, x), got shape {arr.shape}")
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.int8)
+    elif arr.dtype == np.int64:
+        arr = arr.astype(np.int32)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        with mrcfile.new(tmp, overwrite=True) as m:
+            m.set_data(np.ascontiguousarray(arr))
+            m.voxel_size = voxel_size
+        os.replace(tmp, p)
+    except Exception:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def percentile_stats(data: np.ndarray, lo: float = 0.5, hi: float = 99.5, max_samples: int = 2_000_000,
+                     seed: int = 0) -> tuple[float, float]:
+    """Robust (lo, hi) percentiles from a strided sample, without loading the whole volume."""
+    arr = data
+    n = int(np.prod(arr.shape))
+    if n > max_samples:
+        # sample a regular grid of slices (cheap on a memory map)
+        step = max(1, int(round((n / max_samples) ** (1 / 3))))
+        sample = np.asarray(arr[::step, ::step, ::step], dtype=np.float32)
+    else:
+        sample = np.asarray(arr, dtype=np.float32)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return 0.0, 1.0
+    a, b = np.percentile(sample, [lo, hi])
+    if b <= a:
+        b = a + 1.0
+    return float(a), float(b)
+
+
+def robust_normalisation(data: np.ndarray, lo: float = 0.5, hi: float = 99.5) -> tuple[float, float]:
+    """(centre, scale) so that ``(x - centre) / scale`` maps the lo..hi percentiles to about -1..1."""
+    a, b = percentile_stats(data, lo, hi)
+    return (a + b) / 2.0, max((b - a) / 2.0, 1e-6)
+
+
+def normalise(block: np.ndarray, centre: float, scale: float, clip: float = 5.0) -> np.ndarray:
+    out = (np.asarray(block, dtype=np.float32) - np.float32(centre)) / np.float32(scale)
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=clip, neginf=-clip)
+    np.clip(out, -clip, clip, out=out)
+    return out
