@@ -1,0 +1,271 @@
+"""The 3D ResUNet (after DeepETPicker) and the checkpoint format.
+
+Architecture: an encoder-decoder over ``len(f_maps)`` levels; each level is a residual
+block (two 3x3x3 convolutions, batch norm, ELU, identity or 1x1 shortcut). Down-sampling
+is 2x average pooling, up-sampling a 2x transpose convolution added to the encoder's
+skip (additive skips). Optional CoordConv (three coordinate channels) and an image
+pyramid (the average-pooled input concatenated at every encoder level). The head gives
+``n_classes + 1`` logits (0 = background). DeepETPicker's default is
+``f_maps=(24, 48, 72, 108)`` (~2.4 M parameters).
+
+Checkpoints are plain dicts of tensors and primitive values, saved with ``torch.save``
+and loaded with ``torch.load(weights_only=True)``: no pickled code is ever executed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .classes import ClassTable
+from .errors import ModelError
+
+CHECKPOINT_TAG = "napari-cryopicker-checkpoint"
+CHECKPOINT_VERSION = 1
+COORD_SCALE = 32.0  # coordinate channels are (index - centre) / COORD_SCALE voxels
+
+
+@dataclass
+class ModelConfig:
+    n_classes: int = 1
+    f_maps: tuple[int, ...] = (16, 32, 48, 64)
+    in_channels: int = 1
+    coord_conv: bool = True
+    pyramid: bool = True
+    blocks_per_level: int = 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["f_maps"] = list(self.f_maps)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        d = dict(d)
+        d["f_maps"] = tuple(int(x) for x in d["f_maps"])
+        return cls(**d)
+
+    @property
+    def multiple(self) -> int:
+        """Input sizes must be multiples of this."""
+        return 2 ** (len(self.f_maps) - 1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv1 = nn.Conv3d(cin, cout, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm3d(cout)
+        self.conv2 = nn.Conv3d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm3d(cout)
+        self.short = nn.Identity() if cin == cout else nn.Conv3d(cin, cout, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.elu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.elu(y + self.short(x))
+
+
+def coord_channels(shape, device, dtype) -> torch.Tensor:
+    """(1, 3, z, y, x) patch-centred coordinates in units of COORD_SCALE voxels."""
+    axes = [
+        (torch.arange(n, device=device, dtype=dtype) - (n - 1) / 2.0) / COORD_SCALE for n in shape
+    ]
+    zz, yy, xx = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([zz, yy, xx])[None]
+
+
+class ResUNet(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        f = list(config.f_maps)
+        extra = 3 if config.coord_conv else 0
+        self.enc = nn.ModuleList()
+        for i, fi in enumerate(f):
+            if i == 0:
+                cin = config.in_channels + extra
+            else:
+                cin = f[i - 1] + (config.in_channels if config.pyramid else 0)
+            blocks = [ResBlock(cin, fi)] + [ResBlock(fi, fi) for _ in range(config.blocks_per_level - 1)]
+            self.enc.append(nn.Sequential(*blocks))
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for i in range(len(f) - 2, -1, -1):
+            self.up.append(nn.ConvTranspose3d(f[i + 1], f[i], 2, stride=2))
+            self.dec.append(ResBlock(f[i], f[i]))
+        self.head = nn.Conv3d(f[0], config.n_classes + 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        m = cfg.multiple
+        if any(s % m for s in x.shape[2:]):
+            raise ValueError(f"input spatial shape {tuple(x.shape[2:])} must be a multiple of {m}")
+        img = x
+        if cfg.coord_conv:
+            cc = coord_channels(x.shape[2:], x.device, x.dtype).expand(x.shape[0], -1, -1, -1, -1)
+            x = torch.cat([x, cc], dim=1)
+        skips = []
+        for i, block in enumerate(self.enc):
+            if i > 0:
+                x = F.avg_pool3d(x, 2)
+                if cfg.pyramid:
+                    img = F.avg_pool3d(img, 2)
+                    x = torch.cat([x, img], dim=1)
+            x = block(x)
+            skips.append(x)
+        x = skips.pop()
+        for up, dec in zip(self.up, self.dec):
+            x = dec(up(x) + skips.pop())
+        return self.head(x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def macs_per_voxel(config: ModelConfig) -> float:
+    """Multiply-adds per input voxel of one forward pass (convolutions only)."""
+    model = ResUNet(config)
+    total = 0.0
+    m = config.multiple
+    shape = (m * 2,) * 3
+    hooks = []
+    n_in = float(shape[0] * shape[1] * shape[2])
+
+    def hook(mod, inp, out):
+        nonlocal total
+        k = 1
+        for s in mod.kernel_size:
+            k *= s
+        cin = mod.in_channels // mod.groups
+        if isinstance(mod, nn.ConvTranspose3d):
+            # each input voxel scatters k * cout outputs
+            total += inp[0].shape[2:].numel() * k * cin * mod.out_channels
+        else:
+            total += out.shape[2:].numel() * k * cin * mod.out_channels
+
+    for mod in model.modules():
+        if isinstance(mod, (nn.Conv3d, nn.ConvTranspose3d)):
+            hooks.append(mod.register_forward_hook(hook))
+    with torch.no_grad():
+        model.eval()(torch.zeros((1, config.in_channels) + shape))
+    for h in hooks:
+        h.remove()
+    return total / n_in
+
+
+# ---------------------------------------------------------------------------- checkpoints
+@dataclass
+class Checkpoint:
+    """Everything predict needs, in one file."""
+
+    model: dict  # ModelConfig.to_dict()
+    state_dict: dict[str, torch.Tensor]
+    classes: ClassTable
+    voxel_size: float | None = None
+    label_mode: str = "tball"
+    normalisation: dict = field(default_factory=lambda: {"method": "percentile", "lo": 0.5, "hi": 99.5})
+    history: list[dict] = field(default_factory=list)
+    train_config: dict = field(default_factory=dict)
+    best_epoch: int | None = None
+    best_score: float | None = None
+    postprocess: dict = field(default_factory=dict)  # tuned MP-NMS thresholds
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.model)
+
+    def build(self, device: str | torch.device = "cpu") -> ResUNet:
+        net = ResUNet(self.model_config)
+        net.load_state_dict(self.state_dict)
+        return net.to(device)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_TAG,
+            "version": CHECKPOINT_VERSION,
+            "model": self.model,
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()},
+            "classes": self.classes.to_dict(),
+            "voxel_size": self.voxel_size,
+            "label_mode": self.label_mode,
+            "normalisation": dict(self.normalisation),
+            "history": [dict(h) for h in self.history],
+            "train_config": dict(self.train_config),
+            "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
+            "postprocess": dict(self.postprocess),
+        }
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
+    """Write atomically (temp file + rename): a crash never leaves a half-written model."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        torch.save(ckpt.to_payload(), tmp)
+        os.replace(tmp, p)
+    except Exception:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Load a checkpoint safely (``weights_only=True``); reject foreign or tampered files."""
+    p = Path(path)
+    if p.is_dir():
+        raise ModelError(f"{p}: is a directory; give the model file (.pt) saved by cryopicker train")
+    if not p.exists():
+        raise ModelError(f"{p}: no such model file")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"{p}: not a cryopicker model, or it is corrupted or holds code that is not "
+            f"loaded for safety ({first[:200]})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_TAG:
+        raise ModelError(f"{p}: not a napari-cryopicker model file (no '{CHECKPOINT_TAG}' tag)")
+    if int(payload.get("version", 0)) > CHECKPOINT_VERSION:
+        raise ModelError(f"{p}: written by a newer napari-cryopicker; upgrade to load it")
+    try:
+        ckpt = Checkpoint(
+            model=dict(payload["model"]),
+            state_dict=dict(payload["state_dict"]),
+            classes=ClassTable.from_dict(payload["classes"]),
+            voxel_size=payload.get("voxel_size"),
+            label_mode=payload.get("label_mode", "tball"),
+            normalisation=dict(payload.get("normalisation") or {}),
+            history=list(payload.get("history") or []),
+            train_config=dict(payload.get("train_config") or {}),
+            best_epoch=payload.get("best_epoch"),
+            best_score=payload.get("best_score"),
+            postprocess=dict(payload.get("postprocess") or {}),
+        )
+        ckpt.build("cpu")  # validates that weights fit the architecture
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(f"{p}: model file is damaged or inconsistent ({str(e)[:200]})") from None
+    return ckpt
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
+    return torch.device(device)

@@ -1,0 +1,214 @@
+"""MP-NMS: mean-pooling non-maximum suppression (after DeepETPicker), in z-slabs.
+
+For each class ``c`` with radius ``r`` (voxels):
+
+1. ``s = p_c * [label == c] * [p_c >= t_seg]`` — the class's probability where the
+   segmentation says "class c" (``label`` is the arg-max segmentation).
+2. ``n_pool`` passes of a ``k^3`` mean filter (``k`` odd, about ``r``; separable, so the
+   cost does not grow with ``k``) turn each blob into a peaked hill whose top is the
+   blob's centre.
+3. Local maxima: voxels equal to the maximum over a ``(2 * t_nms + 1)^3`` window and
+   ``>= t_lm``. Plateaus (equal neighbouring maxima) are merged deterministically into
+   one pick at the plateau's centroid.
+4. Two picks of a class closer than ``t_dist`` keep only the higher score (a KD-tree,
+   highest score first — not DeepETPicker's O(N^2) loop). Picks of different classes
+   closer than ``cross_class_fraction`` x the smaller radius keep the higher score.
+
+The volume is processed in z-slabs with a halo wider than the filters' support, so the
+result equals the whole-volume computation while memory stays bounded by the slab.
+The score of a pick is the smoothed value at its peak: the mean class probability
+around the centre, in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from .classes import ClassTable
+from .picks import Picks
+from .progress import Progress, ensure
+
+
+@dataclass
+class NMSParams:
+    t_seg: float = 0.5     # minimum class probability for a voxel to count
+    t_lm: float = 0.3      # minimum pick score (mean class probability near the peak)
+    kernel: int = 0        # mean-filter size; 0 = from the radius
+    n_pool: int = 2        # mean-filter passes
+    t_nms: int = 0         # half-width of the local-maximum window; 0 = from the radius
+    t_dist: float = 0.0    # min distance between picks of a class; 0 = radius
+    cross_class_fraction: float = 1.0
+
+    def resolved(self, radius: float) -> NMSParams:
+        r = max(1.0, float(radius))
+        k = self.kernel or max(3, int(round(r)) | 1)
+        t_nms = self.t_nms or max(1, int(round(r * 0.5)))
+        t_dist = self.t_dist or max(1.0, r)
+        return NMSParams(self.t_seg, self.t_lm, k, self.n_pool, t_nms, t_dist, self.cross_class_fraction)
+
+    def halo(self) -> int:
+        return (self.kernel // 2) * self.n_pool + self.t_nms + 1
+
+
+def _smooth(s: np.ndarray, k: int, n: int) -> np.ndarray:
+    for _ in range(n):
+        s = ndimage.uniform_filter(s, size=k, mode="constant", cval=0.0)
+    return s
+
+
+def find_peaks(score: np.ndarray, params: NMSParams) -> tuple[np.ndarray, np.ndarray]:
+    """Peaks of one class's masked probability volume (already resolved params).
+
+    Returns (zyx float array (N, 3), scores (N,)). A peak's score is the mean masked
+    probability in a small cube (edge about half the kernel) around it.
+    """
+    score = score.astype(np.float32, copy=False)
+    s = _smooth(score, params.kernel, params.n_pool)
+    size = 2 * params.t_nms + 1
+    mx = ndimage.maximum_filter(s, size=size, mode="constant", cval=0.0)
+    peaks = (s >= mx) & (s > 1e-6)
+    if not peaks.any():
+        return np.zeros((0, 3)), np.zeros(0)
+    lab, n = ndimage.label(peaks, structure=np.ones((3, 3, 3), dtype=bool))
+    idx = np.arange(1, n + 1)
+    centres = np.asarray(ndimage.center_of_mass(peaks, lab, idx), dtype=float).reshape(-1, 3)
+    k = max(3, (params.kernel // 2) | 1)
+    local = ndimage.uniform_filter(score, size=k, mode="constant", cval=0.0)
+    at = np.clip(np.floor(centres + 0.5).astype(np.int64), 0, np.asarray(score.shape) - 1)
+    vals = local[at[:, 0], at[:, 1], at[:, 2]].astype(float)
+    ok = vals >= params.t_lm
+    return centres[ok], vals[ok]
+
+
+def suppress(zyx: np.ndarray, scores: np.ndarray, min_dist: float) -> np.ndarray:
+    """Indices kept after removing the weaker of any two points closer than min_dist.
+
+    Deterministic: highest score first, ties broken by position (z, then y, then x).
+    """
+    n = len(zyx)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((zyx[:, 2], zyx[:, 1], zyx[:, 0], -scores))
+    tree = cKDTree(zyx)
+    alive = np.ones(n, dtype=bool)
+    keep = []
+    for i in order:
+        if not alive[i]:
+            continue
+        keep.append(i)
+        for j in tree.query_ball_point(zyx[i], r=min_dist - 1e-9):
+            alive[j] = False
+    return np.asarray(sorted(keep), dtype=np.int64)
+
+
+def mp_nms(
+    label: np.ndarray,
+    prob: np.ndarray,
+    classes: ClassTable,
+    params: NMSParams | dict | None = None,
+    tomogram: str = "",
+    voxel_size: float | None = None,
+    slab: int = 64,
+    progress: Progress | None = None,
+) -> Picks:
+    """Turn a segmentation into picks.
+
+    ``label``: (z, y, x) uint8 arg-max class (0 background). ``prob``: (z, y, x) the
+    arg-max class's probability, float or uint8 (0..255 mapped to 0..1). Per-class
+    overrides may be given as ``params={"default": NMSParams(...), "ribosome": {...}}``.
+    """
+    progress = ensure(progress)
+    per_class = _params_per_class(params, classes)
+    scale = 1.0 / 255.0 if prob.dtype == np.uint8 else 1.0
+    Z = label.shape[0]
+    all_zyx, all_scores, all_names = [], [], []
+    steps = max(1, -(-Z // slab)) * len(classes)
+    step = 0
+    for ci, cls in enumerate(classes, start=1):
+        p = per_class[cls.name].resolved(cls.radius)
+        h = p.halo()
+        found_zyx, found_s = [], []
+        for z0 in range(0, Z, slab):
+            progress.check()
+            z1 = min(Z, z0 + slab)
+            a, b = max(0, z0 - h), min(Z, z1 + h)
+            lab = np.asarray(label[a:b])
+            m = lab == ci
+            if m.any():
+                pr = np.asarray(prob[a:b], dtype=np.float32) * np.float32(scale)
+                s = np.where(m & (pr >= p.t_seg), pr, np.float32(0))
+                zyx, sc = find_peaks(s, p)
+                zyx[:, 0] += a
+                rz = np.floor(zyx[:, 0] + 0.5)
+                inside = (rz >= z0) & ((rz < z1) | (z1 == Z))
+                found_zyx.append(zyx[inside])
+                found_s.append(sc[inside])
+            step += 1
+            progress.update(step, steps, f"MP-NMS {cls.name}")
+        if found_zyx:
+            zyx = np.concatenate(found_zyx)
+            sc = np.concatenate(found_s)
+            keep = suppress(zyx, sc, p.t_dist)
+            all_zyx.append(zyx[keep])
+            all_scores.append(sc[keep])
+            all_names += [cls.name] * len(keep)
+    if not all_zyx:
+        return Picks(voxel_size=voxel_size)
+    zyx = np.concatenate(all_zyx)
+    scores = np.concatenate(all_scores)
+    names = np.asarray(all_names, dtype=object)
+    keep = _cross_class(zyx, scores, names, classes, per_class)
+    return Picks.from_zyx(
+        zyx[keep], class_name=list(names[keep]), score=np.clip(scores[keep], 0, 1),
+        source="predicted", tomogram=tomogram, voxel_size=voxel_size,
+    )
+
+
+def _params_per_class(params, classes: ClassTable) -> dict[str, NMSParams]:
+    if params is None:
+        params = NMSParams()
+    if isinstance(params, NMSParams):
+        return {c.name: params for c in classes}
+    base = params.get("default", NMSParams())
+    if isinstance(base, dict):
+        base = NMSParams(**base)
+    out = {}
+    for c in classes:
+        o = params.get(c.name)
+        if o is None:
+            out[c.name] = base
+        elif isinstance(o, NMSParams):
+            out[c.name] = o
+        else:
+            d = dict(base.__dict__)
+            d.update(o)
+            out[c.name] = NMSParams(**d)
+    return out
+
+
+def _cross_class(zyx, scores, names, classes: ClassTable, per_class) -> np.ndarray:
+    n = len(zyx)
+    if n < 2 or len(classes) < 2:
+        return np.arange(n)
+    radii = np.array([classes[nm].radius for nm in names])
+    frac = np.array([per_class[nm].cross_class_fraction for nm in names])
+    reach = float(np.max(radii * frac))
+    if reach <= 0:
+        return np.arange(n)
+    tree = cKDTree(zyx)
+    order = np.lexsort((zyx[:, 2], zyx[:, 1], zyx[:, 0], -scores))
+    alive = np.ones(n, dtype=bool)
+    for i in order:
+        if not alive[i]:
+            continue
+        for j in tree.query_ball_point(zyx[i], r=reach):
+            if j == i or not alive[j] or names[j] == names[i]:
+                continue
+            lim = min(radii[i], radii[j]) * min(frac[i], frac[j])
+            if np.linalg.norm(zyx[i] - zyx[j]) <= lim:
+                alive[j] = False
+    return np.flatnonzero(alive)

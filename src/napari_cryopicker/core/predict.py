@@ -1,0 +1,191 @@
+"""Sliding-window overlap-tile inference over a (memory-mapped) tomogram, then MP-NMS.
+
+Tiles have a fixed shape ``N`` (per axis, shrunk for small volumes) and a margin ``p``;
+their stride is ``N - 2p`` and only each tile's centre ``[p, N - p)`` is kept, so every
+voxel's prediction sees at least ``p`` voxels of context. Volume edges are mirror-padded.
+Tiles are read one at a time from the memory map (no copy of the volume is held), run in
+batches, and stitched into two compact volumes: the arg-max label (uint8) and its
+probability (uint8, 0..255). MP-NMS (:mod:`.nms`) then runs over those in z-slabs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .errors import CryoPickerError
+from .model import Checkpoint, resolve_device
+from .nms import NMSParams, mp_nms
+from .picks import Picks
+from .progress import Progress, ensure
+from .tomogram import Tomogram, normalise, robust_normalisation
+
+
+@dataclass
+class PredictConfig:
+    device: str = "auto"
+    tile: int = 96            # tile edge N (voxels)
+    margin: int = 12          # kept-centre margin p
+    batch_size: int = 2
+    amp: bool = True          # mixed precision on CUDA
+    nms: dict = field(default_factory=dict)  # overrides: {"default": {...}, "<class>": {...}}
+    keep_probability: bool = False
+
+
+@dataclass
+class PredictResult:
+    picks: Picks
+    label: np.ndarray | None = None        # (z, y, x) uint8 arg-max class
+    probability: np.ndarray | None = None  # (C+1, z, y, x) float16 when requested
+
+
+def _tile_shape(shape, tile: int, margin: int, multiple: int) -> tuple[int, ...]:
+    out = []
+    for n in shape:
+        want = min(tile, n + 2 * margin)
+        want = int(math.ceil(want / multiple) * multiple)
+        out.append(max(want, multiple, 2 * margin + multiple))
+    return tuple(out)
+
+
+def tile_starts(n: int, tile: int, margin: int) -> list[int]:
+    """Start indices (of the kept centres) along one axis covering [0, n)."""
+    step = tile - 2 * margin
+    if step <= 0:
+        raise ValueError(f"tile {tile} too small for margin {margin}")
+    starts = list(range(0, max(1, n - step) + 1, step))
+    if starts[-1] + step < n:
+        starts.append(n - step)
+    return sorted(set(max(0, s) for s in starts))
+
+
+def read_block(data: np.ndarray, start, size) -> np.ndarray:
+    """data[start : start + size] with mirror padding where the block leaves the volume."""
+    sl, pads = [], []
+    for s, n, dim in zip(start, size, data.shape):
+        a, b = max(0, s), min(dim, s + n)
+        sl.append(slice(a, b))
+        pads.append((a - s, s + n - b))
+    block = np.asarray(data[tuple(sl)], dtype=np.float32)
+    if any(p != (0, 0) for p in pads):
+        mode = "reflect" if all(p[0] < d and p[1] < d for p, d in zip(pads, block.shape)) else "symmetric"
+        try:
+            block = np.pad(block, pads, mode=mode)
+        except ValueError:
+            block = np.pad(block, pads, mode="edge")
+    return block
+
+
+def normalisation_for(tomo: Tomogram, ckpt: Checkpoint | None = None) -> tuple[float, float]:
+    norm = (ckpt.normalisation if ckpt is not None else {}) or {}
+    return robust_normalisation(tomo.data, norm.get("lo", 0.5), norm.get("hi", 99.5))
+
+
+@torch.inference_mode()
+def segment(
+    tomo: Tomogram,
+    net: torch.nn.Module,
+    n_classes: int,
+    multiple: int,
+    config: PredictConfig,
+    device: torch.device,
+    norm: tuple[float, float],
+    progress: Progress | None = None,
+    region: tuple[slice, slice, slice] | None = None,
+    lowpass: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Overlap-tile segmentation. Returns (label uint8, prob uint8, full prob or None)."""
+    progress = ensure(progress)
+    data = tomo.data
+    if region is not None:
+        origin = [r.start or 0 for r in region]
+        shape = [(r.stop if r.stop is not None else d) - (r.start or 0) for r, d in zip(region, data.shape)]
+    else:
+        origin = [0, 0, 0]
+        shape = list(data.shape)
+    m = config.margin
+    tshape = _tile_shape(shape, config.tile, m, multiple)
+    starts = [tile_starts(n, t, m) for n, t in zip(shape, tshape)]
+    jobs = [(z, y, x) for z in starts[0] for y in starts[1] for x in starts[2]]
+    label = np.zeros(shape, dtype=np.uint8)
+    conf = np.zeros(shape, dtype=np.uint8)
+    full = np.zeros((n_classes + 1, *shape), dtype=np.float16) if config.keep_probability else None
+    centre, scale = norm
+    use_amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
+    net.eval()
+    bs = max(1, int(config.batch_size))
+    done = 0
+    for b0 in range(0, len(jobs), bs):
+        progress.check()
+        batch = jobs[b0 : b0 + bs]
+        blocks = []
+        for st in batch:
+            blk = read_block(data, [o + s - m for o, s in zip(origin, st)], tshape)
+            if lowpass > 0:
+                blk = ndimage.gaussian_filter(blk, lowpass)
+            blocks.append(normalise(blk, centre, scale))
+        x = torch.from_numpy(np.stack(blocks)[:, None]).to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            logits = net(x)
+        p = torch.softmax(logits.float(), dim=1)
+        pmax, lab = p.max(dim=1)
+        lab = lab.to(torch.uint8).cpu().numpy()
+        pq = (pmax * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+        pfull = p.half().cpu().numpy() if full is not None else None
+        for i, st in enumerate(batch):
+            dst, src = [], []
+            for s, n, t in zip(st, shape, tshape):
+                keep = min(t - 2 * m, n - s)
+                dst.append(slice(s, s + keep))
+                src.append(slice(m, m + keep))
+            label[tuple(dst)] = lab[i][tuple(src)]
+            conf[tuple(dst)] = pq[i][tuple(src)]
+            if full is not None:
+                full[(slice(None), *dst)] = pfull[i][(slice(None), *src)]
+        done += len(batch)
+        progress.update(done, len(jobs), "inference")
+    return label, conf, full
+
+
+def predict_picks(
+    tomogram: Tomogram,
+    checkpoint: Checkpoint,
+    config: PredictConfig | None = None,
+    progress: Progress | None = None,
+    return_probability: bool = False,
+) -> PredictResult:
+    """Pick particles in one tomogram with a trained model."""
+    config = config or PredictConfig()
+    if return_probability:
+        config = PredictConfig(**{**config.__dict__, "keep_probability": True})
+    progress = ensure(progress)
+    device = resolve_device(config.device)
+    if checkpoint.voxel_size and tomogram.voxel_size and not math.isclose(
+        checkpoint.voxel_size, tomogram.voxel_size, rel_tol=0.05
+    ):
+        raise CryoPickerError(
+            f"{tomogram.path or tomogram.name}: voxel size {tomogram.voxel_size:.3g} A differs from the "
+            f"model's {checkpoint.voxel_size:.3g} A; bin or rescale the tomogram to the model's voxel "
+            "size, or train a model at this voxel size"
+        )
+    net = checkpoint.build(device)
+    mc = checkpoint.model_config
+    norm = normalisation_for(tomogram, checkpoint)
+    lowpass = float((checkpoint.normalisation or {}).get("lowpass", 0.0) or 0.0)
+    label, conf, full = segment(
+        tomogram, net, mc.n_classes, mc.multiple, config, device, norm, progress, lowpass=lowpass
+    )
+    params = {**checkpoint.postprocess, **config.nms}
+    picks = mp_nms(
+        label, conf, checkpoint.classes, params or None, tomogram=tomogram.name,
+        voxel_size=tomogram.voxel_size, progress=progress,
+    )
+    return PredictResult(picks=picks, label=label, probability=full)
+
+
+__all__ = ["PredictConfig", "PredictResult", "predict_picks", "segment", "NMSParams"]

@@ -1,0 +1,520 @@
+"""Training: sub-tomogram sampling, augmentation, Dice + cross-entropy, validation by
+the recall-weighted F-alpha after MP-NMS, best-checkpoint keeping, cancel and time budget.
+
+The loop never prints: it reports through :class:`~.progress.Progress` and an
+``on_epoch`` callback (the GUI plots the history, the CLI prints it).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.nn import functional as F
+
+from .classes import ClassTable
+from .errors import Cancelled, CryoPickerError
+from .labels import IGNORE, make_labels
+from .model import Checkpoint, ModelConfig, ResUNet, resolve_device
+from .nms import NMSParams, mp_nms
+from .picks import Picks
+from .progress import Progress, ensure
+from .tomogram import Tomogram, normalise, robust_normalisation
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    time_limit: float | None = None        # seconds; stops early (best model kept)
+    device: str = "auto"
+    seed: int = 0
+    patch: int = 48                         # training crop edge (voxels, multiple of 8)
+    batch_size: int = 4
+    steps_per_epoch: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    label_mode: str = "tball"
+    diameter: float | None = None           # one diameter for every class (paper: 7)
+    f_maps: tuple[int, ...] = (16, 32, 48, 64)
+    coord_conv: bool = True
+    pyramid: bool = True
+    positive_fraction: float = 0.75          # crops centred on a labelled particle
+    jitter: float = 0.25                     # centre jitter, fraction of the patch
+    val_fraction: float = 0.15               # share of each tomogram held out (a slab)
+    val_every: int = 1
+    f_alpha: float = 3.0                     # validation score: F-beta with beta = alpha
+    ce_weight: float = 1.0
+    dice_weight: float = 1.0
+    label_smoothing: float = 0.0
+    class_weights: str | Sequence[float] | None = "auto"
+    lowpass: float = 0.0                     # Gaussian sigma (voxels) applied to the input
+    augment: bool = True
+    amp: bool = True                         # mixed precision on CUDA
+    tune_thresholds: bool = True             # pick MP-NMS t_lm per class on validation
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["f_maps"] = list(self.f_maps)
+        if d["class_weights"] is not None and not isinstance(d["class_weights"], str):
+            d["class_weights"] = [float(w) for w in d["class_weights"]]
+        return d
+
+
+@dataclass
+class _Volume:
+    tomo: Tomogram
+    centre: float
+    scale: float
+    zyx: np.ndarray          # all picks (incl. rejected), rounded voxel positions
+    picks: Picks
+    positives: np.ndarray    # indices into zyx of non-rejected picks inside the train region
+    train_hi: list[int]      # exclusive upper bound of crop starts+patch per axis
+    val_region: tuple[slice, slice, slice] | None = None
+    val_truth: Picks | None = None
+    n_pos: int = 0
+
+
+@dataclass
+class TrainState:
+    history: list[dict] = field(default_factory=list)
+    best_state: dict | None = None
+    best_epoch: int | None = None
+    best_key: tuple = (-math.inf, -math.inf)
+    best_score: float | None = None
+    best_nms: dict = field(default_factory=dict)
+
+
+def _crop_shape(shape: Sequence[int], patch: int, multiple: int) -> tuple[int, int, int]:
+    out = []
+    for n in shape:
+        p = min(patch, (n // multiple) * multiple)
+        if p < multiple:
+            raise CryoPickerError(
+                f"tomogram of shape {tuple(shape)} is too small to train on (each side needs "
+                f">= {multiple} voxels)"
+            )
+        out.append(p)
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _val_split(tomo: Tomogram, picks: Picks, classes: ClassTable, fraction: float, crop) -> tuple:
+    """Hold out a slab at the end of the longest in-plane axis with ~fraction of the picks."""
+    shape = tomo.shape
+    if fraction <= 0:
+        return None, None, list(shape)
+    axis = 2 if shape[2] >= shape[1] else 1
+    pos = picks.select(source=["manual", "accepted", "imported", "predicted"])
+    coords = np.sort(pos.zyx[:, axis]) if len(pos) else np.zeros(0)
+    n_val = int(round(len(coords) * fraction))
+    rmax = max(classes.diameters) / 2 if len(classes) else 4
+    if n_val < 2:
+        return None, None, list(shape)
+    cut = int(math.floor(coords[len(coords) - n_val] - rmax))
+    cut = min(cut, shape[axis] - crop[axis])  # the val slab is at least one crop wide
+    if cut < crop[axis]:
+        return None, None, list(shape)
+    region = [slice(0, s) for s in shape]
+    region[axis] = slice(cut, shape[axis])
+    # cap the val region so validation stays cheap on big tomograms
+    other = 1 if axis == 2 else 2
+    if shape[other] > 256:
+        inside = pos.zyx[pos.zyx[:, axis] >= cut + rmax]
+        mid = int(np.median(inside[:, other])) if len(inside) else shape[other] // 2
+        a = int(np.clip(mid - 128, 0, shape[other] - 256))
+        region[other] = slice(a, a + 256)
+    region = tuple(region)
+    lo = np.array([r.start for r in region], float)
+    hi = np.array([r.stop for r in region], float)
+    zyx = pos.zyx
+    m = np.all((zyx >= lo + rmax * 0.5) & (zyx < hi - rmax * 0.5), axis=1)
+    m &= zyx[:, axis] >= cut + rmax  # whole particles only
+    truth = pos._subset(m)
+    if len(truth) < 2:
+        return None, None, list(shape)
+    train_hi = list(shape)
+    train_hi[axis] = cut
+    return region, truth, train_hi
+
+
+def _prepare(tomograms, picks_list, classes, config: TrainConfig, crop) -> list[_Volume]:
+    vols = []
+    for tomo, picks in zip(tomograms, picks_list):
+        picks = picks.copy()
+        inside = picks.inside(tomo.shape)
+        picks = picks._subset(inside)
+        c, s = robust_normalisation(tomo.data)
+        region, truth, train_hi = _val_split(tomo, picks, classes, config.val_fraction, crop)
+        zyx = np.rint(picks.zyx).astype(np.int64) if len(picks) else np.zeros((0, 3), np.int64)
+        rej = (picks.table["source"] == "rejected").to_numpy()
+        in_train = np.all(zyx < np.asarray(train_hi)[None, :], axis=1) if len(zyx) else np.zeros(0, bool)
+        pos_idx = np.flatnonzero(~rej & in_train)
+        neg_idx = np.flatnonzero(rej & in_train)
+        v = _Volume(tomo, c, s, zyx, picks, np.concatenate([pos_idx, neg_idx]), train_hi, region, truth,
+                    n_pos=len(pos_idx))
+        vols.append(v)
+    return vols
+
+
+def _read_crop(v: _Volume, start, crop, lowpass: float) -> np.ndarray:
+    sl = tuple(slice(a, a + n) for a, n in zip(start, crop))
+    if lowpass > 0:
+        pad = int(math.ceil(3 * lowpass))
+        from .predict import read_block
+
+        blk = read_block(v.tomo.data, [a - pad for a in start], [n + 2 * pad for n in crop])
+        blk = ndimage.gaussian_filter(blk, lowpass)[pad:-pad, pad:-pad, pad:-pad]
+    else:
+        blk = np.asarray(v.tomo.data[sl], dtype=np.float32)
+    return normalise(blk, v.centre, v.scale)
+
+
+def _crop_labels(v: _Volume, start, crop, classes, config: TrainConfig) -> np.ndarray:
+    rmax = max(classes.diameters) if config.diameter is None else config.diameter
+    lo = np.asarray(start) - rmax
+    hi = np.asarray(start) + np.asarray(crop) + rmax
+    m = np.all((v.zyx >= lo) & (v.zyx < hi), axis=1) if len(v.zyx) else np.zeros(0, bool)
+    return make_labels(crop, v.picks._subset(m), classes, config.label_mode, config.diameter, origin=start)
+
+
+def _sample(v: _Volume, rng: np.random.Generator, crop, config: TrainConfig) -> list[int]:
+    hi = [h - c for h, c in zip(v.train_hi, crop)]
+    if min(hi) < 0:
+        hi = [max(0, h) for h in hi]
+    if len(v.positives) and rng.random() < config.positive_fraction:
+        i = v.positives[rng.integers(len(v.positives))]
+        j = rng.uniform(-config.jitter, config.jitter, 3) * np.asarray(crop)
+        start = v.zyx[i] + j - np.asarray(crop) / 2
+    else:
+        start = [rng.uniform(0, h + 1) for h in hi]
+    return [int(np.clip(int(s), 0, h)) for s, h in zip(start, hi)]
+
+
+def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator):
+    for ax in range(3):
+        if rng.random() < 0.5:
+            x, y = np.flip(x, ax), np.flip(y, ax)
+    if x.shape[1] == x.shape[2]:
+        k = int(rng.integers(4))
+        if k:
+            x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k, axes=(1, 2))
+    a = rng.uniform(0.85, 1.15)
+    b = rng.uniform(-0.15, 0.15)
+    x = x * a + b
+    if rng.random() < 0.3:
+        x = x + rng.normal(0, rng.uniform(0.02, 0.15), x.shape).astype(np.float32)
+    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, n_classes: int, weights, config: TrainConfig):
+    """Cross-entropy (+ label smoothing, class weights) plus multi-class soft Dice."""
+    valid = target != IGNORE
+    tgt = torch.where(valid, target, torch.zeros_like(target)).long()
+    loss = logits.new_zeros(())
+    if config.ce_weight:
+        ce = F.cross_entropy(
+            logits.float(), tgt, weight=weights, reduction="none", label_smoothing=config.label_smoothing
+        )
+        w = weights[tgt] if weights is not None else torch.ones_like(ce)
+        vm = valid.float()
+        loss = loss + config.ce_weight * (ce * vm).sum() / (w * vm).sum().clamp_min(1.0)
+    if config.dice_weight:
+        p = torch.softmax(logits.float(), dim=1)
+        oh = F.one_hot(tgt, n_classes + 1).permute(0, 4, 1, 2, 3).float()
+        vm = valid[:, None].float()
+        p, oh = p * vm, oh * vm
+        dims = (0, 2, 3, 4)
+        inter = (p * oh).sum(dims)[1:]
+        denom = (p + oh).sum(dims)[1:]
+        dice = (2 * inter + 1.0) / (denom + 1.0)
+        loss = loss + config.dice_weight * (1 - dice.mean())
+    return loss
+
+
+def _auto_weights(vols, classes, config, crop, rng, n_classes) -> np.ndarray:
+    """Inverse-sqrt-frequency class weights from labelled crops, clipped to [1, 10]."""
+    counts = np.zeros(n_classes + 1)
+    for _ in range(12):
+        v = vols[rng.integers(len(vols))]
+        st = _sample(v, rng, crop, config)
+        lab = _crop_labels(v, st, crop, classes, config)
+        counts += np.bincount(lab[lab != IGNORE].ravel(), minlength=n_classes + 1)[: n_classes + 1]
+    freq = counts / max(counts.sum(), 1)
+    w = np.ones(n_classes + 1)
+    for k in range(1, n_classes + 1):
+        if freq[k] > 0:
+            w[k] = np.sqrt(freq[0] / freq[k])
+    return np.clip(w / w[0], 1.0, 10.0)
+
+
+def _copy_state(net) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def _init_from(net: ResUNet, init: Checkpoint, classes: ClassTable) -> None:
+    """Load weights of ``init``; map head channels by class name when the classes differ."""
+    src = init.state_dict
+    own = net.state_dict()
+    for k, v in src.items():
+        if k in own and own[k].shape == v.shape and not k.startswith("head."):
+            own[k] = v.clone()
+    old = ["__background__"] + init.classes.names
+    new = ["__background__"] + classes.names
+    for k in ("head.weight", "head.bias"):
+        if k in src:
+            for j, name in enumerate(new):
+                if name in old:
+                    own[k][j] = src[k][old.index(name)]
+    net.load_state_dict(own)
+
+
+def validate(net, vols, classes, config, device, crop, n_classes, weights, multiple, nms_grid=None):
+    """Loss over the held-out slabs and F-alpha of MP-NMS picks against their truth.
+
+    Returns (val_loss, f_alpha, best per-class t_lm dict).
+    """
+    from .metrics import evaluate, fbeta
+    from .predict import PredictConfig, segment
+
+    losses, labels, confs, truths, regions = [], [], [], [], []
+    net.eval()
+    with torch.inference_mode():
+        for v in vols:
+            if v.val_region is None:
+                continue
+            shape = [r.stop - r.start for r in v.val_region]
+            origin = [r.start for r in v.val_region]
+            cfg = PredictConfig(device=str(device), tile=max(crop) + 16, margin=8, batch_size=config.batch_size)
+            cfg.keep_probability = True
+            lab, conf, full = segment(
+                v.tomo, net, n_classes, multiple, cfg, device, (v.centre, v.scale),
+                region=v.val_region, lowpass=config.lowpass,
+            )
+            target = _crop_labels(v, origin, shape, classes, config)
+            logp = torch.log(torch.from_numpy(full.astype(np.float32)).clamp_min(1e-6))[None]
+            losses.append(float(loss_fn(logp, torch.from_numpy(target.astype(np.int64))[None], n_classes, weights, config)))
+            labels.append(lab)
+            confs.append(conf)
+            truth = v.val_truth.copy()
+            for a, c in zip(("z", "y", "x"), origin):
+                truth.table[a] = truth.table[a] - c
+            truths.append(truth)
+    if not labels:
+        return None, None, {}
+    grid = nms_grid or [NMSParams().t_lm]
+    best_t = {}
+    # per class, the t_lm that maximises that class's F-alpha on the validation slabs
+    per_class_scores = {c.name: {} for c in classes}
+    for t in grid:
+        preds = [
+            mp_nms(lab, conf, classes, NMSParams(t_lm=t), tomogram=f"v{i}")
+            for i, (lab, conf) in enumerate(zip(labels, confs))
+        ]
+        pr = Picks.concat(preds)
+        tr = Picks.concat([t_.with_tomogram(f"v{i}") for i, t_ in enumerate(truths)])
+        rep = evaluate(pr, tr, classes, beta=config.f_alpha)
+        for c in classes:
+            cs = rep.per_class.get(c.name)
+            if cs is not None:
+                per_class_scores[c.name][t] = (cs.tp, cs.fp, cs.fn)
+    tp = fp = fn = 0
+    for c in classes:
+        sc = per_class_scores[c.name]
+        if not sc:
+            continue
+        t_best = max(sc, key=lambda t: (fbeta(*_pr(*sc[t]), config.f_alpha), -abs(t - NMSParams().t_lm)))
+        best_t[c.name] = t_best
+        a, b, d = sc[t_best]
+        tp, fp, fn = tp + a, fp + b, fn + d
+    f = fbeta(*_pr(tp, fp, fn), config.f_alpha)
+    return float(np.mean(losses)), float(f), best_t
+
+
+def _pr(tp, fp, fn):
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return p, r
+
+
+def train_model(
+    tomograms: Sequence[Tomogram],
+    picks: Sequence[Picks],
+    classes: ClassTable,
+    config: TrainConfig | None = None,
+    init: Checkpoint | None = None,
+    progress: Progress | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> Checkpoint:
+    """Train (or fine-tune from ``init``) a ResUNet on picks in one or more tomograms.
+
+    Stops after ``epochs`` or ``time_limit`` seconds, or at the next batch after
+    ``progress.cancel()``; returns the best checkpoint (by validation F-alpha, else by
+    training loss). Raises :class:`Cancelled` only if cancelled before any epoch ended.
+    """
+    config = config or TrainConfig()
+    progress = ensure(progress)
+    t_start = time.monotonic()
+    tomograms, picks = list(tomograms), list(picks)
+    if len(tomograms) != len(picks) or not tomograms:
+        raise CryoPickerError("give one picks table per tomogram (and at least one tomogram)")
+    if len(classes) == 0:
+        raise CryoPickerError("define at least one particle class (name and diameter)")
+    vs = [t.voxel_size for t in tomograms]
+    if max(vs) > min(vs) * 1.05:
+        raise CryoPickerError(
+            f"training tomograms have different voxel sizes {sorted(set(vs))}; bin them to one voxel size"
+        )
+    counts = Picks.concat([p.exclude_source("rejected").rescaled(1.0) for p in picks]).counts()
+    empty = [c for c in classes.names if counts.get(c, 0) == 0]
+    if empty:
+        raise CryoPickerError(
+            f"class(es) {', '.join(empty)} have no picks; pick a few of each class or remove the class"
+        )
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    device = resolve_device(config.device)
+    n_classes = len(classes)
+    if init is not None:
+        mcfg = init.model_config
+        mcfg = ModelConfig(**{**mcfg.__dict__, "n_classes": n_classes})
+    else:
+        mcfg = ModelConfig(n_classes=n_classes, f_maps=tuple(config.f_maps), coord_conv=config.coord_conv,
+                           pyramid=config.pyramid)
+    net = ResUNet(mcfg)
+    if init is not None:
+        _init_from(net, init, classes)
+    net.to(device)
+    crop = _crop_shape(tomograms[0].shape, config.patch, mcfg.multiple)
+    for t in tomograms[1:]:
+        crop = tuple(min(a, b) for a, b in zip(crop, _crop_shape(t.shape, config.patch, mcfg.multiple)))
+    vols = _prepare(tomograms, picks, classes, config, crop)
+    if not any(v.n_pos for v in vols):
+        raise CryoPickerError("no picks lie inside the training part of the tomogram(s)")
+    if isinstance(config.class_weights, str) and config.class_weights == "auto":
+        w = _auto_weights(vols, classes, config, crop, np.random.default_rng(config.seed + 1), n_classes)
+    elif config.class_weights is None:
+        w = np.ones(n_classes + 1)
+    else:
+        w = np.asarray(config.class_weights, float)
+    weights = torch.tensor(w, dtype=torch.float32, device=device)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = max(1, config.epochs * config.steps_per_epoch)
+    use_amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    has_val = any(v.val_region is not None for v in vols)
+    grid = [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5] if config.tune_thresholds else None
+    state = TrainState(history=list(init.history) if init is not None else [])
+    epoch0 = len(state.history)
+    step = 0
+    val_seconds = 0.0
+    cancelled = False
+
+    def frac_done() -> float:
+        f = step / total_steps
+        if config.time_limit:
+            f = max(f, (time.monotonic() - t_start) / config.time_limit)
+        return min(1.0, f)
+
+    def lr_at(f: float) -> float:
+        wu = config.warmup_fraction
+        if f < wu:
+            return config.lr * (0.1 + 0.9 * f / wu)
+        q = (f - wu) / max(1e-9, 1 - wu)
+        return config.lr * (0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * min(1.0, q))))
+
+    for epoch in range(config.epochs):
+        net.train()
+        t_ep = time.monotonic()
+        ep_losses = []
+        try:
+            for _ in range(config.steps_per_epoch):
+                progress.check()
+                xs, ys = [], []
+                for _b in range(config.batch_size):
+                    v = vols[rng.integers(len(vols))]
+                    st = _sample(v, rng, crop, config)
+                    x = _read_crop(v, st, crop, config.lowpass)
+                    y = _crop_labels(v, st, crop, classes, config)
+                    if config.augment:
+                        x, y = _augment(x, y, rng)
+                    xs.append(x)
+                    ys.append(y)
+                xb = torch.from_numpy(np.stack(xs)[:, None]).to(device)
+                yb = torch.from_numpy(np.stack(ys).astype(np.int64)).to(device)
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(frac_done())
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = net(xb)
+                loss = loss_fn(logits, yb, n_classes, weights, config)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                ep_losses.append(float(loss.detach()))
+                step += 1
+                progress.update(int(1000 * frac_done()), 1000, f"epoch {epoch0 + epoch + 1}: loss {ep_losses[-1]:.3f}")
+                if config.time_limit and time.monotonic() - t_start + val_seconds > config.time_limit:
+                    break
+        except Cancelled:
+            cancelled = True
+        if not ep_losses:
+            break
+        record = {
+            "epoch": epoch0 + epoch + 1,
+            "train_loss": float(np.mean(ep_losses)),
+            "val_loss": None,
+            "val_f1": None,
+            "lr": lr_at(frac_done()),
+        }
+        last = (epoch == config.epochs - 1) or cancelled or (
+            config.time_limit is not None and time.monotonic() - t_start + val_seconds > config.time_limit
+        )
+        if has_val and ((epoch + 1) % config.val_every == 0 or last):
+            t_v = time.monotonic()
+            vl, vf, best_t = validate(net, vols, classes, config, device, crop, n_classes, weights, mcfg.multiple, grid)
+            val_seconds = time.monotonic() - t_v
+            record["val_loss"], record["val_f1"] = vl, vf
+            key = (vf, -vl)
+        else:
+            best_t = {}
+            key = (-math.inf, -record["train_loss"]) if not has_val else None
+        record["seconds"] = time.monotonic() - t_ep
+        state.history.append(record)
+        if key is not None and key > state.best_key:
+            state.best_key = key
+            state.best_state = _copy_state(net)
+            state.best_epoch = record["epoch"]
+            state.best_score = record["val_f1"]
+            state.best_nms = best_t
+        if on_epoch is not None:
+            on_epoch(dict(record))
+        if cancelled or (config.time_limit and time.monotonic() - t_start + val_seconds > config.time_limit):
+            break
+    if state.best_state is None:
+        if cancelled and step == 0:
+            raise Cancelled("training was stopped before the first epoch finished; no model was saved")
+        state.best_state = _copy_state(net)
+        state.best_epoch = state.history[-1]["epoch"] if state.history else None
+    post = {}
+    if state.best_nms:
+        post = {name: {"t_lm": float(t)} for name, t in state.best_nms.items()}
+    return Checkpoint(
+        model=mcfg.to_dict(),
+        state_dict=state.best_state,
+        classes=copy.deepcopy(classes),
+        voxel_size=float(np.mean(vs)),
+        label_mode=config.label_mode,
+        normalisation={"method": "percentile", "lo": 0.5, "hi": 99.5, "lowpass": config.lowpass},
+        history=state.history,
+        train_config=config.to_dict(),
+        best_epoch=state.best_epoch,
+        best_score=state.best_score,
+        postprocess=post,
+    )

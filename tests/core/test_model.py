@@ -1,0 +1,73 @@
+import pickle
+
+import pytest
+import torch
+
+from napari_cryopicker.core.classes import ClassTable, ParticleClass
+from napari_cryopicker.core.errors import ModelError
+from napari_cryopicker.core.model import (
+    Checkpoint, ModelConfig, ResUNet, count_parameters, load_checkpoint, macs_per_voxel, save_checkpoint,
+)
+
+
+def test_resunet_shapes_and_size():
+    cfg = ModelConfig(n_classes=3, f_maps=(8, 16, 24))
+    net = ResUNet(cfg).eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 1, 16, 24, 32))
+    assert out.shape == (2, 4, 16, 24, 32)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        net(torch.randn(1, 1, 10, 16, 16))
+    # DeepETPicker-sized widths give a network of the paper's order (millions of weights)
+    big = ModelConfig(n_classes=1, f_maps=(24, 48, 72, 108))
+    assert 1_000_000 < count_parameters(ResUNet(big)) < 3_000_000
+    assert macs_per_voxel(big) > 2 * macs_per_voxel(ModelConfig(n_classes=1, f_maps=(12, 24, 48, 64)))
+
+
+def test_macs_per_voxel_of_a_single_conv_is_exact():
+    cfg = ModelConfig(n_classes=1, f_maps=(4,), coord_conv=False, pyramid=False)
+    # level 0 only: conv 1->4 (27*1*4) + conv 4->4 (27*16) + 1x1 shortcut (4) + head (4*2)
+    assert macs_per_voxel(cfg) == 27 * 4 + 27 * 16 + 4 + 8
+
+
+def _ckpt(cfg):
+    net = ResUNet(cfg)
+    return Checkpoint(model=cfg.to_dict(), state_dict=net.state_dict(),
+                      classes=ClassTable([ParticleClass("ribo", 25), ParticleClass("shell", 13)]),
+                      voxel_size=10.0, history=[{"epoch": 1, "train_loss": 0.5, "val_loss": None, "val_f1": None}])
+
+
+def test_checkpoint_round_trip(tmp_path):
+    cfg = ModelConfig(n_classes=2, f_maps=(8, 16))
+    ck = _ckpt(cfg)
+    p = save_checkpoint(ck, tmp_path / "m.pt")
+    back = load_checkpoint(p)
+    assert back.classes.names == ["ribo", "shell"] and back.voxel_size == 10.0
+    assert back.history[0]["train_loss"] == 0.5
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(ck.build().eval()(x), back.build().eval()(x))
+    assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temp file
+
+
+def test_foreign_and_tampered_checkpoints_are_rejected(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "evil.pt"
+    with open(bad, "wb") as f:
+        pickle.dump({"format": "napari-cryopicker-checkpoint", "x": Evil()}, f)
+    with pytest.raises(ModelError, match="evil.pt"):
+        load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ModelError, match="not a napari-cryopicker model"):
+        load_checkpoint(foreign)
+    trunc = tmp_path / "trunc.pt"
+    data = open(save_checkpoint(_ckpt(ModelConfig(n_classes=2, f_maps=(8, 16))), tmp_path / "ok.pt"), "rb").read()
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="trunc.pt"):
+        load_checkpoint(trunc)
+    with pytest.raises(ModelError, match="directory"):
+        load_checkpoint(tmp_path)

@@ -1,0 +1,91 @@
+import numpy as np
+from scipy import ndimage
+
+from napari_cryopicker.core.classes import ClassTable, ParticleClass
+from napari_cryopicker.core.labels import make_labels
+from napari_cryopicker.core.nms import NMSParams, mp_nms, suppress
+from napari_cryopicker.core.picks import Picks
+
+
+def synthetic_maps(shape, picks, classes, seed=0):
+    """A label map from balls plus a smooth, noisy probability of the winning class."""
+    rng = np.random.default_rng(seed)
+    label = make_labels(shape, picks, classes, "ball")
+    prob = np.where(label > 0, 0.9, 0.0).astype(np.float32)
+    prob = ndimage.gaussian_filter(prob, 1.0) + rng.uniform(0, 0.05, shape).astype(np.float32)
+    return label, np.clip(prob, 0, 1)
+
+
+def test_finds_every_particle_once_at_its_centre():
+    rng = np.random.default_rng(1)
+    classes = ClassTable([ParticleClass("big", 15), ParticleClass("small", 7)])
+    # well-separated centres on a jittered grid
+    g = np.stack(np.meshgrid([12, 34, 56], [12, 34, 56], [12, 34, 56, 78], indexing="ij"), -1).reshape(-1, 3)
+    zyx = g + rng.integers(-2, 3, g.shape)
+    names = ["big" if i % 2 else "small" for i in range(len(zyx))]
+    truth = Picks.from_zyx(zyx, class_name=names)
+    label, prob = synthetic_maps((70, 70, 90), truth, classes)
+    got = mp_nms(label, prob, classes, slab=16)
+    assert len(got) == len(truth)
+    for name in ("big", "small"):
+        a = got.select(class_name=name).zyx
+        b = truth.select(class_name=name).zyx
+        d = np.linalg.norm(a[:, None] - b[None], axis=-1).min(1)
+        assert d.max() <= 1.0
+    assert (got.table["score"] > 0.5).all() and (got.table["source"] == "predicted").all()
+
+
+def test_slab_processing_equals_whole_volume():
+    rng = np.random.default_rng(2)
+    classes = ClassTable([ParticleClass("a", 11)])
+    zyx = rng.uniform(5, 59, (25, 3))
+    truth = Picks.from_zyx(zyx, class_name="a")
+    label, prob = synthetic_maps((64, 64, 64), truth, classes, seed=3)
+    whole = mp_nms(label, prob, classes, slab=64)
+    slabbed = mp_nms(label, prob, classes, slab=9)
+    assert whole.equals(slabbed)
+
+
+def test_uint8_probabilities_and_thresholds():
+    classes = ClassTable([ParticleClass("a", 9)])
+    truth = Picks.from_zyx([[16, 16, 16], [16, 16, 40]], class_name="a")
+    label, prob = synthetic_maps((32, 32, 56), truth, classes)
+    prob[:, :, 28:] *= 0.3  # the second particle is weak
+    q = (prob * 255 + 0.5).astype(np.uint8)
+    assert len(mp_nms(label, q, classes, NMSParams(t_seg=0.1, t_lm=0.1))) == 2
+    strict = mp_nms(label, q, classes, {"a": {"t_seg": 0.5}})
+    assert len(strict) == 1 and abs(strict.zyx[0, 2] - 16) <= 1
+
+
+def test_plateau_gives_one_deterministic_pick():
+    classes = ClassTable([ParticleClass("a", 5)])
+    label = np.zeros((20, 20, 20), np.uint8)
+    prob = np.zeros((20, 20, 20), np.float32)
+    label[5:15, 5:15, 5:15] = 1  # a big flat cube: a plateau after mean pooling
+    prob[5:15, 5:15, 5:15] = 1.0
+    got = mp_nms(label, prob, classes, NMSParams(t_dist=20))
+    assert len(got) == 1
+    assert np.allclose(got.zyx[0], [9.5, 9.5, 9.5])
+    assert got.equals(mp_nms(label, prob, classes, NMSParams(t_dist=20)))
+
+
+def test_suppress_keeps_stronger_and_is_order_independent():
+    zyx = np.array([[0, 0, 0], [0, 0, 3], [0, 0, 10], [0, 0, 12.5]], float)
+    s = np.array([0.5, 0.9, 0.7, 0.7])
+    keep = suppress(zyx, s, 4.0)
+    assert keep.tolist() == [1, 2]  # tie at 0.7 broken by position
+    perm = np.array([3, 2, 1, 0])
+    keep2 = suppress(zyx[perm], s[perm], 4.0)
+    assert sorted(perm[keep2].tolist()) == [1, 2]
+
+
+def test_cross_class_duplicates_removed():
+    classes = ClassTable([ParticleClass("a", 12), ParticleClass("b", 12)])
+    label = np.zeros((24, 24, 24), np.uint8)
+    prob = np.zeros((24, 24, 24), np.float32)
+    label[8:16, 8:16, 6:12] = 1
+    prob[8:16, 8:16, 6:12] = 0.9
+    label[8:16, 8:16, 12:18] = 2
+    prob[8:16, 8:16, 12:18] = 0.6
+    got = mp_nms(label, prob, classes)
+    assert got.class_names == ["a"] and len(got) == 1
