@@ -23,15 +23,17 @@
   the bounding sphere*. Particles never overlap: centres are at least
   ``r_i + r_j + margin`` apart (placement by rejection sampling on a spatial hash).
 * **Distractors** (``distractors=True``, not in the truth): a few gold beads (solid
-  spheres, ``bead_diameter`` voxels, density 6, i.e. much denser than protein) near the
+  spheres, ``bead_diameter`` voxels, density 3, i.e. much denser than protein) near the
   slab surfaces, and membranes: one vesicle (a spherical bilayer, two leaflets of density
   0.6) inside the slab and one large, gently curved bilayer sheet crossing the volume.
   Particles keep clear of beads and membranes by ``margin`` voxels.
-* **CTF.** The density is band-pass filtered with a phase-flipped CTF, ``|CTF(k)| E(k)``
+* **CTF.** The protein and membrane density is band-pass filtered with a phase-flipped CTF, ``|CTF(k)| E(k)``
   (300 kV, Cs 2.7 mm, 7 % amplitude contrast, ``defocus_um`` underfocus, B-factor
   envelope ``E = exp(-B k^2 / 4)``); it needs ``voxel_size`` (Angstrom) for the physical
   frequencies. Low frequencies are damped to the amplitude-contrast level, so particles
-  show as dark cores with light fringes, as in a real (not denoised) tomogram.
+  show as dark cores with light fringes, as in a real (not denoised) tomogram. Gold, a
+  strong amplitude-contrast object, gets only the envelope (a low-pass), so beads are
+  solid black blobs.
 * **Missing wedge.** Tilt series collected from ``-tilt_range`` to ``+tilt_range`` degrees
   about the Y axis: Fourier components with ``|kz| > tan(tilt_range) |kx|`` (a double
   wedge around kz in the kz-kx plane, all ky) are zeroed, for signal *and* noise, so the
@@ -79,6 +81,7 @@ __all__ = [
     "SimulatedTomogram",
     "apply_missing_wedge",
     "ctf_filter",
+    "envelope_filter",
     "default_classes",
     "missing_wedge_mask",
     "render_particle",
@@ -92,7 +95,7 @@ REFERENCE_SHAPE = (96, 256, 256)
 DEFAULT_DENSITY = 6.0
 
 PROTEIN_DENSITY = 1.0
-GOLD_DENSITY = 6.0
+GOLD_DENSITY = 3.0
 MEMBRANE_DENSITY = 0.6
 LEAFLET_OFFSET = 1.5  # voxels from the bilayer mid-surface to each leaflet
 LEAFLET_WIDTH = 0.7  # Gaussian sigma (voxels) of one leaflet
@@ -353,6 +356,14 @@ def ctf_filter(
     ctf = np.abs(np.float32(math.sqrt(1 - amplitude_contrast**2)) * np.sin(chi) + a * np.cos(chi))
     ctf *= np.exp(np.float32(-bfactor / 4.0) * k2)
     return ctf.astype(np.float32, copy=False)
+
+
+def envelope_filter(shape: Sequence[int], voxel_size: float, bfactor: float = 1500.0) -> np.ndarray:
+    """The B-factor envelope ``exp(-B k^2 / 4)`` alone on the ``rfftn`` grid (a low-pass)."""
+    kz, ky, kx = _rfft_freqs(shape)
+    vs = np.float32(voxel_size)
+    k2 = (kz * kz + ky * ky + kx * kx) / (vs * vs)
+    return np.exp(np.float32(-bfactor / 4.0) * k2).astype(np.float32, copy=False)
 
 
 def _rfft_weights(shape: Sequence[int]) -> np.ndarray:
@@ -628,12 +639,16 @@ def simulate_tomogram(
         if i % 64 == 63:
             prog.check()
 
-    other = np.zeros(shape, dtype=np.float32) if distractors else None
-    if other is not None:
+    membrane_vol = None
+    if membranes:
+        membrane_vol = np.zeros(shape, dtype=np.float32)
         for c, rad in membranes:
-            _render_bilayer_sphere(other, c, rad, (z0, z1))
+            _render_bilayer_sphere(membrane_vol, c, rad, (z0, z1))
+    gold_vol = None
+    if beads:
+        gold_vol = np.zeros(shape, dtype=np.float32)
         for p in beads:
-            _render_sphere(other, p, bead_diameter / 2.0, GOLD_DENSITY)
+            _render_sphere(gold_vol, p, bead_diameter / 2.0, GOLD_DENSITY)
 
     prog.update(2, total_steps, "CTF and missing wedge")
     prog.check()
@@ -651,10 +666,19 @@ def simulate_tomogram(
     prog.update(3, total_steps, "noise")
     prog.check()
     rest = None
-    if other is not None:
-        rest = sfft.rfftn(other, workers=workers)
+    if membrane_vol is not None:
+        rest = sfft.rfftn(membrane_vol, workers=workers)
         rest *= filt
-        del other
+        del membrane_vol
+    if gold_vol is not None:
+        # gold is a strong amplitude-contrast object: wedge and envelope, no phase CTF
+        fg = sfft.rfftn(gold_vol, workers=workers)
+        del gold_vol
+        fg *= wedge
+        if ctf:
+            fg *= envelope_filter(shape, voxel_size, bfactor)
+        rest = fg if rest is None else rest + fg
+        del fg
     if snr is not None and math.isfinite(snr):
         noise = rng.standard_normal(shape, dtype=np.float32)
         fn = sfft.rfftn(noise, workers=workers)
