@@ -1,0 +1,143 @@
+"""copick picks JSON, read and write.
+
+One file per (run, object): ``pickable_object_name``, ``user_id``, ``session_id``,
+``run_name`` (-> tomogram), ``voxel_spacing``, ``unit: "angstrom"``, ``points[]`` with
+``location {x, y, z}`` in Angstrom from voxel 0 (``x_A = i_x * vs``), ``transformation_``
+(4x4, rotation = RELION ZYZ inverted, identity without angles), ``instance_id``, ``score``.
+
+Writing to ``name.json``: one class and one tomogram -> that file; several classes ->
+``name_<class>.json`` beside it (several tomograms need a folder). Writing to a folder
+(any path without ``.json``): ``<folder>/<run>/Picks/<user>_<session>_<class>.json`` as in
+a copick project (``<folder>/<user>_<session>_<class>.json`` when the tomogram has no
+name). Reading a folder reads every copick picks JSON below it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..picks import Picks
+from ._angles import matrices_to_relion, relion_to_matrices
+from ._common import (
+    ReadOptions, WriteOptions, fail, make_picks, picks_for_writing, picks_voxel_size, read_text,
+    require_voxel_size, write_text,
+)
+
+KEYS = ("pickable_object_name", "points")
+
+
+def load(path: Path) -> dict:
+    text = read_text(path)
+    if not text.strip():
+        raise fail(path, "is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise fail(path, f"is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or any(k not in data for k in KEYS):
+        raise fail(path, "has no pickable_object_name/points; is this a copick picks file?")
+    return data
+
+
+def is_copick(path: Path) -> bool:
+    try:
+        load(path)
+    except Exception:
+        return False
+    return True
+
+
+def files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.json") if is_copick(p))
+
+
+def _read_one(path: Path, opts: ReadOptions) -> tuple:
+    data = load(path)
+    pts = data["points"] or []
+    if not isinstance(pts, list):
+        raise fail(path, "'points' is not a list")
+    unit = str(data.get("unit") or "angstrom").lower()
+    if unit not in ("angstrom", "a"):
+        raise fail(path, f"unit {unit!r} is not supported (copick picks are in angstrom)")
+    vs = opts.voxel_size if opts.voxel_size is not None else data.get("voxel_spacing")
+    try:
+        loc = np.array([[float(p["location"][a]) for a in "zyx"] for p in pts], dtype=float).reshape(-1, 3)
+        mats = np.array([np.asarray(p.get("transformation_", np.eye(4)), float)[:3, :3] for p in pts]).reshape(-1, 3, 3)
+        score = [float(p.get("score", 1.0) if p.get("score") is not None else 1.0) for p in pts]
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise fail(path, f"has a malformed point ({type(exc).__name__}: {exc})") from None
+    if len(pts):
+        vs = require_voxel_size(path, vs, "copick")
+    angles = matrices_to_relion(mats) if np.any(np.abs(mats - np.eye(3)) > 1e-9) else None
+    run = str(data.get("run_name") or "")
+    return loc / (vs or 1.0), str(data["pickable_object_name"]), score, run, angles, vs
+
+
+def read(path: Path, opts: ReadOptions) -> Picks:
+    paths = files_in(path) if path.is_dir() else [path]
+    if not paths:
+        raise fail(path, "is a folder without copick picks JSON files")
+    parts = [_read_one(p, opts) for p in paths]
+    vss = {round(float(p[5]), 6) for p in parts if p[5] is not None and len(p[0])}
+    if len(vss) > 1 and opts.voxel_size is None:
+        raise fail(path, f"holds picks at several voxel spacings {sorted(vss)}; pass voxel_size=")
+    zyx = np.concatenate([p[0] for p in parts])
+    any_angles = any(p[4] is not None for p in parts)
+    angles = np.concatenate([p[4] if p[4] is not None else np.zeros((len(p[0]), 3)) for p in parts]) if any_angles else None
+    return make_picks(
+        path, zyx, opts,
+        class_name=[p[1] for p in parts for _ in range(len(p[0]))],
+        score=np.concatenate([p[2] for p in parts]) if len(zyx) else None,
+        tomogram=[p[3] for p in parts for _ in range(len(p[0]))], angles=angles,
+        voxel_size=next(iter(vss)) if vss else None,
+    )
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "particle"
+
+
+def document(picks_t, vs: float, cls: str, run: str, opts: WriteOptions, has_angles: bool) -> dict:
+    if has_angles:
+        mats = relion_to_matrices(picks_t[["rot", "tilt", "psi"]].fillna(0).to_numpy(float))
+    else:
+        mats = np.tile(np.eye(3), (len(picks_t), 1, 1))
+    points = []
+    for k, (x, y, z, s) in enumerate(picks_t[["x", "y", "z", "score"]].to_numpy(float)):
+        m = np.eye(4)
+        m[:3, :3] = mats[k]
+        points.append({"location": {"x": x * vs, "y": y * vs, "z": z * vs}, "transformation_": m.tolist(),
+                       "instance_id": 0, "score": s})
+    return {"pickable_object_name": cls, "user_id": opts.user_id, "session_id": str(opts.session_id),
+            "run_name": run or None, "voxel_spacing": vs, "unit": "angstrom", "points": points,
+            "trust_orientation": bool(has_angles)}
+
+
+def write(picks: Picks, path: Path, opts: WriteOptions) -> list[Path]:
+    vs = picks_voxel_size(path, picks, opts, "copick")
+    t = picks_for_writing(picks, opts)
+    tomos = list(dict.fromkeys(t["tomogram"])) or [opts.tomogram or ""]
+    classes = list(dict.fromkeys(t["class_name"])) or ["particle"]
+    folder = path.suffix.lower() != ".json"
+    if not folder and len(tomos) > 1:
+        raise fail(path, f"a copick file holds one run but the picks are in {len(tomos)} tomograms; "
+                         "write to a folder instead")
+    out = []
+    for run in tomos:
+        for cls in classes:
+            sel = t[(t["tomogram"] == run) & (t["class_name"] == cls)] if len(t) else t
+            if len(t) and not len(sel):
+                continue
+            name = f"{_safe(opts.user_id)}_{_safe(str(opts.session_id))}_{_safe(cls)}.json"
+            if folder:
+                target = (path / run / "Picks" / name) if run else path / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+            else:
+                target = path if len(classes) == 1 else path.with_name(f"{path.stem}_{_safe(cls)}.json")
+            doc = document(sel, vs, cls, run, opts, picks.has_angles)
+            out.append(write_text(target, json.dumps(doc, indent=1) + "\n"))
+    return out
