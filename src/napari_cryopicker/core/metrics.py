@@ -192,10 +192,8 @@ def _assign_sparse(
     cols = np.concatenate([cols, np.arange(n_t)])
     w = np.concatenate([w, np.full(n_t, big)])
     g = csr_matrix((w, (rows, cols)), shape=(n_p + n_t, n_t + n_p))
-    col_of_row = min_weight_full_bipartite_matching(g)
-    r = np.arange(n_p)
-    c = col_of_row[:n_p]
-    ok = c < n_t
+    r, c = min_weight_full_bipartite_matching(g)
+    ok = (r < n_p) & (c < n_t)
     return r[ok], c[ok]
 
 
