@@ -80,11 +80,12 @@ def detect_format(path: str | os.PathLike) -> str:
     if fmt == "csv":
         return _detect_text(p)
     if fmt == "relion4":
-        found = _star.flavour(_star.read_blocks(p))
+        blocks = _star.read_blocks(p)
+        found = _star.flavour(blocks)
         if found == "tomograms":
             raise fail(p, "is a RELION 5 tomograms.star (no particles); open the particles.star next to it")
         if found is None:
-            _star.particles(p, _star.read_blocks(p))  # raises the 'no rlnCoordinateX' error
+            raise _star.no_coordinates(p, blocks)
         return found
     return fmt
 

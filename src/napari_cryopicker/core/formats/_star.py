@@ -54,8 +54,12 @@ def particles(path: Path, blocks: dict[str, pd.DataFrame]) -> pd.DataFrame:
     for block in blocks.values():
         if XYZ[0] in block or CENTERED[0] in block:
             return block
+    raise no_coordinates(path, blocks)
+
+
+def no_coordinates(path: Path, blocks: dict[str, pd.DataFrame]):
     cols = sorted({c for b in blocks.values() for c in b.columns})[:12]
-    raise fail(path, f"has no rlnCoordinateX column (columns: {cols}); is this a RELION particles file?")
+    return fail(path, f"has no rlnCoordinateX column (columns: {cols}); is this a RELION particles file?")
 
 
 def flavour(blocks: dict[str, pd.DataFrame]) -> str | None:
