@@ -44,7 +44,7 @@
   signal and both variances are taken over the sample slab (the noise variance is that of
   the wedge-filtered noise, which is stationary). Gold and membranes are not counted as
   signal, so ``snr`` sets the visibility of the particles alone. ``snr=None`` or ``inf``
-  gives a noise-free volume.
+  gives a noise-free volume. (Without particles the noise gets unit variance.)
 * **Contrast.** *Particles are dark*: the filtered density is negated, as in a normally
   processed cryo-ET tomogram (dense protein and gold dark on a lighter background). The
   output is standardised to mean 0 and standard deviation 1 over the whole volume.
