@@ -75,7 +75,8 @@ def detect_format(path: str | os.PathLike) -> str:
     if p.is_dir():
         if copick_json.files_in(p):
             return "copick"
-        raise fail(p, "is a directory, not a picks file (and holds no copick picks JSON); give the file inside it")
+        raise fail(p, "is a directory, not a picks file (and holds no copick picks JSON); "
+                      "give the file inside it")
     fmt = format_from_extension(p)
     if fmt == "csv":
         return _detect_text(p)
@@ -99,7 +100,7 @@ def _detect_text(p: Path) -> str:
         return "napari"
     if p.suffix.lower() == ".txt" and shrec.looks_like_shrec(first):
         return "shrec"
-    if not has_header(fields) or any(f in ("x", "y", "z") or f.startswith(("x [", "x(", "x (")) for f in fields):
+    if not has_header(fields) or any(canonical_csv.axis_column(f) for f in fields):
         return "csv"
     raise fail(p, f"header {fields[:8]} names no x, y, z columns; expected a picks CSV like x,y,z,class")
 

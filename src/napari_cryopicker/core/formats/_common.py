@@ -157,7 +157,6 @@ def make_picks(path: Path, zyx: np.ndarray, opts: ReadOptions, *, class_name=Non
                tomogram=None, angles=None, voxel_size=None, raw_tomogram=None, source=None) -> Picks:
     """Build the canonical Picks (source 'imported'), then apply the tomogram option."""
     zyx = np.asarray(zyx, dtype=float).reshape(-1, 3)
-    n = len(zyx)
     if not np.isfinite(zyx).all():
         bad = int(np.flatnonzero(~np.isfinite(zyx).all(axis=1))[0])
         raise fail(path, f"row {bad + 1} has a missing or non-numeric coordinate")
@@ -170,10 +169,9 @@ def make_picks(path: Path, zyx: np.ndarray, opts: ReadOptions, *, class_name=Non
         ang = np.asarray(angles, dtype=float).reshape(-1, 3)
         for i, c in enumerate(ANGLES):
             df[c] = ang[:, i]
-    df = apply_tomogram(path, df, opts.tomogram, None if raw_tomogram is None else pd.Series(list(raw_tomogram)))
-    vs = opts.voxel_size if opts.voxel_size is not None else voxel_size
-    assert len(df) <= n
-    return Picks(df, vs)
+    raw = None if raw_tomogram is None else pd.Series(list(raw_tomogram))
+    df = apply_tomogram(path, df, opts.tomogram, raw)
+    return Picks(df, opts.voxel_size if opts.voxel_size is not None else voxel_size)
 
 
 def picks_voxel_size(path: Path, picks: Picks, opts: WriteOptions, fmt: str) -> float:

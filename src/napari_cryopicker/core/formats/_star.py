@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from ._common import atomic_path, fail, read_text
+from ._common import atomic_path, class_names_from_numbers, fail, read_text
 
 CLASS_BLOCK = "cryopicker_classes"
 CLASS_NAME = "cryopickerClassName"
@@ -92,7 +92,8 @@ def floats(path: Path, df: pd.DataFrame, cols: list[str]) -> np.ndarray:
         raise fail(path, f"columns {cols} are not numeric ({exc})") from None
     bad = ~np.isfinite(arr).all(axis=1)
     if bad.any():
-        raise fail(path, f"row {int(np.flatnonzero(bad)[0]) + 1} has a missing or non-numeric value in {cols}")
+        row = int(np.flatnonzero(bad)[0]) + 1
+        raise fail(path, f"row {row} has a missing or non-numeric value in {cols}")
     return arr
 
 
@@ -110,7 +111,8 @@ def per_row_optics(df: pd.DataFrame, blocks: dict[str, pd.DataFrame], names: lis
         optics = blocks.get("optics")
         if optics is not None and name in optics:
             if "rlnOpticsGroup" in optics and "rlnOpticsGroup" in df and len(optics) > 1:
-                lut = dict(zip(optics["rlnOpticsGroup"].tolist(), pd.to_numeric(optics[name], errors="coerce")))
+                values = pd.to_numeric(optics[name], errors="coerce")
+                lut = dict(zip(optics["rlnOpticsGroup"].tolist(), values))
                 return np.array([lut.get(g, np.nan) for g in df["rlnOpticsGroup"]], dtype=float)
             return np.full(len(df), float(pd.to_numeric(optics[name], errors="coerce").iloc[0]))
     return None
@@ -121,6 +123,11 @@ def class_map(blocks: dict[str, pd.DataFrame]) -> dict[int, str]:
     if b is None or CLASS_NAME not in b or "rlnClassNumber" not in b:
         return {}
     return {int(k): str(v) for k, v in zip(b["rlnClassNumber"], b[CLASS_NAME])}
+
+
+def classes(df: pd.DataFrame, blocks: dict[str, pd.DataFrame], class_name: str | None) -> list[str]:
+    """Class names of the particles: rlnClassNumber through the class block if present."""
+    return class_names_from_numbers(df.get("rlnClassNumber"), len(df), class_map(blocks), class_name)
 
 
 def class_block(mapping: dict[int, str]) -> pd.DataFrame:

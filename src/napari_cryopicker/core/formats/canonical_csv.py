@@ -19,22 +19,30 @@ import numpy as np
 import pandas as pd
 
 from ..picks import ANGLES, Picks
-from ._common import ReadOptions, WriteOptions, fail, make_picks, picks_for_writing, require_voxel_size, write_text
+from ._common import (
+    ReadOptions, WriteOptions, fail, make_picks, picks_for_writing, require_voxel_size, write_text,
+)
 from ._table import data_lines, frame, has_header, numeric, sniff_delimiter, split
 
 ANGSTROM = re.compile(r"^([xyz])\s*[\[(]\s*(a|å|angstrom|angst)\s*[\])]$")
+
+
+def axis_column(name: str) -> tuple[str, bool] | None:
+    """('x'|'y'|'z', in Angstrom?) for a coordinate column name, else None."""
+    if name in ("x", "y", "z"):
+        return name, False
+    m = ANGSTROM.match(name)
+    return (m.group(1), True) if m else None
 
 
 def _columns(cols: list[str]) -> tuple[dict[str, str], bool]:
     """Map axis -> column name, and whether the columns are in Angstrom."""
     found, angstrom = {}, False
     for c in cols:
-        if c in ("x", "y", "z"):
-            found[c] = c
-        m = ANGSTROM.match(c)
-        if m:
-            found[m.group(1)] = c
-            angstrom = True
+        hit = axis_column(c)
+        if hit:
+            found[hit[0]] = c
+            angstrom |= hit[1]
     return found, angstrom
 
 

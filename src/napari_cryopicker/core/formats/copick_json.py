@@ -19,8 +19,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from ..picks import Picks
+from ..picks import ANGLES, Picks
 from ._angles import matrices_to_relion, relion_to_matrices
 from ._common import (
     ReadOptions, WriteOptions, fail, make_picks, picks_for_writing, picks_voxel_size, read_text,
@@ -55,7 +56,8 @@ def files_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.json") if is_copick(p))
 
 
-def _read_one(path: Path, opts: ReadOptions) -> tuple:
+def _read_one(path: Path, opts: ReadOptions) -> tuple[pd.DataFrame, float | None]:
+    """One copick file as a table (z, y, x in voxels, class, score, tomogram, angles)."""
     data = load(path)
     pts = data["points"] or []
     if not isinstance(pts, list):
@@ -63,18 +65,22 @@ def _read_one(path: Path, opts: ReadOptions) -> tuple:
     unit = str(data.get("unit") or "angstrom").lower()
     if unit not in ("angstrom", "a"):
         raise fail(path, f"unit {unit!r} is not supported (copick picks are in angstrom)")
-    vs = opts.voxel_size if opts.voxel_size is not None else data.get("voxel_spacing")
     try:
         loc = np.array([[float(p["location"][a]) for a in "zyx"] for p in pts], dtype=float).reshape(-1, 3)
-        mats = np.array([np.asarray(p.get("transformation_", np.eye(4)), float)[:3, :3] for p in pts]).reshape(-1, 3, 3)
-        score = [float(p.get("score", 1.0) if p.get("score") is not None else 1.0) for p in pts]
+        mats = np.array([np.asarray(p.get("transformation_", np.eye(4)), float)[:3, :3] for p in pts])
+        score = [1.0 if p.get("score") is None else float(p["score"]) for p in pts]
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise fail(path, f"has a malformed point ({type(exc).__name__}: {exc})") from None
+    vs = opts.voxel_size if opts.voxel_size is not None else data.get("voxel_spacing")
     if len(pts):
         vs = require_voxel_size(path, vs, "copick")
-    angles = matrices_to_relion(mats) if np.any(np.abs(mats - np.eye(3)) > 1e-9) else None
-    run = str(data.get("run_name") or "")
-    return loc / (vs or 1.0), str(data["pickable_object_name"]), score, run, angles, vs
+    table = pd.DataFrame(loc / (vs or 1.0), columns=["z", "y", "x"])
+    table["class_name"] = str(data["pickable_object_name"])
+    table["score"] = score
+    table["tomogram"] = str(data.get("run_name") or "")
+    if len(pts) and np.any(np.abs(mats.reshape(-1, 3, 3) - np.eye(3)) > 1e-9):
+        table[ANGLES] = matrices_to_relion(mats)
+    return table, (float(vs) if vs is not None else None)
 
 
 def read(path: Path, opts: ReadOptions) -> Picks:
@@ -82,18 +88,15 @@ def read(path: Path, opts: ReadOptions) -> Picks:
     if not paths:
         raise fail(path, "is a folder without copick picks JSON files")
     parts = [_read_one(p, opts) for p in paths]
-    vss = {round(float(p[5]), 6) for p in parts if p[5] is not None and len(p[0])}
-    if len(vss) > 1 and opts.voxel_size is None:
-        raise fail(path, f"holds picks at several voxel spacings {sorted(vss)}; pass voxel_size=")
-    zyx = np.concatenate([p[0] for p in parts])
-    any_angles = any(p[4] is not None for p in parts)
-    angles = np.concatenate([p[4] if p[4] is not None else np.zeros((len(p[0]), 3)) for p in parts]) if any_angles else None
+    sizes = {round(vs, 6) for t, vs in parts if vs is not None and len(t)}
+    if len(sizes) > 1:
+        raise fail(path, f"holds picks at several voxel spacings {sorted(sizes)}; pass voxel_size=")
+    t = pd.concat([t for t, _ in parts], ignore_index=True)
+    angles = t[ANGLES].fillna(0.0).to_numpy() if all(a in t for a in ANGLES) else None
     return make_picks(
-        path, zyx, opts,
-        class_name=[p[1] for p in parts for _ in range(len(p[0]))],
-        score=np.concatenate([p[2] for p in parts]) if len(zyx) else None,
-        tomogram=[p[3] for p in parts for _ in range(len(p[0]))], angles=angles,
-        voxel_size=next(iter(vss)) if vss else None,
+        path, t[["z", "y", "x"]].to_numpy(float), opts, class_name=t["class_name"].tolist(),
+        score=t["score"].to_numpy(float), tomogram=t["tomogram"].tolist(), angles=angles,
+        voxel_size=sizes.pop() if sizes else None,
     )
 
 
@@ -103,7 +106,7 @@ def _safe(name: str) -> str:
 
 def document(picks_t, vs: float, cls: str, run: str, opts: WriteOptions, has_angles: bool) -> dict:
     if has_angles:
-        mats = relion_to_matrices(picks_t[["rot", "tilt", "psi"]].fillna(0).to_numpy(float))
+        mats = relion_to_matrices(picks_t[ANGLES].fillna(0).to_numpy(float))
     else:
         mats = np.tile(np.eye(3), (len(picks_t), 1, 1))
     points = []

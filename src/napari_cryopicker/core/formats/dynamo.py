@@ -113,7 +113,7 @@ def write(picks: Picks, path: Path, opts: WriteOptions) -> list[Path]:
         "dx": 0.0, "dy": 0.0, "dz": 0.0,
         "tdrot": ang[:, 0], "tilt": ang[:, 1], "narot": ang[:, 2], "cc": t["score"].to_numpy(float),
         "tomo": [tomo_index[n] for n in t["tomogram"]], "class": classes,
-        "x": t["x"].to_numpy(float) * b + 1, "y": t["y"].to_numpy(float) * b + 1, "z": t["z"].to_numpy(float) * b + 1,
+        **{a: t[a].to_numpy(float) * b + 1 for a in "xyz"},
         "apix": (vs / b) if vs else 0.0,
     })
     with atomic_path(path) as tmp:
@@ -122,5 +122,6 @@ def write(picks: Picks, path: Path, opts: WriteOptions) -> list[Path]:
     if any(tomos):
         doc = "".join(f"{i} {n or 'tomogram'}.mrc\n" for n, i in tomo_index.items())
         out.append(write_text(doc_path(path), doc))
-    out.append(write_text(classes_path(path), json.dumps({str(k): v for k, v in mapping.items()}, indent=1) + "\n"))
+    names = json.dumps({str(k): v for k, v in mapping.items()}, indent=1)
+    out.append(write_text(classes_path(path), names + "\n"))
     return out

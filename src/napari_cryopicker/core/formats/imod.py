@@ -34,7 +34,8 @@ def read(path: Path, opts: ReadOptions) -> Picks:
     xyz, names = [], []
     n_obj = len(model.objects)
     for k, obj in enumerate(model.objects):
-        name = obj.header.name.strip() or opts.class_name or (DEFAULT_CLASS if n_obj == 1 else f"object{k + 1}")
+        fallback = DEFAULT_CLASS if n_obj == 1 else f"object{k + 1}"
+        name = obj.header.name.strip() or opts.class_name or fallback
         for contour in obj.contours:
             pts = np.asarray(contour.points, dtype=float).reshape(-1, 3)
             xyz.append(pts)
@@ -42,5 +43,7 @@ def read(path: Path, opts: ReadOptions) -> Picks:
     xyz = np.concatenate(xyz) if xyz else np.zeros((0, 3))
     xyz = (xyz - [0.5, 0.5, 0.0]) / float(opts.binning)
     h = model.header
-    vs = h.pixelsize * UNITS_TO_A[h.units] * float(opts.binning) if h.units in UNITS_TO_A and h.pixelsize > 0 else None
+    vs = None
+    if h.units in UNITS_TO_A and h.pixelsize > 0:
+        vs = h.pixelsize * UNITS_TO_A[h.units] * float(opts.binning)
     return make_picks(path, xyz[:, ::-1], opts, class_name=names, voxel_size=vs)

@@ -26,7 +26,8 @@ def read(path: Path, opts: ReadOptions) -> Picks:
     df = frame(path, data_lines(path), header=True)
     missing = [c for c in REQUIRED if c not in df]
     if missing:
-        raise fail(path, f"has no {', '.join(missing)} column(s); a Kaggle submission needs {','.join(REQUIRED)}")
+        raise fail(path, f"has no {', '.join(missing)} column(s); "
+                         f"a Kaggle submission needs {','.join(REQUIRED)}")
     vs = require_voxel_size(path, opts.voxel_size, "Kaggle submission")
     zyx = np.stack([numeric(path, df, a) for a in "zyx"], axis=1) / vs
     return make_picks(path, zyx, opts, class_name=df["particle_type"].str.strip().tolist(),

@@ -27,10 +27,13 @@ def read(path: Path, opts: ReadOptions) -> Picks:
     df = frame(path, data_lines(path), header=True)
     axes = sorted(c for c in df.columns if c.startswith("axis-"))
     if axes != AXES:
-        raise fail(path, f"napari points with axes {axes}; the picker needs 3D points (axis-0, axis-1, axis-2)")
+        raise fail(path, f"napari points with axes {axes}; "
+                         "the picker needs 3D points (axis-0, axis-1, axis-2)")
     zyx = np.stack([numeric(path, df, a) for a in AXES], axis=1) / float(opts.binning)
     cls = next((c for c in ("class_name", "class", "label") if c in df), None)
-    angles = np.stack([numeric(path, df, a, "angle") for a in ANGLES], axis=1) if all(a in df for a in ANGLES) else None
+    angles = None
+    if all(a in df for a in ANGLES):
+        angles = np.stack([numeric(path, df, a, "angle") for a in ANGLES], axis=1)
     return make_picks(
         path, zyx, opts,
         class_name=None if cls is None else df[cls].tolist(),
@@ -44,7 +47,9 @@ def read(path: Path, opts: ReadOptions) -> Picks:
 def write(picks: Picks, path: Path, opts: WriteOptions) -> list[Path]:
     t = picks_for_writing(picks, opts)
     b = float(opts.binning)
-    out = pd.DataFrame({"index": np.arange(len(t)), "axis-0": t["z"] * b, "axis-1": t["y"] * b, "axis-2": t["x"] * b})
+    out = pd.DataFrame({"index": np.arange(len(t))})
+    for axis, c in zip(AXES, "zyx"):
+        out[axis] = t[c].to_numpy(float) * b
     for c in ["class_name", "score", "source", "tomogram"] + (ANGLES if picks.has_angles else []):
         out[c] = t[c].to_numpy()
     return [write_text(path, out.to_csv(index=False, lineterminator="\n"))]

@@ -24,7 +24,7 @@ import pandas as pd
 from ..picks import Picks
 from . import _star as S
 from ._common import (
-    ReadOptions, WriteOptions, angles_or_zero, class_names_from_numbers, class_numbers, fail,
+    ReadOptions, WriteOptions, angles_or_zero, class_numbers, fail,
     make_picks, picks_for_writing, picks_voxel_size, tomo_name,
 )
 
@@ -54,12 +54,12 @@ def read(path: Path, opts: ReadOptions, blocks: dict | None = None) -> Picks:
             xyz = xyz - origin / px[:, None]
     pixel = S.unique_pixel(path, px, "pixel size")
     binning = S.auto_binning(opts.binning, opts.voxel_size, pixel)
-    tomo_col = "rlnTomoName" if "rlnTomoName" in df else "rlnMicrographName" if "rlnMicrographName" in df else None
+    tomo_col = next((c for c in ("rlnTomoName", "rlnMicrographName") if c in df), None)
     raw = df[tomo_col].astype(str).tolist() if tomo_col else None
     angles = S.floats(path, df, S.ANGLES) if all(c in df for c in S.ANGLES) else None
     return make_picks(
         path, xyz[:, ::-1] / binning, opts,
-        class_name=class_names_from_numbers(df.get("rlnClassNumber"), len(df), S.class_map(blocks), opts.class_name),
+        class_name=S.classes(df, blocks, opts.class_name),
         score=S.scores(df), tomogram=None if raw is None else [tomo_name(r) for r in raw], raw_tomogram=raw,
         angles=angles, voxel_size=None if pixel is None else pixel * binning,
     )

@@ -22,7 +22,7 @@ import pandas as pd
 from ..picks import Picks
 from . import _star as S
 from ._common import (
-    ReadOptions, WriteOptions, class_names_from_numbers, class_numbers, fail, make_picks,
+    ReadOptions, WriteOptions, class_numbers, fail, make_picks,
     picks_for_writing, picks_voxel_size, tomo_name,
 )
 from .relion3 import optics_block, particle_columns
@@ -48,7 +48,7 @@ def read(path: Path, opts: ReadOptions, blocks: dict | None = None) -> Picks:
     angles = S.floats(path, df, S.ANGLES) if all(c in df for c in S.ANGLES) else None
     return make_picks(
         path, xyz[:, ::-1] / binning, opts,
-        class_name=class_names_from_numbers(df.get("rlnClassNumber"), len(df), S.class_map(blocks), opts.class_name),
+        class_name=S.classes(df, blocks, opts.class_name),
         score=S.scores(df), tomogram=[tomo_name(r) for r in raw], raw_tomogram=raw, angles=angles,
         voxel_size=None if pixel is None else pixel * binning,
     )

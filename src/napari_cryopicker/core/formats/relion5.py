@@ -22,7 +22,7 @@ import pandas as pd
 from ..picks import Picks
 from . import _star as S
 from ._common import (
-    ReadOptions, WriteOptions, class_names_from_numbers, class_numbers, fail, make_picks,
+    ReadOptions, WriteOptions, class_numbers, fail, make_picks,
     picks_for_writing, picks_voxel_size, tomo_name,
 )
 from .relion3 import optics_block, particle_columns
@@ -77,13 +77,14 @@ def read(path: Path, opts: ReadOptions, blocks: dict | None = None) -> Picks:
     if opts.voxel_size is not None:
         vs = float(opts.voxel_size)
     elif len(set(native.tolist())) > 1:
-        raise fail(path, f"tomograms have different voxel sizes {sorted(set(native.tolist()))}; pass voxel_size=")
+        sizes = sorted(set(native.tolist()))
+        raise fail(path, f"tomograms have different voxel sizes {sizes}; pass voxel_size=")
     else:
         vs = float(native[0]) if len(native) else None
     xyz = (a + sizes * px[:, None] / 2) / (vs or 1.0)
     return make_picks(
         path, xyz[:, ::-1], opts,
-        class_name=class_names_from_numbers(df.get("rlnClassNumber"), len(df), S.class_map(blocks), opts.class_name),
+        class_name=S.classes(df, blocks, opts.class_name),
         score=S.scores(df), tomogram=[tomo_name(n) for n in names], raw_tomogram=names,
         angles=S.floats(path, df, S.ANGLES) if all(c in df for c in S.ANGLES) else None, voxel_size=vs,
     )

@@ -27,7 +27,8 @@ def read(path: Path, opts: ReadOptions) -> Picks:
     for n, line in enumerate(data_lines(path), 1):
         parts = line.split()
         if not looks_like_shrec(line):
-            raise fail(path, f"line {n} {line[:60]!r} is not 'PDBID x y z ...'; is this a SHREC particle_locations.txt?")
+            raise fail(path, f"line {n} {line[:60]!r} is not 'PDBID x y z ...'; "
+                             "is this a SHREC particle_locations.txt?")
         names.append(parts[0])
         xyz.append([float(p) for p in parts[1:4]])
     zyx = np.asarray(xyz, dtype=float)[:, ::-1] / float(opts.binning)
