@@ -1,0 +1,130 @@
+"""npe2 reader / writer / sample data round trips through a real viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from napari.layers import Image, Points
+
+from napari_cryopicker._napari.reader import get_reader
+from napari_cryopicker.core.picks import Picks
+
+from gui_helpers import PLUGIN, SHAPE, VOXEL
+
+
+def test_manifest_is_valid():
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    mf = pm.get_manifest(PLUGIN)
+    assert {w.display_name for w in mf.contributions.widgets} >= {"CryoPicker (all panels)", "4 Training"}
+    assert len(mf.contributions.writers) == 7
+
+
+def test_open_mrc_sets_scale_units_and_contrast(viewer, tomo_path):
+    layers = viewer.open(str(tomo_path), plugin=PLUGIN)
+    assert len(layers) == 1
+    layer = layers[0]
+    assert isinstance(layer, Image)
+    assert layer.name == "TS_01"
+    assert tuple(layer.scale) == pytest.approx((VOXEL,) * 3)
+    assert tuple(str(u) for u in layer.units) == ("angstrom",) * 3
+    assert layer.data.shape == SHAPE
+    assert isinstance(layer.data, np.memmap)  # not loaded into memory
+    lo, hi = layer.contrast_limits
+    assert -4 < lo < -1 and 1 < hi < 4  # robust percentiles, not min/max
+
+
+def test_reader_declines_what_it_cannot_read(tmp_path):
+    bad = tmp_path / "broken.mrc"
+    bad.write_bytes(b"not an mrc file at all")
+    assert get_reader(str(bad)) is None
+    other = tmp_path / "notes.json"
+    other.write_text('{"hello": 1}')
+    assert get_reader(str(other)) is None
+    assert get_reader(str(tmp_path / "image.png")) is None
+    assert get_reader(str(tmp_path)) is None
+    assert get_reader([str(bad), str(other)]) is None
+
+
+def test_open_picks_file_gives_points_per_class(viewer, tmp_path):
+    from napari_cryopicker.core.formats import write_picks
+
+    picks = Picks.from_zyx([[1, 2, 3], [4, 5, 6], [7, 8, 9]], class_name=["a", "b", "a"],
+                           tomogram="TS_01", voxel_size=10.0)
+    path = write_picks(picks, tmp_path / "picks.star", "relion4")[0]
+    layers = viewer.open(str(path), plugin=PLUGIN)
+    assert [type(lyr) for lyr in layers] == [Points, Points]
+    by_name = {lyr.name: lyr for lyr in layers}
+    a = by_name["picks: a"]
+    np.testing.assert_allclose(a.data, [[1, 2, 3], [7, 8, 9]])
+    assert tuple(a.scale) == pytest.approx((10.0,) * 3)
+    assert list(a.features["class"]) == ["a", "a"]
+    assert by_name["picks: b"].border_color[0] is not None
+    assert a.projection_mode == "rescale_spherical"
+
+
+@pytest.mark.parametrize("fmt,ext", [("relion4", ".star"), ("relion5", ".star"), ("relion3", ".star"),
+                                     ("dynamo", ".tbl"), ("copick", ".json"), ("csv", ".csv"),
+                                     ("napari", ".csv")])
+def test_writer_round_trip_every_format(viewer, tmp_path, fmt, ext):
+    from napari_cryopicker._napari.convert import points_layer_kwargs
+    from napari_cryopicker.core.formats import read_picks
+
+    picks = Picks.from_zyx([[3, 10, 20], [5, 30, 40], [8, 50, 12]], class_name="ribosome",
+                           tomogram="TS_01", voxel_size=VOXEL, score=[1.0, 0.9, 0.2],
+                           source=["manual", "predicted", "predicted"])
+    kw = points_layer_kwargs(picks, kind="predicted", class_name="ribosome", colour="#ff0000",
+                             diameter=8, scale=(VOXEL,) * 3, tomogram="TS_01", shape=SHAPE)
+    layer = viewer.add_points(picks.zyx, **kw)
+    layer.shown = [True, True, False]  # hidden points are not written
+    from npe2 import write
+
+    out = tmp_path / f"out_{fmt}{ext}"
+    writer_name = {"relion5": "RELION 5 particles", "relion4": "RELION 4 particles",
+                   "relion3": "RELION 3 / Warp", "dynamo": "Dynamo table", "copick": "copick picks",
+                   "csv": "CryoPicker CSV", "napari": "napari Points CSV"}[fmt]
+    from npe2 import PluginManager
+
+    w = next(w for w in PluginManager.instance().get_manifest(PLUGIN).contributions.writers
+             if w.display_name == writer_name)
+    written = w.exec(args=(str(out), [layer.as_layer_data_tuple()]))
+    assert written and all(isinstance(p, str) for p in written)
+    back = read_picks(out if fmt != "copick" else written[0], fmt, voxel_size=VOXEL)
+    assert len(back) == 2
+    np.testing.assert_allclose(np.sort(back.zyx, axis=0), np.sort(picks.zyx[:2], axis=0), atol=1e-3)
+
+
+def test_save_layers_through_napari_picks_relion_by_extension(viewer, tmp_path):
+    import starfile
+
+    from napari_cryopicker._napari.convert import points_layer_kwargs
+
+    layers = []
+    for name, zyx in [("ribosome", [[3, 10, 20], [5, 30, 40]]), ("proteasome", [[8, 50, 12]])]:
+        p = Picks.from_zyx(zyx, class_name=name, tomogram="TS_01", voxel_size=VOXEL)
+        kw = points_layer_kwargs(p, kind="picks", class_name=name, colour="#00ff00", diameter=6,
+                                 scale=(VOXEL,) * 3, tomogram="TS_01", shape=SHAPE)
+        layers.append(viewer.add_points(p.zyx, **kw))
+    out = tmp_path / "both.star"
+    written = viewer.layers.save(str(out), selected=False, plugin=PLUGIN)
+    assert written
+    star = starfile.read(written[0])
+    df = star["particles"] if isinstance(star, dict) else star
+    assert len(df) == 3
+    assert set(df["rlnTomoName"]) == {"TS_01"}
+    assert isinstance(df, pd.DataFrame)
+
+
+def test_sample_data_opens_tomogram_and_picks(viewer):
+    layers = viewer.open_sample(PLUGIN, "tomogram")
+    images = [lyr for lyr in layers if isinstance(lyr, Image)]
+    points = [lyr for lyr in layers if isinstance(lyr, Points)]
+    assert len(images) == 1 and images[0].ndim == 3
+    assert len(points) >= 2
+    for p in points:
+        assert p.name.startswith("picks: ")
+        assert 1 <= len(p.data) <= 6
+        assert tuple(p.scale) == tuple(images[0].scale)
+        assert set(p.features["source"]) == {"manual"}
