@@ -1,0 +1,314 @@
+"""Plain logic behind the Tomogram, Weak labels, Model and Export panels.
+
+Widgets call these; tests can too. Long computations go through :mod:`.workers`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..core.errors import CryoPickerError, PicksFormatError
+from ..core.picks import Picks
+from . import filters
+from .convert import META
+from .workers import runs_for
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .session import PickingSession
+
+WRITE_FORMATS_FALLBACK = ["csv", "relion3", "relion4", "relion5", "dynamo", "copick", "napari"]
+FORMAT_LABELS = {
+    "relion5": "RELION 5 (.star)",
+    "relion4": "RELION 4 (.star)",
+    "relion3": "RELION 3 / Warp (.star)",
+    "dynamo": "Dynamo table (.tbl)",
+    "copick": "copick (.json)",
+    "csv": "CSV (.csv)",
+    "napari": "napari Points CSV (.csv)",
+}
+EXTENSIONS = {"relion5": ".star", "relion4": ".star", "relion3": ".star", "dynamo": ".tbl",
+              "copick": ".json", "csv": ".csv", "napari": ".csv"}
+
+
+def write_formats() -> list[str]:
+    try:
+        from ..core.formats import WRITE_FORMATS
+
+        return list(WRITE_FORMATS)
+    except Exception:  # the formats package is not there yet
+        return list(WRITE_FORMATS_FALLBACK)
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("_") or "picks"
+
+
+# ----------------------------------------------------------------------------- tomogram
+class TomogramPanel:
+    """Choose the session tomogram; compute display filters as new layers."""
+
+    def __init__(self, session: PickingSession):
+        self.session = session
+        self.job = runs_for(session)["filter"]
+
+    def choices(self) -> list[str]:
+        return [lyr.name for lyr in self.session.image_layers()]
+
+    def choose(self, name: str | None) -> None:
+        if not name:
+            self.session.set_tomogram(None)
+            return
+        self.session.set_tomogram(self.session.viewer.layers[name])
+
+    def filter(self, kind: str, **params) -> None:
+        """Compute ``kind`` over the session tomogram in a thread; shown as a new layer."""
+        s = self.session
+        if s.image_layer is None:
+            raise CryoPickerError("choose a tomogram first")
+        src = s.image_layer
+        data = src.data[0] if getattr(src, "multiscale", False) else src.data
+        if kind == "bandpass" and params.get("coarse", 8.0) <= params.get("fine", 1.0):
+            raise CryoPickerError("band-pass: the coarse sigma must be larger than the fine sigma")
+        name = f"{src.name} [{filters.describe(kind, **params)}]"
+        scale = tuple(src.scale)
+        units = tuple(str(u) for u in src.units)
+
+        def compute():
+            return filters.apply(kind, data, **params)
+
+        def show(vol: np.ndarray):
+            from ..core.tomogram import percentile_stats
+
+            lo, hi = percentile_stats(vol)
+            viewer = s.viewer
+            if name in viewer.layers:
+                layer = viewer.layers[name]
+                layer.data = vol
+                layer.contrast_limits = (lo, hi)
+            else:
+                layer = viewer.add_image(
+                    vol, name=name, scale=scale, units=units, contrast_limits=(lo, hi),
+                    metadata={META: {"kind": "filtered", "tomogram": s.tomogram_name, "filter": kind}},
+                )
+            # keep the picks on top of the new image
+            for lyr in s.session_layers().values():
+                i = viewer.layers.index(lyr)
+                viewer.layers.move(i, len(viewer.layers))
+            return layer
+
+        self.job.start(compute, show)
+
+
+# ----------------------------------------------------------------------------- labels
+class LabelsPreview:
+    """Weak labels (Cubic / Ball / TBall) from the current picks, as a Labels layer."""
+
+    LAYER = "weak labels"
+
+    def __init__(self, session: PickingSession):
+        self.session = session
+        self.job = runs_for(session)["labels"]
+
+    @property
+    def mode(self) -> str:
+        return self.session.label_mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        value = str(value).lower()
+        if value not in ("tball", "ball", "cubic"):
+            raise CryoPickerError(f"unknown label shape {value!r}; choose tball, ball or cubic")
+        self.session.label_mode = value
+
+    @property
+    def diameter(self) -> float | None:
+        return self.session.label_diameter
+
+    @diameter.setter
+    def diameter(self, value: float | None) -> None:
+        self.session.label_diameter = float(value) if value else None
+
+    def compute(self) -> np.ndarray:
+        from ..core.labels import make_labels
+
+        s = self.session
+        tomo = s._require_tomogram()
+        return make_labels(tomo.shape, s.training_picks(), s.classes, mode=self.mode, diameter=self.diameter)
+
+    def preview(self, *, background: bool = True):
+        s = self.session
+        tomo = s._require_tomogram()
+        picks = s.training_picks()
+        if not len(picks.exclude_source("rejected")):
+            raise CryoPickerError("no picks yet: the weak labels are made from your picks")
+        classes, mode, diameter, shape = s.classes, self.mode, self.diameter, tomo.shape
+
+        def compute():
+            from ..core.labels import make_labels
+
+            return make_labels(shape, picks, classes, mode=mode, diameter=diameter)
+
+        if background:
+            self.job.start(compute, self.show)
+            return None
+        return self.show(compute())
+
+    def show(self, labels: np.ndarray):
+        from napari.utils.colormaps import DirectLabelColormap
+
+        s = self.session
+        colours = {0: "transparent", None: "transparent"}
+        for k, c in enumerate(s.classes, start=1):
+            colours[k] = c.colour
+        cmap = DirectLabelColormap(color_dict=colours)
+        viewer = s.viewer
+        if self.LAYER in viewer.layers:
+            layer = viewer.layers[self.LAYER]
+            layer.data = labels
+            layer.colormap = cmap
+        else:
+            layer = viewer.add_labels(
+                labels, name=self.LAYER, **s.layer_kwargs(), opacity=0.4, colormap=cmap,
+                metadata={META: {"kind": "labels", "tomogram": s.tomogram_name, "mode": self.mode}},
+            )
+            # below the picks
+            for lyr in s.session_layers().values():
+                viewer.layers.move(viewer.layers.index(lyr), len(viewer.layers))
+        layer.metadata = {**layer.metadata, META: {"kind": "labels", "tomogram": s.tomogram_name,
+                                                   "mode": self.mode}}
+        return layer
+
+
+# ----------------------------------------------------------------------------- model
+def save_model(session: PickingSession, path: str | os.PathLike) -> Path:
+    if session.checkpoint is None:
+        raise CryoPickerError("no model to save yet: train one first")
+    from ..core.model import save_checkpoint
+
+    p = Path(path)
+    if p.suffix == "":
+        p = p.with_suffix(".pt")
+    try:
+        out = save_checkpoint(session.checkpoint, p)
+    except OSError as e:
+        raise CryoPickerError(f"{p}: cannot save the model ({e.strerror or e})") from None
+    session.model_path = out
+    return out
+
+
+def load_model(session: PickingSession, path: str | os.PathLike):
+    from ..core.model import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    session.set_checkpoint(ckpt, path)
+    return ckpt
+
+
+def model_summary(session: PickingSession) -> str:
+    ck = session.checkpoint
+    if ck is None:
+        return "No model yet."
+    names = ", ".join(ck.classes.names)
+    parts = [f"Model for {names}"]
+    if ck.voxel_size:
+        parts.append(f"{ck.voxel_size:.3g} A/voxel")
+    if ck.history:
+        parts.append(f"{len(ck.history)} epoch(s)")
+    if ck.best_score is not None:
+        parts.append(f"validation score {ck.best_score:.2f}")
+    if session.model_path is not None:
+        parts.append(f"file {session.model_path.name}")
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------- export
+class Exporter:
+    """Write the session's picks in any format the core can write."""
+
+    def __init__(self, session: PickingSession):
+        self.session = session
+
+    def default_folder(self) -> Path:
+        t = self.session.tomogram
+        if t is not None and t.path is not None:
+            return t.path.parent
+        return Path.cwd()
+
+    def collect(self, what: str = "annotations") -> Picks:
+        """``annotations`` (manual/accepted/imported), ``predictions`` (shown ones) or ``both``."""
+        s = self.session
+        parts = []
+        if what in ("annotations", "both"):
+            parts.append(s.annotations())
+        if what in ("predictions", "both"):
+            parts.append(s.predictions(shown_only=True))
+        if what not in ("annotations", "predictions", "both"):
+            raise CryoPickerError(f"unknown selection {what!r}")
+        out = Picks.concat(parts)
+        if out.voxel_size is None:
+            out.voxel_size = s.voxel_size
+        return out
+
+    def filename(self, fmt: str, tomogram: str, class_name: str | None) -> str:
+        ext = EXTENSIONS.get(fmt, ".txt")
+        part = safe_name(class_name) if class_name else "picks"
+        if fmt == "copick":
+            # copick's own naming: {user_id}_{session_id}_{object}.json
+            return f"cryopicker_0_{part}{ext}"
+        tag = {"relion3": "_relion3", "relion4": "_relion4", "napari": "_napari"}.get(fmt, "")
+        return f"{safe_name(tomogram)}_{part}{tag}{ext}"
+
+    def export(
+        self,
+        formats: str | list[str],
+        folder: str | os.PathLike,
+        *,
+        what: str = "annotations",
+        per_class: bool = False,
+        tomogram_name: str | None = None,
+        voxel_size: float | None = None,
+        binning: float = 1.0,
+    ) -> list[Path]:
+        from ..core.formats import write_picks
+
+        s = self.session
+        tomo = s._require_tomogram()
+        fmts = [formats] if isinstance(formats, str) else list(formats)
+        if not fmts:
+            raise CryoPickerError("choose at least one format")
+        picks = self.collect(what)
+        if not len(picks):
+            what_words = {"annotations": "picks", "predictions": "shown predictions",
+                          "both": "picks or shown predictions"}[what]
+            raise CryoPickerError(f"there are no {what_words} to export")
+        name = (tomogram_name or tomo.name).strip() or tomo.name
+        picks = picks.with_tomogram(name)
+        if voxel_size:
+            # the coordinates stay voxel indices; only the stated voxel size changes
+            picks.voxel_size = float(voxel_size)
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CryoPickerError(f"{folder}: cannot create the export folder ({e.strerror or e})") from None
+        groups = [(c, picks.select(class_name=c)) for c in picks.class_names] if per_class else [(None, picks)]
+        written: list[Path] = []
+        for fmt in fmts:
+            for cls, sub in groups:
+                path = folder / self.filename(fmt, name, cls)
+                try:
+                    out = write_picks(sub, path, fmt, voxel_size=sub.voxel_size, binning=binning,
+                                      tomogram_shape=tomo.shape, tomogram=name)
+                except (PicksFormatError, CryoPickerError):
+                    raise
+                except OSError as e:
+                    raise CryoPickerError(f"{path}: cannot write ({e.strerror or e})") from None
+                except Exception as e:
+                    raise CryoPickerError(f"{FORMAT_LABELS.get(fmt, fmt)}: {e}") from None
+                written.extend(Path(p) for p in out)
+        return written

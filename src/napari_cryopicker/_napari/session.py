@@ -1,0 +1,1267 @@
+"""The picking session: one tomogram, its class table, annotation layers, undo and autosave.
+
+This is the logic every dock widget is a thin view over. It talks to napari layers but not
+to Qt widgets, so it is driven the same way by a click in the viewer, a button in a
+widget, or a test.
+
+Layers (one set per session tomogram, all sharing the tomogram's scale):
+
+* ``picks: <class>``     the training set: manual, accepted and imported picks
+* ``predicted: <class>`` the model's picks, filtered live by a per-class score threshold
+  (``layer.shown``); deleting one remembers it as a negative
+* ``rejected``           deleted predictions, kept as explicit background for retraining
+  (hidden by default, drawn faintly when shown)
+
+The layers hold the state; the session keeps a snapshot of each (``_committed``) and turns
+every change - a click in napari (``layer.events.data`` with action added / removed /
+changed) or a call such as :meth:`add_pick` - into an undoable :class:`Edit` of
+before/after snapshots. After each edit the annotations are saved atomically next to
+the tomogram (``<stem>.cryopicker.json``) and restored when the tomogram is reopened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from psygnal import Signal, SignalGroup
+
+from ..core.classes import ClassTable, ParticleClass
+from ..core.errors import CryoPickerError
+from ..core.picks import Picks
+from ..core.tomogram import Tomogram
+from .convert import (
+    META,
+    class_from_name,
+    cp_meta,
+    empty_features,
+    feature_defaults,
+    features_frame,
+    layer_name,
+    picks_from_layer,
+    points_layer_kwargs,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+    from napari.layers import Image, Points
+
+    from ..core.model import Checkpoint
+
+log = logging.getLogger(__name__)
+
+AUTOSAVE_SUFFIX = ".cryopicker.json"
+AUTOSAVE_FORMAT = "napari-cryopicker-annotations"
+ANNOTATION_SOURCES = ("manual", "accepted", "imported")
+REJECTED_COLOUR = "#9a9a9a"
+MAX_UNDO = 200
+
+
+# ----------------------------------------------------------------------------- helpers
+@dataclass(frozen=True)
+class Key:
+    """Identifies one session layer: kind ``picks``/``predicted`` + class, or ``rejected``."""
+
+    kind: str
+    class_name: str | None = None
+
+    @property
+    def name(self) -> str:
+        return "rejected" if self.kind == "rejected" else layer_name(self.kind, self.class_name or "")
+
+
+REJECTED = Key("rejected")
+
+
+@dataclass
+class State:
+    """A snapshot of a Points layer: coordinates and features."""
+
+    data: np.ndarray
+    features: pd.DataFrame
+
+    @classmethod
+    def empty(cls) -> State:
+        return cls(np.zeros((0, 3)), empty_features())
+
+    @classmethod
+    def of(cls, layer: Points) -> State:
+        return cls(np.array(layer.data, dtype=float, copy=True).reshape(-1, 3),
+                   layer.features.copy().reset_index(drop=True))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+@dataclass
+class Edit:
+    """One undoable action: before/after snapshots of every layer it touched."""
+
+    label: str
+    changes: list[tuple[Key, State, State]] = field(default_factory=list)
+
+
+class _NamedTomogram(Tomogram):
+    """A :class:`Tomogram` whose name does not come from a file (sample, in-memory)."""
+
+    def __init__(self, *args, label: str = "tomogram", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._label = label
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self._label
+
+
+def tomogram_from_layer(layer: Image) -> Tomogram:
+    """A core :class:`Tomogram` view of a napari Image layer (no copy of the data)."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if getattr(data, "ndim", 0) != 3 or getattr(layer, "rgb", False):
+        raise CryoPickerError(
+            f"layer {layer.name!r} is not a 3D greyscale volume (shape {getattr(data, 'shape', '?')}); "
+            "choose a tomogram layer"
+        )
+    cm = cp_meta(layer)
+    scale = tuple(float(s) for s in layer.scale[-3:])
+    vs = float(cm.get("voxel_size") or scale[-1])
+    path = cm.get("path") or getattr(getattr(layer, "source", None), "path", None)
+    label = cm.get("tomogram") or (Path(path).stem if path else layer.name)
+    return _NamedTomogram(
+        data=data,
+        voxel_size=vs,
+        path=Path(path) if path else None,
+        voxel_size_xyz=(scale[2], scale[1], scale[0]),
+        label=label,
+    )
+
+
+def default_autosave_path(tomo: Tomogram) -> Path | None:
+    if tomo.path is None:
+        return None
+    return tomo.path.with_name(tomo.path.stem + AUTOSAVE_SUFFIX)
+
+
+def fallback_autosave_path(tomo: Tomogram) -> Path | None:
+    """Per-user location used when the tomogram's folder is not writable."""
+    if tomo.path is None:
+        return None
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "napari-cryopicker" / "autosave"
+    h = hashlib.sha1(str(tomo.path.resolve()).encode()).hexdigest()[:10]
+    return base / f"{tomo.path.stem}-{h}{AUTOSAVE_SUFFIX}"
+
+
+def write_json_atomic(path: Path, payload: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def overfitting_hint(history: Sequence[dict], window: int = 3) -> str:
+    """A plain-words warning when validation loss rises while training loss falls."""
+    rows = [h for h in history if h.get("val_loss") is not None and h.get("train_loss") is not None]
+    if len(rows) < window + 1:
+        return ""
+    recent = rows[-(window + 1):]
+    val = [float(h["val_loss"]) for h in recent]
+    train = [float(h["train_loss"]) for h in recent]
+    best_val = min(float(h["val_loss"]) for h in rows)
+    val_rising = val[-1] > val[0] and val[-1] > best_val * 1.02
+    train_falling = train[-1] < train[0]
+    if val_rising and train_falling:
+        return (
+            "Validation loss is rising while training loss keeps falling: the model has started "
+            "to memorise your picks instead of learning the particles. You can stop now - the "
+            "best model so far is kept - or add more picks and retrain."
+        )
+    return ""
+
+
+class SessionEvents(SignalGroup):
+    classes = Signal()            # class table or styles changed
+    active_class = Signal(object)  # new active class name (or None)
+    picks = Signal()              # annotations / predictions / thresholds changed
+    tomogram = Signal()           # session tomogram changed
+    model = Signal()              # checkpoint changed
+    history = Signal()            # undo/redo availability changed
+    busy = Signal(str, bool)      # task name, running
+
+
+# ----------------------------------------------------------------------------- session
+class PickingSession:
+    """Everything the picker knows about the tomogram being picked in one viewer."""
+
+    def __init__(self, viewer: napari.Viewer, *, autosave: bool = True):
+        self.viewer = viewer
+        self.events = SessionEvents()
+        self.classes = ClassTable([])
+        self.active_class: str | None = None
+        self.image_layer: Image | None = None
+        self.tomogram: Tomogram | None = None
+        self.checkpoint: Checkpoint | None = None
+        self.model_path: Path | None = None
+        self.thresholds: dict[str, float] = {}
+        self.default_threshold = 0.0
+        self.autosave_enabled = autosave
+        self.autosave_path: Path | None = None
+        self.last_autosave_error: str | None = None
+        # settings shared by the Training and Correct & retrain widgets
+        self.train_settings: dict[str, Any] = {"epochs": 40, "time_limit": None, "device": "auto", "seed": 0}
+        self.train_overrides: dict[str, Any] = {}
+        self.label_mode = "tball"
+        self.label_diameter: float | None = None
+        self.predict_overrides: dict[str, Any] = {}
+        self._layers: dict[Key, Points] = {}
+        self._committed: dict[Key, State] = {}
+        self._callbacks: dict[Key, Callable] = {}
+        self._undo: list[Edit] = []
+        self._redo: list[Edit] = []
+        self._mute = 0
+        self._memory: dict[str, dict] = {}  # tomogram name -> annotations (no autosave path)
+        self._busy: set[str] = set()
+        viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+        self._bind_viewer_keys()
+
+    # ------------------------------------------------------------------ mute / busy
+    @contextlib.contextmanager
+    def _muted(self):
+        self._mute += 1
+        try:
+            yield
+        finally:
+            self._mute -= 1
+
+    def set_busy(self, task: str, running: bool) -> None:
+        (self._busy.add if running else self._busy.discard)(task)
+        self.events.busy.emit(task, running)
+
+    def is_busy(self, task: str | None = None) -> bool:
+        return bool(self._busy) if task is None else task in self._busy
+
+    # ------------------------------------------------------------------ tomogram
+    @property
+    def scale(self) -> tuple[float, float, float]:
+        if self.image_layer is not None:
+            return tuple(float(s) for s in self.image_layer.scale[-3:])  # type: ignore[return-value]
+        return (1.0, 1.0, 1.0)
+
+    @property
+    def units(self) -> tuple | None:
+        """The tomogram layer's units (Angstrom from the reader), for derived layers."""
+        if self.image_layer is None:
+            return None
+        return tuple(str(u) for u in self.image_layer.units[-3:])
+
+    def layer_kwargs(self) -> dict:
+        """scale (and units) shared by every layer derived from the tomogram."""
+        kw = {"scale": self.scale}
+        if self.units is not None:
+            kw["units"] = self.units
+        return kw
+
+    @property
+    def voxel_size(self) -> float | None:
+        return self.tomogram.voxel_size if self.tomogram is not None else None
+
+    @property
+    def tomogram_name(self) -> str:
+        return self.tomogram.name if self.tomogram is not None else ""
+
+    def image_layers(self) -> list[Image]:
+        from napari.layers import Image
+
+        return [
+            lyr for lyr in self.viewer.layers
+            if isinstance(lyr, Image) and lyr.ndim >= 3 and not getattr(lyr, "rgb", False)
+            and cp_meta(lyr).get("kind") not in ("probability", "filtered")
+        ]
+
+    def set_tomogram(self, layer: Image | None) -> None:
+        """Make ``layer`` the session tomogram; saves and clears the previous one's layers."""
+        if layer is self.image_layer:
+            return
+        tomo = tomogram_from_layer(layer) if layer is not None else None
+        self._stash_current()
+        self._drop_session_layers()
+        self._undo.clear()
+        self._redo.clear()
+        self.image_layer = layer
+        self.tomogram = tomo
+        self.autosave_path = default_autosave_path(tomo) if tomo is not None else None
+        self.last_autosave_error = None
+        if tomo is not None:
+            self._bind_layer_keys(layer)
+            self._restore_annotations()
+            for lyr in list(self.viewer.layers):
+                self._maybe_adopt(lyr)
+            self._update_slice_thickness()
+        self.events.tomogram.emit()
+        self.events.classes.emit()
+        self.events.picks.emit()
+        self.events.history.emit()
+
+    def _stash_current(self) -> None:
+        if self.tomogram is None:
+            return
+        if self.autosave_path is not None:
+            self.save_annotations()
+        else:
+            self._memory[self.tomogram_name] = self.annotation_payload()
+
+    def _drop_session_layers(self) -> None:
+        with self._muted():
+            for key in list(self._layers):
+                layer = self._layers[key]
+                self._untrack(key)
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+            self._committed.clear()
+
+    def _require_tomogram(self) -> Tomogram:
+        if self.tomogram is None:
+            raise CryoPickerError("open a tomogram first (File > Open, or the Tomogram panel)")
+        return self.tomogram
+
+    def _update_slice_thickness(self) -> None:
+        """Thick z-slice so that each particle's ring shows on every slice its sphere cuts."""
+        if self.image_layer is None or not len(self.classes):
+            return
+        dims = self.viewer.dims
+        axis = dims.ndim - 3
+        if axis < 0:
+            return
+        half = max(self.classes.diameters) / 2.0 * self.scale[0]
+        left, right = list(dims.margin_left), list(dims.margin_right)
+        left[axis], right[axis] = half, half
+        with contextlib.suppress(Exception):
+            dims.margin_left, dims.margin_right = tuple(left), tuple(right)
+
+    # ------------------------------------------------------------------ classes
+    def add_class(self, name: str, diameter: float, colour: str = "") -> ParticleClass:
+        c = self.classes.add(name, diameter, colour)
+        self.thresholds.setdefault(c.name, self.default_threshold)
+        if self.active_class is None:
+            self.active_class = c.name
+            self.events.active_class.emit(c.name)
+        self._update_slice_thickness()
+        self.events.classes.emit()
+        self.events.picks.emit()
+        self._autosave()
+        return c
+
+    def ensure_classes(self, table: ClassTable | Iterable[ParticleClass]) -> None:
+        """Add the classes of ``table`` this session does not know yet."""
+        changed = False
+        for c in table:
+            if c.name not in self.classes:
+                self.classes.add(c.name, c.diameter, c.colour)
+                self.thresholds.setdefault(c.name, self.default_threshold)
+                changed = True
+        if changed:
+            if self.active_class is None and len(self.classes):
+                self.active_class = self.classes.names[0]
+                self.events.active_class.emit(self.active_class)
+            self._update_slice_thickness()
+            self.events.classes.emit()
+
+    def remove_class(self, name: str) -> None:
+        if name not in self.classes:
+            raise CryoPickerError(f"unknown class {name!r}")
+        n = self.counts().get(name, {})
+        if n.get("annotated", 0):
+            raise CryoPickerError(
+                f"class {name!r} still has {n['annotated']} pick(s); delete them first "
+                "(select them in 'picks: {name}' and press Delete)".replace("{name}", name)
+            )
+        with self._muted():
+            for key in [k for k in self._layers if k.class_name == name]:
+                layer = self._layers[key]
+                self._untrack(key)
+                self._committed.pop(key, None)
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+        self.classes.classes = [c for c in self.classes if c.name != name]
+        self.thresholds.pop(name, None)
+        # older edits may refer to the removed class
+        self._undo.clear()
+        self._redo.clear()
+        if self.active_class == name:
+            self.active_class = self.classes.names[0] if len(self.classes) else None
+            self.events.active_class.emit(self.active_class)
+        self._update_slice_thickness()
+        self.events.classes.emit()
+        self.events.picks.emit()
+        self.events.history.emit()
+        self._autosave()
+
+    def set_diameter(self, name: str, diameter: float) -> None:
+        c = self.classes[name]
+        c.diameter = float(ParticleClass(name, diameter).diameter)
+        self._restyle(name)
+        self._update_slice_thickness()
+        self.events.classes.emit()
+        self._autosave()
+
+    def set_colour(self, name: str, colour: str) -> None:
+        self.classes[name].colour = str(colour)
+        self._restyle(name)
+        self.events.classes.emit()
+        self._autosave()
+
+    def set_active_class(self, name: str | None, *, activate_layer: bool = True) -> None:
+        """Choose the class new clicks add to; selects its picks layer in add mode."""
+        if name is not None and name not in self.classes:
+            raise CryoPickerError(f"unknown class {name!r}")
+        self.active_class = name
+        if name is not None and activate_layer and self.tomogram is not None:
+            layer = self.layer_for(Key("picks", name))
+            self.viewer.layers.selection.active = layer
+            with contextlib.suppress(Exception):
+                layer.mode = "add"
+        self.events.active_class.emit(name)
+
+    def select_class_number(self, k: int) -> None:
+        """Number key ``k`` (1-based) -> active class."""
+        names = self.classes.names
+        if 1 <= k <= len(names):
+            self.set_active_class(names[k - 1])
+
+    def diameter_angstrom(self, name: str) -> float | None:
+        vs = self.voxel_size
+        return None if vs is None else self.classes[name].diameter * vs
+
+    # ------------------------------------------------------------------ layers
+    def layer_for(self, key: Key, *, create: bool = True) -> Points | None:
+        layer = self._layers.get(key)
+        if layer is not None and layer in self.viewer.layers:
+            return layer
+        if layer is not None:  # removed behind our back
+            self._untrack(key)
+        if not create:
+            return None
+        tomo = self._require_tomogram()
+        if key.class_name is not None and key.class_name not in self.classes:
+            self.ensure_classes([ParticleClass(key.class_name, 10.0)])
+        state = self._committed.get(key) or State.empty()
+        layer = self._new_layer(key, state, tomo)
+        with self._muted():
+            self.viewer.layers.append(layer)
+        self._track(key, layer)
+        if key in (REJECTED,):
+            layer.visible = False
+        # keep the tomogram the selected (active) layer's neighbour, picks on top
+        return layer
+
+    def _style(self, key: Key) -> tuple[str, float]:
+        if key.kind == "rejected":
+            return REJECTED_COLOUR, max(self.classes.diameters, default=10.0)
+        c = self.classes[key.class_name]
+        return c.colour, c.diameter
+
+    def _new_layer(self, key: Key, state: State, tomo: Tomogram) -> Points:
+        from napari.layers import Points
+
+        colour, diameter = self._style(key)
+        source = {"picks": "manual", "predicted": "predicted", "rejected": "rejected"}[key.kind]
+        kw = points_layer_kwargs(
+            Picks(voxel_size=tomo.voxel_size), kind=key.kind, class_name=key.class_name or "",
+            colour=colour, diameter=diameter, scale=self.scale, tomogram=tomo.name,
+            shape=tomo.shape, name=key.name, source=source,
+        )
+        kw["metadata"][META]["session"] = id(self)
+        kw.update(self.layer_kwargs())
+        kw["features"] = empty_features()
+        layer = Points(np.zeros((0, 3)), **kw)
+        with self._muted():
+            self._apply_state(key, layer, state)
+        self._bind_layer_keys(layer)
+        return layer
+
+    def _restyle(self, name: str) -> None:
+        for key, layer in self._layers.items():
+            if key.class_name == name or key.kind == "rejected":
+                colour, diameter = self._style(key)
+                with self._muted():
+                    if len(layer.data):
+                        layer.size = diameter
+                        if key.kind != "rejected":
+                            layer.border_color = colour
+                    layer.current_size = diameter
+                    if key.kind != "rejected":
+                        layer.current_border_color = colour
+
+    def _apply_state(self, key: Key, layer: Points, state: State) -> None:
+        """Set a layer to a snapshot (muted by the caller)."""
+        colour, diameter = self._style(key)
+        layer.selected_data = set()
+        layer.data = state.data.reshape(-1, 3)
+        feats = state.features.reset_index(drop=True)
+        if len(feats) != len(state.data):
+            feats = empty_features() if not len(state.data) else feats.reindex(range(len(state.data)))
+        layer.features = feats
+        # assigning features resets napari's defaults to the first row: restore them so a
+        # click always adds a manual pick of this layer's class
+        layer.feature_defaults = feature_defaults(layer.features.columns, self._defaults(key))
+        if len(layer.data):
+            layer.size = diameter
+            layer.border_color = colour
+            if key.kind == "rejected":
+                layer.face_color = colour
+        layer.current_size = diameter
+        layer.current_border_color = colour
+        if key.kind == "predicted":
+            self._apply_threshold(key.class_name, layer)
+
+    def _track(self, key: Key, layer: Points) -> None:
+        self._layers[key] = layer
+        self._committed[key] = State.of(layer)
+        cb = partial(self._on_layer_data, key)
+        self._callbacks[key] = cb
+        layer.events.data.connect(cb)
+
+    def _untrack(self, key: Key) -> None:
+        layer = self._layers.pop(key, None)
+        cb = self._callbacks.pop(key, None)
+        if layer is not None and cb is not None:
+            with contextlib.suppress(Exception):
+                layer.events.data.disconnect(cb)
+
+    def session_layers(self) -> dict[Key, Points]:
+        return {k: v for k, v in self._layers.items() if v in self.viewer.layers}
+
+    def _key_of(self, layer) -> Key | None:
+        for k, v in self._layers.items():
+            if v is layer:
+                return k
+        return None
+
+    def _maybe_adopt(self, layer) -> bool:
+        """Take over a Points layer made for this tomogram (sample data, a reopened session)."""
+        from napari.layers import Points
+
+        if not isinstance(layer, Points) or self.tomogram is None or self._key_of(layer) is not None:
+            return False
+        cm = cp_meta(layer)
+        if cm.get("kind") != "picks" or cm.get("session") not in (None, id(self)):
+            return False
+        if cm.get("tomogram") not in (None, "", self.tomogram.name):
+            return False
+        name = cm.get("class") or class_from_name(layer.name)
+        if not name:
+            return False
+        if name not in self.classes:
+            diameter = float(cm.get("diameter") or (np.mean(layer.size) if len(layer.size) else 10.0))
+            colour = cm.get("colour") or ""
+            if not colour and len(layer.data):
+                from napari.utils.colormaps.standardize_color import rgb_to_hex
+
+                colour = str(rgb_to_hex(layer.border_color[:1])[0])[:7]
+            self.ensure_classes([ParticleClass(name, diameter, colour)])
+        key = Key("picks", name)
+        picks = picks_from_layer(layer)
+        picks.table["class_name"] = name
+        if picks.voxel_size is not None and self.tomogram.voxel_size and not np.isclose(
+            picks.voxel_size, self.tomogram.voxel_size
+        ):
+            picks = picks.rescaled(self.tomogram.voxel_size)
+        base = self._committed.get(key, State.empty())
+        merged = State(np.vstack([base.data, picks.zyx]),
+                       pd.concat([base.features, features_frame(picks)[["class", "score", "source"]]],
+                                 ignore_index=True))
+        with self._muted():
+            old = self._layers.get(key)
+            if old is not None:  # e.g. restored from the autosave: the adopted layer replaces it
+                self._untrack(key)
+                if old in self.viewer.layers:
+                    self.viewer.layers.remove(old)
+            meta = dict(layer.metadata)
+            meta[META] = {**cm, "session": id(self), "class": name, "tomogram": self.tomogram.name,
+                          "shape": list(self.tomogram.shape), "voxel_size": self.tomogram.voxel_size}
+            layer.metadata = meta
+            layer.name = key.name
+            layer.projection_mode = "rescale_spherical"
+            self._apply_state(key, layer, merged)
+        self._bind_layer_keys(layer)
+        self._track(key, layer)
+        self.events.picks.emit()
+        self._autosave()
+        return True
+
+    # ------------------------------------------------------------------ viewer events
+    def _on_layer_inserted(self, event) -> None:
+        if self._mute:
+            return
+        layer = event.value
+        try:
+            from napari.layers import Image
+
+            if self.image_layer is None and isinstance(layer, Image) and layer in self.image_layers():
+                self.set_tomogram(layer)
+                return
+            self._maybe_adopt(layer)
+        except CryoPickerError as e:
+            log.info("not adopting %s: %s", getattr(layer, "name", layer), e)
+
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        if layer is self.image_layer:
+            if not self._mute:
+                self._stash_current()
+                self.image_layer = None
+                # the picks layers stay in the viewer but are no longer session layers
+                for key in list(self._layers):
+                    self._untrack(key)
+                self._committed.clear()
+                self.tomogram = None
+                self._undo.clear()
+                self._redo.clear()
+                self.events.tomogram.emit()
+                self.events.picks.emit()
+                self.events.history.emit()
+            return
+        key = self._key_of(layer)
+        if key is None or self._mute:
+            return
+        before = self._committed.get(key, State.of(layer))
+        self._untrack(key)
+        if len(before):
+            # removing a layer deletes its picks: undoable like any other deletion
+            self._commit(Edit(f"remove layer {key.name}", [(key, before, State.empty())]))
+        else:
+            self._committed[key] = State.empty()
+
+    def _on_layer_data(self, key: Key, event) -> None:
+        if self._mute:
+            return
+        action = str(getattr(event, "action", ""))
+        if action not in ("added", "removed", "changed"):
+            return
+        layer = self._layers.get(key)
+        if layer is None:
+            return
+        before = self._committed.get(key, State.empty())
+        after = State.of(layer)
+        if action == "added" and key.kind == "picks":
+            after = self._fix_new_features(key, layer, before, after)
+        edit = Edit({"added": "add", "removed": "delete", "changed": "move"}[action] + f" in {key.name}",
+                    [(key, before, after)])
+        if action == "removed" and key.kind == "predicted":
+            idx = [i if i >= 0 else len(before) + i for i in getattr(event, "data_indices", ())]
+            idx = [i for i in idx if 0 <= i < len(before)]
+            if idx:
+                edit.changes.append(self._append_rejected(before, idx))
+                edit.label = f"reject {len(idx)} prediction(s) of {key.class_name}"
+        self._commit(edit)
+
+    def _defaults(self, key: Key) -> dict:
+        source = {"picks": "manual", "predicted": "predicted", "rejected": "rejected"}[key.kind]
+        return {"class": key.class_name or "", "score": 1.0, "source": source}
+
+    def _fix_new_features(self, key: Key, layer: Points, before: State, after: State) -> State:
+        """Points added in the viewer (click, paste) are manual picks of their layer's class."""
+        n_new = len(after) - len(before)
+        if n_new <= 0:
+            return after
+        f = after.features.copy()
+        for col, val in self._defaults(key).items():
+            if col not in f:
+                f[col] = val
+            f.loc[f.index[-n_new:], col] = val
+        with self._muted():
+            layer.features = f
+            layer.feature_defaults = feature_defaults(f.columns, self._defaults(key))
+        return State(after.data, f.copy())
+
+    def _append_rejected(self, pred_before: State, idx: Sequence[int]) -> tuple[Key, State, State]:
+        """Add predictions ``idx`` of a snapshot to the rejected layer; returns the change."""
+        rej_before = self._committed.get(REJECTED, State.empty())
+        feats = pred_before.features.iloc[list(idx)].reset_index(drop=True).copy()
+        feats["source"] = "rejected"
+        new = State(
+            np.vstack([rej_before.data, pred_before.data[list(idx)]]),
+            pd.concat([rej_before.features, feats[["class", "score", "source"]]], ignore_index=True),
+        )
+        self._set_state(REJECTED, new)
+        return (REJECTED, rej_before, new)
+
+    # ------------------------------------------------------------------ edits / undo
+    def _set_state(self, key: Key, state: State) -> None:
+        layer = self.layer_for(key)
+        with self._muted():
+            self._apply_state(key, layer, state)
+        self._committed[key] = State.of(layer)
+
+    def _commit(self, edit: Edit) -> None:
+        for key, _before, after in edit.changes:
+            self._committed[key] = after
+        self._undo.append(edit)
+        del self._undo[:-MAX_UNDO]
+        self._redo.clear()
+        self._after_change()
+
+    def _after_change(self) -> None:
+        self._autosave()
+        self.events.picks.emit()
+        self.events.history.emit()
+
+    def _edit(self, label: str, new_states: dict[Key, State]) -> Edit:
+        changes = []
+        for key, state in new_states.items():
+            before = self._committed.get(key, State.empty())
+            self._set_state(key, state)
+            changes.append((key, before, self._committed[key]))
+        edit = Edit(label, changes)
+        self._commit(edit)
+        return edit
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    @property
+    def undo_label(self) -> str:
+        return self._undo[-1].label if self._undo else ""
+
+    @property
+    def redo_label(self) -> str:
+        return self._redo[-1].label if self._redo else ""
+
+    def undo(self) -> bool:
+        if not self._undo or self.tomogram is None:
+            return False
+        edit = self._undo.pop()
+        for key, before, _after in reversed(edit.changes):
+            self._set_state(key, before)
+        self._redo.append(edit)
+        self._after_change()
+        return True
+
+    def redo(self) -> bool:
+        if not self._redo or self.tomogram is None:
+            return False
+        edit = self._redo.pop()
+        for key, _before, after in edit.changes:
+            self._set_state(key, after)
+        self._undo.append(edit)
+        self._after_change()
+        return True
+
+    # ------------------------------------------------------------------ annotation API
+    def _state(self, key: Key) -> State:
+        return self._committed.get(key, State.empty())
+
+    def add_pick(self, zyx: Sequence[float], class_name: str | None = None, *, source: str = "manual",
+                 score: float = 1.0) -> None:
+        """Add one pick at voxel (z, y, x) to ``class_name`` (default: the active class)."""
+        name = class_name or self.active_class
+        if name is None:
+            raise CryoPickerError("add a particle class first (name and diameter)")
+        p = Picks.from_zyx([zyx], class_name=name, score=score, source=source,
+                           tomogram=self.tomogram_name, voxel_size=self.voxel_size)
+        self.add_picks(p, label=f"add {name}")
+
+    def add_picks(self, picks: Picks, *, label: str | None = None, source: str | None = None) -> int:
+        """Add picks (voxel coordinates of the session tomogram) to the annotation layers."""
+        tomo = self._require_tomogram()
+        if not len(picks):
+            return 0
+        if picks.voxel_size is not None and tomo.voxel_size and not np.isclose(picks.voxel_size, tomo.voxel_size):
+            picks = picks.rescaled(tomo.voxel_size)
+        picks = picks.copy()
+        if source is not None:
+            picks.table["source"] = source
+        picks.table.loc[~picks.table["source"].isin(ANNOTATION_SOURCES), "source"] = "manual"
+        self.ensure_classes([ParticleClass(n, 10.0) for n in picks.class_names if n not in self.classes])
+        new_states = {}
+        for name in picks.class_names:
+            sub = picks.select(class_name=name)
+            key = Key("picks", name)
+            cur = self._state(key)
+            new_states[key] = State(np.vstack([cur.data, sub.zyx]),
+                                    pd.concat([cur.features, features_frame(sub)[["class", "score", "source"]]],
+                                              ignore_index=True))
+        self._edit(label or f"add {len(picks)} pick(s)", new_states)
+        return len(picks)
+
+    def import_picks(self, picks: Picks) -> int:
+        """Add picks read from a file (source ``imported``), rescaled to the tomogram."""
+        tomo = self._require_tomogram()
+        mine = picks
+        names = [t for t in picks.tomograms if t]
+        if len(names) > 1:
+            if tomo.name in names:
+                mine = picks.select(tomogram=tomo.name)
+            else:
+                raise CryoPickerError(
+                    f"the file holds picks of {len(names)} tomograms ({', '.join(names[:5])}), none named "
+                    f"{tomo.name!r}; split it or rename the tomogram"
+                )
+        if mine.voxel_size is None:
+            mine = mine.copy()
+            mine.voxel_size = tomo.voxel_size
+        return self.add_picks(mine, source="imported", label=f"import {len(mine)} pick(s)")
+
+    def delete_picks(self, class_name: str, indices: Iterable[int], *, kind: str = "picks") -> int:
+        key = Key(kind, class_name)
+        cur = self._state(key)
+        idx = sorted({int(i) for i in indices if 0 <= int(i) < len(cur)})
+        if not idx:
+            return 0
+        keep = np.setdiff1d(np.arange(len(cur)), idx)
+        new = {key: State(cur.data[keep], cur.features.iloc[keep].reset_index(drop=True))}
+        label = f"delete {len(idx)} {class_name}"
+        if kind == "predicted":
+            rej_before = self._state(REJECTED)
+            feats = cur.features.iloc[idx].reset_index(drop=True).copy()
+            feats["source"] = "rejected"
+            new[REJECTED] = State(np.vstack([rej_before.data, cur.data[idx]]),
+                                  pd.concat([rej_before.features, feats[["class", "score", "source"]]],
+                                            ignore_index=True))
+            label = f"reject {len(idx)} prediction(s) of {class_name}"
+        self._edit(label, new)
+        return len(idx)
+
+    def move_pick(self, class_name: str, index: int, zyx: Sequence[float]) -> None:
+        key = Key("picks", class_name)
+        cur = self._state(key)
+        data = cur.data.copy()
+        data[int(index)] = np.asarray(zyx, dtype=float)
+        self._edit(f"move {class_name}", {key: State(data, cur.features.copy())})
+
+    def annotations(self, *, include_rejected: bool = False) -> Picks:
+        """The training set of the session tomogram as canonical picks."""
+        parts = []
+        for key, state in self._committed.items():
+            if key.kind == "picks" or (include_rejected and key.kind == "rejected"):
+                parts.append(self._picks_of(key, state))
+        out = Picks.concat(parts)
+        if out.voxel_size is None:
+            out.voxel_size = self.voxel_size
+        return out
+
+    def _picks_of(self, key: Key, state: State, mask: np.ndarray | None = None) -> Picks:
+        n = len(state)
+        f = state.features
+        cls = f["class"].astype(str).tolist() if "class" in f and len(f) == n else [key.class_name or ""] * n
+        if key.class_name is not None:
+            cls = [key.class_name] * n
+        score = f["score"].astype(float).tolist() if "score" in f and len(f) == n else [1.0] * n
+        default_source = {"picks": "manual", "predicted": "predicted", "rejected": "rejected"}[key.kind]
+        source = f["source"].astype(str).tolist() if "source" in f and len(f) == n else [default_source] * n
+        if key.kind != "picks":
+            source = [default_source] * n
+        p = Picks.from_zyx(state.data.reshape(-1, 3), class_name=cls, score=score, source=source,
+                           tomogram=self.tomogram_name, voxel_size=self.voxel_size)
+        return p if mask is None else p._subset(mask)
+
+    def rejected(self) -> Picks:
+        return self._picks_of(REJECTED, self._state(REJECTED))
+
+    def predictions(self, *, shown_only: bool = True) -> Picks:
+        parts = []
+        for key, state in self._committed.items():
+            if key.kind == "predicted":
+                mask = self._shown_mask(key.class_name, state) if shown_only else None
+                parts.append(self._picks_of(key, state, mask))
+        out = Picks.concat(parts)
+        if out.voxel_size is None:
+            out.voxel_size = self.voxel_size
+        return out
+
+    def training_picks(self) -> Picks:
+        """Positives (manual, accepted, imported) plus rejected negatives."""
+        return self.annotations(include_rejected=True)
+
+    def training_classes(self) -> ClassTable:
+        """The classes that have at least one positive pick (training needs picks of each)."""
+        counts = self.annotations().counts()
+        return ClassTable([ParticleClass(c.name, c.diameter, c.colour) for c in self.classes
+                           if counts.get(c.name, 0) > 0])
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per class: annotated (and its split by source), predicted shown/total, rejected."""
+        out: dict[str, dict[str, int]] = {}
+        for name in self.classes.names:
+            out[name] = {"annotated": 0, "manual": 0, "accepted": 0, "imported": 0,
+                         "predicted": 0, "predicted_total": 0, "rejected": 0}
+        for key, state in self._committed.items():
+            if key.kind == "picks" and key.class_name in out:
+                d = out[key.class_name]
+                d["annotated"] = len(state)
+                src = state.features["source"].astype(str) if "source" in state.features else pd.Series([], dtype=str)
+                for s in ("manual", "accepted", "imported"):
+                    d[s] = int((src == s).sum())
+            elif key.kind == "predicted" and key.class_name in out:
+                out[key.class_name]["predicted_total"] = len(state)
+                out[key.class_name]["predicted"] = int(self._shown_mask(key.class_name, state).sum())
+        rej = self._state(REJECTED)
+        if len(rej) and "class" in rej.features:
+            for name, n in rej.features["class"].astype(str).value_counts().items():
+                if name in out:
+                    out[name]["rejected"] = int(n)
+        return out
+
+    # ------------------------------------------------------------------ predictions
+    def set_predictions(self, picks: Picks, *, checkpoint_classes: ClassTable | None = None) -> None:
+        """Replace the predicted layers with ``picks`` (undoable)."""
+        tomo = self._require_tomogram()
+        if checkpoint_classes is not None:
+            self.ensure_classes(checkpoint_classes)
+        if picks.voxel_size is not None and tomo.voxel_size and not np.isclose(picks.voxel_size, tomo.voxel_size):
+            picks = picks.rescaled(tomo.voxel_size)
+        self.ensure_classes([ParticleClass(n, 10.0) for n in picks.class_names if n not in self.classes])
+        picks = picks.copy()
+        picks.table["source"] = "predicted"
+        new = {}
+        for name in self.classes.names:
+            key = Key("predicted", name)
+            sub = picks.select(class_name=name)
+            if not len(sub) and key not in self._committed:
+                continue
+            new[key] = State(sub.zyx, features_frame(sub)[["class", "score", "source"]])
+        self._edit(f"pick {len(picks)} particle(s)", new)
+
+    def _shown_mask(self, class_name: str | None, state: State) -> np.ndarray:
+        t = self.thresholds.get(class_name or "", self.default_threshold)
+        if not len(state):
+            return np.zeros(0, dtype=bool)
+        score = state.features["score"].to_numpy(dtype=float) if "score" in state.features else np.ones(len(state))
+        return score >= t
+
+    def _apply_threshold(self, class_name: str | None, layer: Points) -> None:
+        state = State(np.asarray(layer.data), layer.features)
+        if len(state):
+            layer.shown = self._shown_mask(class_name, state)
+
+    def set_threshold(self, class_name: str, value: float) -> None:
+        """Show only predictions of ``class_name`` scoring >= ``value`` (no re-inference)."""
+        self.thresholds[class_name] = float(value)
+        layer = self._layers.get(Key("predicted", class_name))
+        if layer is not None and layer in self.viewer.layers:
+            with self._muted():
+                self._apply_threshold(class_name, layer)
+                sel = {i for i in layer.selected_data if layer.shown[i]}
+                layer.selected_data = sel
+        self.events.picks.emit()
+
+    def selected_predictions(self) -> dict[str, list[int]]:
+        out = {}
+        for key, layer in self.session_layers().items():
+            if key.kind == "predicted" and layer.selected_data:
+                shown = np.asarray(layer.shown, dtype=bool)
+                idx = sorted(i for i in layer.selected_data if i < len(shown) and shown[i])
+                if idx:
+                    out[key.class_name] = idx
+        return out
+
+    def accept(self, selection: dict[str, Sequence[int]]) -> int:
+        """Move predictions into the training set (source ``accepted``, score kept)."""
+        new: dict[Key, State] = {}
+        n = 0
+        for name, idx in selection.items():
+            pk = Key("predicted", name)
+            cur = self._state(pk)
+            idx = sorted({int(i) for i in idx if 0 <= int(i) < len(cur)})
+            if not idx:
+                continue
+            keep = np.setdiff1d(np.arange(len(cur)), idx)
+            new[pk] = State(cur.data[keep], cur.features.iloc[keep].reset_index(drop=True))
+            ak = Key("picks", name)
+            acc = self._state(ak)
+            f = cur.features.iloc[idx].reset_index(drop=True).copy()
+            f["source"] = "accepted"
+            f["class"] = name
+            new[ak] = State(np.vstack([acc.data, cur.data[idx]]),
+                            pd.concat([acc.features, f[["class", "score", "source"]]], ignore_index=True))
+            n += len(idx)
+        if n:
+            self._edit(f"accept {n} prediction(s)", new)
+        return n
+
+    def reject(self, selection: dict[str, Sequence[int]]) -> int:
+        """Delete predictions and remember them as negatives (source ``rejected``)."""
+        new: dict[Key, State] = {}
+        rej = self._state(REJECTED)
+        rej_data, rej_feats = [rej.data], [rej.features]
+        n = 0
+        for name, idx in selection.items():
+            pk = Key("predicted", name)
+            cur = self._state(pk)
+            idx = sorted({int(i) for i in idx if 0 <= int(i) < len(cur)})
+            if not idx:
+                continue
+            keep = np.setdiff1d(np.arange(len(cur)), idx)
+            new[pk] = State(cur.data[keep], cur.features.iloc[keep].reset_index(drop=True))
+            f = cur.features.iloc[idx].reset_index(drop=True).copy()
+            f["source"] = "rejected"
+            f["class"] = name
+            rej_data.append(cur.data[idx])
+            rej_feats.append(f[["class", "score", "source"]])
+            n += len(idx)
+        if n:
+            new[REJECTED] = State(np.vstack(rej_data), pd.concat(rej_feats, ignore_index=True))
+            self._edit(f"reject {n} prediction(s)", new)
+        return n
+
+    def accept_selected(self) -> int:
+        return self.accept(self.selected_predictions())
+
+    def reject_selected(self) -> int:
+        return self.reject(self.selected_predictions())
+
+    def accept_shown(self, class_name: str | None = None) -> int:
+        """Accept every shown (above-threshold) prediction of one or all classes."""
+        sel = {}
+        for key, state in self._committed.items():
+            if key.kind == "predicted" and (class_name is None or key.class_name == class_name):
+                idx = np.flatnonzero(self._shown_mask(key.class_name, state)).tolist()
+                if idx:
+                    sel[key.class_name] = idx
+        return self.accept(sel)
+
+    def clear_predictions(self) -> None:
+        new = {k: State.empty() for k in self._committed if k.kind == "predicted" and len(self._committed[k])}
+        if new:
+            self._edit("clear predictions", new)
+
+    def set_rejected_visible(self, visible: bool) -> None:
+        layer = self.layer_for(REJECTED, create=visible)
+        if layer is not None:
+            layer.visible = bool(visible)
+
+    # ------------------------------------------------------------------ model
+    def set_checkpoint(self, ckpt: Checkpoint | None, path: str | os.PathLike | None = None) -> None:
+        self.checkpoint = ckpt
+        self.model_path = Path(path) if path else None
+        if ckpt is not None:
+            self.ensure_classes(ckpt.classes)
+        self.events.model.emit()
+
+    # ------------------------------------------------------------------ autosave
+    def annotation_payload(self) -> dict:
+        picks = self.annotations(include_rejected=True)
+        t = picks.table
+        return {
+            "format": AUTOSAVE_FORMAT,
+            "version": 1,
+            "tomogram": self.tomogram_name,
+            "tomogram_path": str(self.tomogram.path) if self.tomogram is not None and self.tomogram.path else None,
+            "voxel_size": self.voxel_size,
+            "shape": list(self.tomogram.shape) if self.tomogram is not None else None,
+            "classes": self.classes.to_dict(),
+            "active_class": self.active_class,
+            "thresholds": dict(self.thresholds),
+            "picks": {
+                "z": t["z"].round(3).tolist(), "y": t["y"].round(3).tolist(), "x": t["x"].round(3).tolist(),
+                "class_name": t["class_name"].tolist(), "score": t["score"].round(5).tolist(),
+                "source": t["source"].tolist(),
+            },
+        }
+
+    def save_annotations(self, path: str | os.PathLike | None = None) -> Path | None:
+        """Write the annotations (and class table) atomically; returns the file or None."""
+        target = Path(path) if path is not None else self.autosave_path
+        if target is None or self.tomogram is None:
+            return None
+        payload = self.annotation_payload()
+        try:
+            return write_json_atomic(target, payload)
+        except OSError as e:
+            if path is not None:
+                raise CryoPickerError(f"{target}: cannot save annotations ({e.strerror or e})") from None
+            fb = fallback_autosave_path(self.tomogram)
+            if fb is None or fb == target:
+                self.last_autosave_error = f"{target}: cannot autosave ({e.strerror or e})"
+                return None
+            self.autosave_path = fb
+            self.last_autosave_error = (
+                f"{target.parent} is not writable; annotations are autosaved to {fb} instead"
+            )
+            _notify(self.last_autosave_error, "warning")
+            return write_json_atomic(fb, payload)
+
+    def _autosave(self) -> None:
+        if self.autosave_enabled and self.tomogram is not None and self.autosave_path is not None:
+            try:
+                self.save_annotations()
+            except Exception as e:  # never break an edit because the disk is full
+                self.last_autosave_error = str(e)
+                log.warning("autosave failed: %s", e)
+
+    def load_annotations(self, path: str | os.PathLike) -> int:
+        """Add the picks of a saved annotation file (undoable); returns how many."""
+        payload = read_annotation_file(path)
+        return self._load_payload(payload, undoable=True)
+
+    def _restore_annotations(self) -> None:
+        payload = None
+        tomo = self.tomogram
+        assert tomo is not None
+        candidates = [self.autosave_path, fallback_autosave_path(tomo)]
+        for cand in candidates:
+            if cand is not None and cand.exists():
+                try:
+                    payload = read_annotation_file(cand)
+                    self.autosave_path = cand
+                    break
+                except CryoPickerError as e:
+                    _notify(f"Ignoring autosaved annotations: {e}", "warning")
+        if payload is None:
+            payload = self._memory.pop(tomo.name, None)
+        if payload is not None:
+            n = self._load_payload(payload, undoable=False)
+            if n:
+                _notify(f"Restored {n} saved pick(s) for {tomo.name}", "info")
+
+    def _load_payload(self, payload: dict, *, undoable: bool) -> int:
+        tomo = self._require_tomogram()
+        self.ensure_classes(ClassTable.from_dict(payload.get("classes") or []))
+        for k, v in (payload.get("thresholds") or {}).items():
+            if k in self.classes:
+                self.thresholds[k] = float(v)
+        p = payload.get("picks") or {}
+        df = pd.DataFrame({k: p.get(k, []) for k in ("z", "y", "x", "class_name", "score", "source")})
+        picks = Picks(df, payload.get("voxel_size"))
+        if picks.voxel_size is not None and tomo.voxel_size and not np.isclose(picks.voxel_size, tomo.voxel_size):
+            picks = picks.rescaled(tomo.voxel_size)
+        active = payload.get("active_class")
+        if active in self.classes:
+            self.active_class = active
+            self.events.active_class.emit(active)
+        if not len(picks):
+            return 0
+        self.ensure_classes([ParticleClass(n, 10.0) for n in picks.class_names if n not in self.classes])
+        new: dict[Key, State] = {}
+        for name in picks.class_names:
+            sub = picks.select(class_name=name)
+            neg = sub.select(source="rejected")
+            pos = sub.exclude_source("rejected")
+            if len(pos):
+                key = Key("picks", name)
+                cur = new.get(key, self._state(key))
+                new[key] = State(np.vstack([cur.data, pos.zyx]),
+                                 pd.concat([cur.features, features_frame(pos)[["class", "score", "source"]]],
+                                           ignore_index=True))
+            if len(neg):
+                cur = new.get(REJECTED, self._state(REJECTED))
+                new[REJECTED] = State(np.vstack([cur.data, neg.zyx]),
+                                      pd.concat([cur.features, features_frame(neg)[["class", "score", "source"]]],
+                                                ignore_index=True))
+        if undoable:
+            self._edit(f"load {len(picks)} pick(s)", new)
+        else:
+            for key, state in new.items():
+                if key.kind == "rejected":
+                    # negatives are remembered without creating a layer
+                    self._committed[key] = state
+                else:
+                    self._set_state(key, state)
+            self.events.picks.emit()
+        return len(picks)
+
+    # ------------------------------------------------------------------ keys
+    def _bind_viewer_keys(self) -> None:
+        ref = weakref.ref(self)
+
+        def number(k):
+            def _select(viewer=None):
+                s = ref()
+                if s is not None:
+                    s.select_class_number(k)
+            _select.__name__ = f"cryopicker_class_{k}"
+            _select.__doc__ = f"CryoPicker: make class {k} the active class"
+            return _select
+
+        def _undo(viewer=None):
+            s = ref()
+            if s is not None:
+                s.undo()
+
+        def _redo(viewer=None):
+            s = ref()
+            if s is not None:
+                s.redo()
+
+        self._key_handlers = {str(k): number(k) for k in range(1, 10)}
+        self._key_handlers["Control-Z"] = _undo
+        self._key_handlers["Control-Shift-Z"] = _redo
+        self._key_handlers["Control-Y"] = _redo
+        for key, fn in self._key_handlers.items():
+            with contextlib.suppress(Exception):
+                self.viewer.bind_key(key, fn, overwrite=True)
+
+    def _bind_layer_keys(self, layer) -> None:
+        """Number keys on our layers too (the active layer's keymap wins over the viewer's).
+
+        This replaces napari's number shortcuts on the session's layers (Points: 1 delete,
+        2-5 modes; Image: 1-2 modes); P / S / Z and Delete / Backspace still switch to add /
+        select / pan-zoom mode and delete.
+        """
+        for key, fn in self._key_handlers.items():
+            with contextlib.suppress(Exception):
+                layer.bind_key(key, (lambda f: (lambda _layer=None: f()))(fn), overwrite=True)
+
+
+def read_annotation_file(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    try:
+        payload = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise CryoPickerError(f"{p}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise CryoPickerError(f"{p}: not a readable annotation file ({e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != AUTOSAVE_FORMAT:
+        raise CryoPickerError(f"{p}: not a napari-cryopicker annotation file")
+    return payload
+
+
+def _notify(msg: str, level: str = "info") -> None:
+    try:
+        from napari.utils import notifications
+
+        getattr(notifications, f"show_{level}")(msg)
+    except Exception:  # pragma: no cover
+        log.info(msg)
+
+
+# ----------------------------------------------------------------------------- registry
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def get_session(viewer: napari.Viewer, *, create: bool = True) -> PickingSession | None:
+    """The one session of ``viewer`` (created on first use, shared by all widgets)."""
+    s = _SESSIONS.get(viewer)
+    if s is None and create:
+        s = PickingSession(viewer)
+        _SESSIONS[viewer] = s
+        # adopt a tomogram that is already open
+        if s.image_layer is None:
+            layers = s.image_layers()
+            if layers:
+                with contextlib.suppress(CryoPickerError):
+                    s.set_tomogram(layers[0])
+    return s

@@ -1,0 +1,121 @@
+"""Picking panel: run the model (Stop cancels), probability map, per-class score threshold."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QWidget
+from superqt import QLabeledDoubleSlider
+
+from ..workers import runs_for
+from ._common import PanelBase, hint_label, reports_errors
+
+
+class PickingWidget(PanelBase):
+    title = "Picking"
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        self.run = runs_for(self.session)["predict"]
+        lay = self.group("Pick particles with the current model")
+        self.probability = QCheckBox("also show the probability map")
+        lay.addWidget(self.probability)
+        row = QHBoxLayout()
+        self.btn_pick = QPushButton("Pick")
+        self.btn_stop = QPushButton("Stop")
+        self.btn_stop.setEnabled(False)
+        row.addWidget(self.btn_pick)
+        row.addWidget(self.btn_stop)
+        lay.addLayout(row)
+        self.status = hint_label()
+        lay.addWidget(self.status)
+
+        t = self.group("Score threshold per class (filters the shown picks live)")
+        self.sliders_box = QWidget()
+        self.form = QFormLayout(self.sliders_box)
+        self.form.setContentsMargins(0, 0, 0, 0)
+        t.addWidget(self.sliders_box)
+        self.sliders: dict[str, QLabeledDoubleSlider] = {}
+        self.counts: dict[str, QLabel] = {}
+
+        self.btn_pick.clicked.connect(self.pick)
+        self.btn_stop.clicked.connect(self.stop)
+        self.on(self.run.started, self._started)
+        self.on(self.run.finished, self._finished)
+        self.on(self.session.events.classes, self._rebuild)
+        self.on(self.session.events.picks, self._refresh_counts)
+        self.on(self.session.events.model, self._model)
+        self._rebuild()
+        self._model()
+
+    # ------------------------------------------------------------------ sliders
+    def _rebuild(self, *_):
+        names = self.session.classes.names
+        if list(self.sliders) == names:
+            self._refresh_counts()
+            return
+        while self.form.rowCount():
+            self.form.removeRow(0)
+        self.sliders.clear()
+        self.counts.clear()
+        for name in names:
+            s = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+            s.setRange(0.0, 1.0)
+            s.setDecimals(2)
+            s.setSingleStep(0.01)
+            s.setValue(self.session.thresholds.get(name, self.session.default_threshold))
+            s.valueChanged.connect(lambda v, n=name: self.set_threshold(n, v))
+            cnt = QLabel("")
+            cnt.setMinimumWidth(60)
+            row = QWidget()
+            h = QHBoxLayout(row)
+            h.setContentsMargins(0, 0, 0, 0)
+            h.addWidget(s, 1)
+            h.addWidget(cnt)
+            self.form.addRow(name, row)
+            self.sliders[name] = s
+            self.counts[name] = cnt
+        self._refresh_counts()
+
+    @reports_errors
+    def set_threshold(self, name: str, value: float):
+        self.session.set_threshold(name, value)
+
+    def _refresh_counts(self, *_):
+        counts = self.session.counts()
+        for name, lab in self.counts.items():
+            c = counts.get(name, {})
+            lab.setText(f"{c.get('predicted', 0)} / {c.get('predicted_total', 0)}")
+            sl = self.sliders.get(name)
+            want = self.session.thresholds.get(name, self.session.default_threshold)
+            if sl is not None and abs(sl.value() - want) > 1e-6:
+                sl.blockSignals(True)
+                sl.setValue(want)
+                sl.blockSignals(False)
+
+    # ------------------------------------------------------------------ run
+    @reports_errors
+    def pick(self, *_):
+        self.run.start(probability=self.probability.isChecked())
+
+    def stop(self, *_):
+        self.run.stop()
+        self.btn_stop.setEnabled(False)
+
+    def _started(self):
+        self.btn_pick.setEnabled(False)
+        self.btn_stop.setEnabled(True)
+        self.status.setText("Picking... (progress in the activity dock, bottom right)")
+
+    def _finished(self, outcome):
+        self.btn_pick.setEnabled(self.session.checkpoint is not None)
+        self.btn_stop.setEnabled(False)
+        self.status.setText({"ok": "Done: tune the thresholds, then correct the picks.",
+                             "cancelled": "Stopped; earlier picks unchanged."}.get(outcome.status, ""))
+
+    def _model(self, *_):
+        has = self.session.checkpoint is not None
+        self.btn_pick.setEnabled(has and not self.run.running)
+        if not has:
+            self.status.setText("Train or load a model first (Training panel).")
+        elif not self.run.running:
+            self.status.setText("")

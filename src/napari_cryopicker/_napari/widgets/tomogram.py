@@ -1,0 +1,121 @@
+"""Tomogram panel: choose the tomogram to pick; display filters and slab averaging."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QPushButton,
+    QSpinBox,
+)
+
+from ..controllers import TomogramPanel
+from ._common import PanelBase, hint_label, reports_errors
+
+
+class TomogramWidget(PanelBase):
+    title = "Tomogram"
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        self.logic = TomogramPanel(self.session)
+        lay = self.group("Tomogram to pick")
+        self.combo = QComboBox()
+        self.combo.setToolTip("The image layer you annotate, train on and pick")
+        self.info = hint_label()
+        lay.addWidget(self.combo)
+        lay.addWidget(self.info)
+
+        f = self.group("Display filters (new layers; picking uses the original)")
+        form = QFormLayout()
+        f.addLayout(form)
+        self.sigma = _dspin(1.5, 0.1, 20.0, 0.5)
+        self.btn_gauss = QPushButton("Gaussian")
+        form.addRow("sigma (voxels)", _row(self.sigma, self.btn_gauss))
+        self.fine = _dspin(1.0, 0.0, 20.0, 0.5)
+        self.coarse = _dspin(8.0, 0.5, 200.0, 1.0)
+        self.btn_band = QPushButton("Band-pass")
+        form.addRow("fine / coarse", _row(self.fine, self.coarse, self.btn_band))
+        self.btn_eq = QPushButton("Histogram equalisation")
+        form.addRow("", self.btn_eq)
+        self.slab = QSpinBox()
+        self.slab.setRange(2, 101)
+        self.slab.setValue(5)
+        self.btn_slab = QPushButton("Slab average")
+        form.addRow("z-slices", _row(self.slab, self.btn_slab))
+        self.status = hint_label()
+        f.addWidget(self.status)
+
+        self.combo.currentTextChanged.connect(self._chosen)
+        self.btn_gauss.clicked.connect(lambda: self._filter("gaussian", sigma=self.sigma.value()))
+        self.btn_band.clicked.connect(
+            lambda: self._filter("bandpass", fine=self.fine.value(), coarse=self.coarse.value()))
+        self.btn_eq.clicked.connect(lambda: self._filter("equalise"))
+        self.btn_slab.clicked.connect(lambda: self._filter("slab", n=self.slab.value()))
+        self.on(self.viewer.layers.events.inserted, self._refresh)
+        self.on(self.viewer.layers.events.removed, self._refresh)
+        self.on(self.session.events.tomogram, self._refresh)
+        self.on(self.session.events.busy, self._busy)
+        self._refresh()
+
+    def _refresh(self, *_):
+        names = self.logic.choices()
+        cur = self.session.image_layer.name if self.session.image_layer is not None else ""
+        self.combo.blockSignals(True)
+        self.combo.clear()
+        self.combo.addItems(names)
+        if cur in names:
+            self.combo.setCurrentText(cur)
+        else:
+            self.combo.setCurrentIndex(-1)
+        self.combo.blockSignals(False)
+        t = self.session.tomogram
+        if t is None:
+            self.info.setText("Open a tomogram (File > Open, .mrc/.rec) or File > Open Sample.")
+        else:
+            z, y, x = t.shape
+            where = f"; annotations autosaved to {self.session.autosave_path.name}" \
+                if self.session.autosave_path else "; not autosaved (no file)"
+            self.info.setText(f"{t.name}: {x} x {y} x {z} voxels, {t.voxel_size:.4g} A/voxel{where}")
+
+    @reports_errors
+    def _chosen(self, name: str):
+        self.logic.choose(name or None)
+
+    @reports_errors
+    def _filter(self, kind: str, **params):
+        self.logic.filter(kind, **params)
+        self.status.setText(f"Computing {kind}...")
+
+    def _busy(self, task: str, running: bool):
+        if task != "filter":
+            return
+        for b in (self.btn_gauss, self.btn_band, self.btn_eq, self.btn_slab):
+            b.setEnabled(not running)
+        if not running:
+            self.status.setText("")
+
+
+def _dspin(value, lo, hi, step):
+    s = QDoubleSpinBox()
+    s.setRange(lo, hi)
+    s.setSingleStep(step)
+    s.setDecimals(2)
+    s.setValue(value)
+    return s
+
+
+def _row(*widgets):
+    from qtpy.QtWidgets import QWidget
+
+    w = QWidget()
+    h = QHBoxLayout(w)
+    h.setContentsMargins(0, 0, 0, 0)
+    for x in widgets:
+        h.addWidget(x)
+    return w
+
+
+__all__ = ["TomogramWidget"]

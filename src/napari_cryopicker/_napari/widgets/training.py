@@ -1,0 +1,217 @@
+"""Training panel: settings, Train / Stop, live loss and F1 plot, save / load model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+)
+
+from ..controllers import load_model, model_summary, save_model
+from ..session import overfitting_hint
+from ..workers import notify, runs_for
+from ._common import PanelBase, hint_label, reports_errors
+
+
+class LossPlot:
+    """Train/val loss and validation F1 per epoch (matplotlib in Qt; a label if unavailable)."""
+
+    def __init__(self):
+        self.widget = None
+        self.figure = None
+        try:
+            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+            from matplotlib.figure import Figure
+
+            self.figure = Figure(figsize=(4, 2.4), tight_layout=True, facecolor="#262930")
+            self.canvas = FigureCanvasQTAgg(self.figure)
+            self.canvas.setMinimumHeight(170)
+            self.ax = self.figure.add_subplot(111)
+            self.ax2 = self.ax.twinx()
+            self.widget = self.canvas
+        except Exception:  # pragma: no cover - matplotlib is a dependency of the gui extra
+            self.widget = QLabel("")
+        self.update([])
+
+    def update(self, history: list[dict]) -> None:
+        if self.figure is None:
+            last = history[-1] if history else {}
+            self.widget.setText(", ".join(f"{k}={v:.3g}" for k, v in last.items()
+                                          if isinstance(v, (int, float))))
+            return
+        ax, ax2 = self.ax, self.ax2
+        ax.clear()
+        ax2.clear()
+        for a in (ax, ax2):
+            a.set_facecolor("#262930")
+            a.tick_params(colors="#d0d0d0", labelsize=7)
+            for sp in a.spines.values():
+                sp.set_color("#808080")
+        ep = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+
+        def series(key):
+            pts = [(e, h[key]) for e, h in zip(ep, history) if h.get(key) is not None]
+            return ([p[0] for p in pts], [p[1] for p in pts])
+
+        x, y = series("train_loss")
+        ax.plot(x, y, "-o", ms=2, color="#56B4E9", label="train loss")
+        x, y = series("val_loss")
+        if x:
+            ax.plot(x, y, "-o", ms=2, color="#E69F00", label="val loss")
+        x, y = series("val_f1")
+        if x:
+            ax2.plot(x, y, "--", color="#009E73", label="val F1")
+            ax2.set_ylim(0, 1)
+        ax.set_xlabel("epoch", color="#d0d0d0", fontsize=7)
+        ax.set_ylabel("loss", color="#d0d0d0", fontsize=7)
+        ax2.set_ylabel("F1", color="#d0d0d0", fontsize=7)
+        if history:
+            h1, l1 = ax.get_legend_handles_labels()
+            h2, l2 = ax2.get_legend_handles_labels()
+            leg = ax.legend(h1 + h2, l1 + l2, fontsize=6, loc="upper right", framealpha=0.3)
+            for t in leg.get_texts():
+                t.set_color("#d0d0d0")
+        else:
+            ax.text(0.5, 0.5, "losses appear here during training", ha="center", va="center",
+                    color="#909090", fontsize=8, transform=ax.transAxes)
+        self.canvas.draw_idle()
+
+
+class TrainingWidget(PanelBase):
+    title = "Training"
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        self.run = runs_for(self.session)["train"]
+        st = self.session.train_settings
+        lay = self.group("Train a picker on your picks")
+        form = QFormLayout()
+        lay.addLayout(form)
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 10000)
+        self.epochs.setValue(int(st.get("epochs", 40)))
+        form.addRow("epochs", self.epochs)
+        self.minutes = QDoubleSpinBox()
+        self.minutes.setRange(0.0, 24 * 60.0)
+        self.minutes.setDecimals(1)
+        self.minutes.setSpecialValueText("no limit")
+        self.minutes.setSuffix(" min")
+        self.minutes.setValue((st.get("time_limit") or 0) / 60.0)
+        form.addRow("time budget", self.minutes)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        self.device.setCurrentText(st.get("device", "auto"))
+        form.addRow("device", self.device)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setValue(int(st.get("seed", 0)))
+        form.addRow("seed", self.seed)
+        self.fine_tune = QCheckBox("fine-tune the current model (else from scratch)")
+        lay.addWidget(self.fine_tune)
+        row = QHBoxLayout()
+        self.btn_train = QPushButton("Train")
+        self.btn_stop = QPushButton("Stop")
+        self.btn_stop.setEnabled(False)
+        self.btn_stop.setToolTip("Stop after the current batch; the best model so far is kept")
+        row.addWidget(self.btn_train)
+        row.addWidget(self.btn_stop)
+        lay.addLayout(row)
+        self.plot = LossPlot()
+        lay.addWidget(self.plot.widget)
+        self.hint = hint_label()
+        self.hint.setStyleSheet("color: #E69F00;")
+        lay.addWidget(self.hint)
+
+        m = self.group("Model")
+        self.summary = hint_label()
+        m.addWidget(self.summary)
+        row2 = QHBoxLayout()
+        self.btn_save = QPushButton("Save model...")
+        self.btn_load = QPushButton("Load model...")
+        row2.addWidget(self.btn_save)
+        row2.addWidget(self.btn_load)
+        m.addLayout(row2)
+
+        for w in (self.epochs, self.seed):
+            w.valueChanged.connect(self._settings)
+        self.minutes.valueChanged.connect(self._settings)
+        self.device.currentTextChanged.connect(self._settings)
+        self.btn_train.clicked.connect(self.train)
+        self.btn_stop.clicked.connect(self.stop)
+        self.btn_save.clicked.connect(self._save)
+        self.btn_load.clicked.connect(self._load)
+        self.on(self.run.epoch, self._epoch)
+        self.on(self.run.started, self._started)
+        self.on(self.run.finished, self._finished)
+        self.on(self.session.events.model, self._model)
+        self._model()
+
+    def _settings(self, *_):
+        st = self.session.train_settings
+        st["epochs"] = self.epochs.value()
+        st["time_limit"] = self.minutes.value() * 60.0 or None
+        st["device"] = self.device.currentText()
+        st["seed"] = self.seed.value()
+
+    @reports_errors
+    def train(self, *_):
+        self._settings()
+        self.run.start(fine_tune=self.fine_tune.isChecked())
+
+    def stop(self, *_):
+        self.run.stop()
+        self.btn_stop.setEnabled(False)
+        self.hint.setText("Stopping after the current batch; the best model so far is kept.")
+
+    def _started(self):
+        self.btn_train.setEnabled(False)
+        self.btn_stop.setEnabled(True)
+        self.hint.setText("")
+        self.plot.update([])
+
+    def _epoch(self, info: dict):
+        self.plot.update(self.run.history)
+        self.hint.setText(overfitting_hint(self.run.history))
+
+    def _finished(self, outcome):
+        self.btn_train.setEnabled(True)
+        self.btn_stop.setEnabled(False)
+        if outcome.status == "cancelled":
+            self.hint.setText("Stopped before the first epoch ended; the previous model is unchanged.")
+
+    def _model(self, *_):
+        self.summary.setText(model_summary(self.session))
+        has = self.session.checkpoint is not None
+        self.btn_save.setEnabled(has)
+        self.fine_tune.setEnabled(has)
+        if not has:
+            self.fine_tune.setChecked(False)
+
+    def _folder(self) -> Path:
+        t = self.session.tomogram
+        return t.path.parent if t is not None and t.path is not None else Path.cwd()
+
+    @reports_errors
+    def _save(self, *_):
+        default = self._folder() / f"{self.session.tomogram_name or 'cryopicker'}_model.pt"
+        path, _ = QFileDialog.getSaveFileName(self, "Save model", str(default), "PyTorch model (*.pt)")
+        if path:
+            out = save_model(self.session, path)
+            notify(f"Model saved to {out}")
+
+    @reports_errors
+    def _load(self, *_):
+        path, _ = QFileDialog.getOpenFileName(self, "Load model", str(self._folder()),
+                                              "PyTorch model (*.pt);;All files (*)")
+        if path:
+            load_model(self.session, path)
+            notify(f"Loaded {Path(path).name}: {model_summary(self.session)}")

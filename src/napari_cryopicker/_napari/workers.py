@@ -1,0 +1,416 @@
+"""Background work: training, picking, filters and label previews off the GUI thread.
+
+Each long job runs in a napari ``thread_worker`` and reports through the core's
+:class:`~..core.progress.Progress` protocol. Progress and per-epoch reports are marshalled
+to the GUI thread (``superqt.utils.ensure_main_thread``) and shown in napari's activity
+dock (a cancellable ``napari.utils.progress``). Stop -> ``Progress.cancel()``; the core
+stops at the next batch. Jobs never raise into napari: each ends as a
+:class:`Outcome` (ok / cancelled / error) whose message is shown as a notification, and
+nothing in the viewer changes unless the job succeeded.
+
+torch is imported only inside the job functions (``core.train`` / ``core.predict``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from psygnal import Signal
+
+from ..core.errors import Cancelled, CryoPickerError
+from ..core.progress import Progress
+from .convert import META
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .session import PickingSession
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- outcome
+@dataclass
+class Outcome:
+    status: str  # "ok" | "cancelled" | "error"
+    value: Any = None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def readable_error(e: BaseException) -> str:
+    """A message for a notification: the core's own words, or the gist of anything else."""
+    if isinstance(e, CryoPickerError):
+        return str(e)
+    if isinstance(e, MemoryError):
+        return "out of memory; try a smaller tomogram, a smaller batch or patch size, or the GPU"
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if "out of memory" in text.lower():
+        return "the GPU ran out of memory; lower the batch or patch size, or use the CPU"
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def guarded(job: Callable[..., Any], *args, **kwargs) -> Outcome:
+    """Run ``job`` and turn every exception into an :class:`Outcome` (worker thread)."""
+    try:
+        return Outcome("ok", job(*args, **kwargs))
+    except Cancelled as e:
+        return Outcome("cancelled", None, str(e) or "cancelled")
+    except Exception as e:
+        log.debug("background job failed:\n%s", traceback.format_exc())
+        return Outcome("error", None, readable_error(e))
+
+
+def notify(msg: str, level: str = "info") -> None:
+    from napari.utils import notifications
+
+    getattr(notifications, f"show_{level}")(msg)
+
+
+def _on_main(fn: Callable, *args) -> None:
+    """Call ``fn(*args)`` on the GUI thread (directly if already there)."""
+    from superqt.utils import ensure_main_thread
+
+    ensure_main_thread(fn)(*args)
+
+
+# ----------------------------------------------------------------------------- task
+class BackgroundTask:
+    """One cancellable background job with a progress bar in napari's activity dock."""
+
+    started = Signal()
+    finished = Signal(object)  # Outcome
+
+    def __init__(self, title: str, session: PickingSession | None = None, busy_name: str | None = None):
+        self.title = title
+        self.session = session
+        self.busy_name = busy_name
+        self.progress: Progress | None = None
+        self.worker = None
+        self._pbar = None
+        self._last_report = 0.0
+        self.last_outcome: Outcome | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(self, job: Callable[[Progress], Any], on_result: Callable[[Any], None] | None = None,
+              *, total: int = 0) -> None:
+        """Run ``job(progress)`` in a thread; ``on_result(value)`` on success (GUI thread)."""
+        from napari.qt.threading import create_worker
+
+        if self.running:
+            raise CryoPickerError(f"{self.title} is already running; stop it first")
+        self.progress = Progress(callback=self._report)
+        self._pbar = _make_pbar(self.title, total, self.stop)
+        self._on_result = on_result
+        self.worker = create_worker(guarded, job, self.progress, _start_thread=False)
+        self.worker.returned.connect(self._returned)
+        self.worker.errored.connect(self._errored)  # only if guarded itself failed
+        if self.session is not None and self.busy_name:
+            self.session.set_busy(self.busy_name, True)
+        self.worker.start()
+        self.started.emit()
+
+    def stop(self) -> None:
+        """Ask the job to stop at its next check (training keeps the best model so far)."""
+        if self.progress is not None:
+            self.progress.cancel()
+            if self._pbar is not None:
+                self._pbar.set_description(f"{self.title}: stopping...")
+
+    # worker thread
+    def _report(self, done: int, total: int, message: str) -> None:
+        now = time.monotonic()
+        if done < total and now - self._last_report < 0.1:
+            return
+        self._last_report = now
+        _on_main(self._show_progress, done, total, message)
+
+    # GUI thread
+    def _show_progress(self, done: int, total: int, message: str) -> None:
+        pbar = self._pbar
+        if pbar is None:
+            return
+        if total and pbar.total != total:
+            pbar.total = total
+        if done != pbar.n:
+            pbar.update(done - pbar.n)
+        desc = f"{self.title}: {message}" if message else self.title
+        if self.progress is not None and self.progress.cancelled:
+            desc = f"{self.title}: stopping..."
+        if desc != pbar.desc:
+            pbar.set_description(desc)
+
+    def _returned(self, outcome: Outcome) -> None:
+        self._finish(outcome)
+
+    def _errored(self, exc: BaseException) -> None:  # pragma: no cover - guarded catches all
+        self._finish(Outcome("error", None, readable_error(exc)))
+
+    def _finish(self, outcome: Outcome) -> None:
+        self.worker = None
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        if self.session is not None and self.busy_name:
+            self.session.set_busy(self.busy_name, False)
+        if outcome.ok and self._on_result is not None:
+            try:
+                self._on_result(outcome.value)
+            except Exception as e:  # showing a result must not crash the GUI
+                log.debug("showing result failed:\n%s", traceback.format_exc())
+                outcome = Outcome("error", None, readable_error(e))
+        if outcome.status == "error":
+            notify(f"{self.title} failed: {outcome.message}", "error")
+        self.last_outcome = outcome
+        self.finished.emit(outcome)
+
+
+def _make_pbar(title: str, total: int, on_cancel: Callable[[], None]):
+    from napari.utils import cancelable_progress
+
+    class _TaskProgress(cancelable_progress):
+        def cancel(self) -> None:  # the activity dock's cancel button
+            super().cancel()
+            on_cancel()
+
+    return _TaskProgress(total=total, desc=title)
+
+
+def _config(cls, values: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+
+
+# ----------------------------------------------------------------------------- training
+class TrainingRun:
+    """Train (or fine-tune) the session's model on its picks; one run at a time."""
+
+    epoch = Signal(dict)      # one on_epoch report (GUI thread)
+    started = Signal()
+    finished = Signal(object)  # Outcome
+
+    def __init__(self, session: PickingSession):
+        self.session = session
+        self.task = BackgroundTask("Training", session, "train")
+        self.task.finished.connect(self._finished)
+        self.history: list[dict] = []
+        self.fine_tune = False
+
+    @property
+    def running(self) -> bool:
+        return self.task.running
+
+    def config_values(self) -> dict:
+        s = self.session
+        values = dict(s.train_settings)
+        values["label_mode"] = s.label_mode
+        values["diameter"] = s.label_diameter
+        values.update(s.train_overrides)
+        return values
+
+    def start(self, *, fine_tune: bool = False) -> None:
+        s = self.session
+        tomo = s._require_tomogram()
+        if self.running:
+            raise CryoPickerError("training is already running")
+        classes = s.training_classes()
+        if not len(classes):
+            raise CryoPickerError(
+                "no picks yet: choose a class, click a few particles in the tomogram, then train"
+            )
+        missing = [n for n in s.classes.names if n not in classes]
+        if missing:
+            notify(f"Class(es) {', '.join(missing)} have no picks and are left out of training")
+        init = s.checkpoint if fine_tune else None
+        if fine_tune and init is None:
+            raise CryoPickerError("there is no model to fine-tune yet; train from scratch first")
+        picks = s.training_picks()
+        picks = picks._subset(picks.table["class_name"].isin(classes.names).to_numpy()
+                              | (picks.table["source"] == "rejected").to_numpy())
+        picks = picks.with_tomogram(tomo.name)
+        values = self.config_values()
+        self.history = []
+        self.fine_tune = fine_tune
+
+        def job(progress: Progress):
+            from ..core.train import TrainConfig, train_model
+
+            cfg = _config(TrainConfig, values)
+            return train_model([tomo], [picks], classes, cfg, init=init, progress=progress,
+                               on_epoch=self._epoch_from_worker)
+
+        self.task.start(job, self._result)
+        self.started.emit()
+
+    def stop(self) -> None:
+        self.task.stop()
+
+    def _epoch_from_worker(self, info: dict) -> None:
+        _on_main(self._epoch, dict(info))
+
+    def _epoch(self, info: dict) -> None:
+        self.history.append(info)
+        self.epoch.emit(info)
+
+    def _result(self, ckpt) -> None:
+        self.session.set_checkpoint(ckpt)
+
+    def _finished(self, outcome: Outcome) -> None:
+        ckpt = self.session.checkpoint
+        if outcome.ok:
+            best = getattr(ckpt, "best_epoch", None)
+            score = getattr(ckpt, "best_score", None)
+            extra = f" (best epoch {best}" + (f", validation score {score:.2f})" if score is not None else ")") \
+                if best is not None else ""
+            stopped = self.task.progress is not None and self.task.progress.cancelled
+            notify(("Training stopped; the best model so far is kept" if stopped else "Training finished")
+                   + extra)
+        elif outcome.status == "cancelled":
+            notify("Training stopped before the first epoch ended; the previous model is unchanged")
+        self.finished.emit(outcome)
+
+
+# ----------------------------------------------------------------------------- picking
+class PickingRun:
+    """Run the session's model over its tomogram and show the picks."""
+
+    started = Signal()
+    finished = Signal(object)
+
+    def __init__(self, session: PickingSession):
+        self.session = session
+        self.task = BackgroundTask("Picking", session, "predict")
+        self.task.finished.connect(self._finished)
+        self.show_probability = False
+
+    @property
+    def running(self) -> bool:
+        return self.task.running
+
+    def start(self, *, probability: bool = False, device: str | None = None) -> None:
+        s = self.session
+        tomo = s._require_tomogram()
+        ckpt = s.checkpoint
+        if ckpt is None:
+            raise CryoPickerError("no model yet: train one (Training panel) or load a saved model")
+        if self.running:
+            raise CryoPickerError("picking is already running")
+        values = dict(s.predict_overrides)
+        values["device"] = device or values.get("device") or s.train_settings.get("device", "auto")
+        self.show_probability = probability
+
+        def job(progress: Progress):
+            from ..core.predict import PredictConfig, predict_picks
+
+            cfg = _config(PredictConfig, values)
+            return predict_picks(tomo, ckpt, cfg, progress=progress, return_probability=probability)
+
+        self._ckpt = ckpt
+        self.task.start(job, self._result)
+        self.started.emit()
+
+    def stop(self) -> None:
+        self.task.stop()
+
+    def _result(self, result) -> None:
+        s = self.session
+        picks = result.picks.with_tomogram(s.tomogram_name)
+        if picks.voxel_size is None:
+            picks.voxel_size = s.voxel_size
+        s.set_predictions(picks, checkpoint_classes=self._ckpt.classes)
+        if self.show_probability and getattr(result, "probability", None) is not None:
+            show_probability(s, result.probability, self._ckpt.classes)
+        n = len(picks)
+        per = ", ".join(f"{k}: {v}" for k, v in picks.counts().items())
+        notify(f"Picked {n} particle(s)" + (f" ({per})" if per else ""))
+
+    def _finished(self, outcome: Outcome) -> None:
+        if outcome.status == "cancelled":
+            notify("Picking stopped; the earlier picks are unchanged")
+        self.finished.emit(outcome)
+
+
+def show_probability(session: PickingSession, probability: np.ndarray, classes) -> list:
+    """One Image layer per class ("probability: <class>"), replacing earlier ones."""
+    viewer = session.viewer
+    out = []
+    prob = np.asarray(probability)
+    for k, c in enumerate(classes, start=1):
+        if k >= prob.shape[0]:
+            break
+        name = f"probability: {c.name}"
+        vol = prob[k].astype(np.float32)
+        if name in viewer.layers:
+            layer = viewer.layers[name]
+            layer.data = vol
+        else:
+            from napari.utils.colormaps import Colormap
+
+            cmap = Colormap([[0, 0, 0, 0], _rgba(c.colour)], name=f"cryopicker-{c.name}")
+            layer = viewer.add_image(
+                vol, name=name, **session.layer_kwargs(), colormap=cmap, blending="additive",
+                contrast_limits=(0.0, 1.0), opacity=0.6,
+                metadata={META: {"kind": "probability", "class": c.name, "tomogram": session.tomogram_name}},
+            )
+        out.append(layer)
+    return out
+
+
+def _rgba(colour: str) -> list[float]:
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    return [float(v) for v in transform_color(colour)[0]]
+
+
+# ----------------------------------------------------------------------------- filters / labels
+class VolumeJob:
+    """Compute a derived volume (filter, weak labels) in a thread and show it as a layer."""
+
+    finished = Signal(object)
+
+    def __init__(self, session: PickingSession, title: str, busy_name: str):
+        self.session = session
+        self.task = BackgroundTask(title, session, busy_name)
+        self.task.finished.connect(self.finished.emit)
+
+    @property
+    def running(self) -> bool:
+        return self.task.running
+
+    def start(self, compute: Callable[[], np.ndarray], show: Callable[[np.ndarray], Any]) -> None:
+        def job(progress: Progress):
+            progress.update(0, 1, "computing")
+            out = compute()
+            progress.check()
+            progress.update(1, 1, "done")
+            return out
+
+        self.task.start(job, show, total=1)
+
+    def stop(self) -> None:
+        self.task.stop()
+
+
+def runs_for(session: PickingSession) -> dict[str, Any]:
+    """The shared background runs of a session (one training, one picking, ...)."""
+    runs = getattr(session, "_runs", None)
+    if runs is None:
+        runs = {
+            "train": TrainingRun(session),
+            "predict": PickingRun(session),
+            "filter": VolumeJob(session, "Filter", "filter"),
+            "labels": VolumeJob(session, "Weak labels", "labels"),
+        }
+        session._runs = runs
+    return runs

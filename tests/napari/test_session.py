@@ -1,0 +1,220 @@
+"""The picking session: classes, picks layers, undo/redo, autosave, corrections."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from gui_helpers import PLUGIN, VOXEL
+
+from napari_cryopicker._napari.session import REJECTED, Key, get_session, overfitting_hint
+from napari_cryopicker.core.errors import CryoPickerError
+from napari_cryopicker.core.picks import Picks
+
+
+@pytest.fixture
+def two_classes(session):
+    session.add_class("ribosome", 8)
+    session.add_class("proteasome", 6)
+    return session
+
+
+def test_open_tomogram_starts_session(session, tomo_path):
+    assert session.tomogram.name == "TS_01"
+    assert session.voxel_size == pytest.approx(VOXEL)
+    assert session.autosave_path == tomo_path.with_name("TS_01.cryopicker.json")
+
+
+def test_add_pick_creates_styled_points_layer(viewer, two_classes):
+    s = two_classes
+    s.add_pick((10, 20, 30), "ribosome")
+    layer = viewer.layers["picks: ribosome"]
+    np.testing.assert_allclose(layer.data, [[10, 20, 30]])
+    assert tuple(layer.scale) == pytest.approx((VOXEL,) * 3)
+    assert list(layer.features["class"]) == ["ribosome"]
+    assert list(layer.features["source"]) == ["manual"]
+    assert layer.size[0] == pytest.approx(8)
+    assert layer.projection_mode == "rescale_spherical"
+    np.testing.assert_allclose(layer.border_color[0][:3], [0xE6 / 255, 0x9F / 255, 0.0], atol=0.01)
+    assert s.diameter_angstrom("ribosome") == pytest.approx(8 * VOXEL)
+    assert s.counts()["ribosome"]["annotated"] == 1
+    assert s.counts()["proteasome"]["annotated"] == 0
+
+
+def test_undo_redo_of_session_edits(viewer, two_classes):
+    s = two_classes
+    s.add_pick((1, 2, 3), "ribosome")
+    s.add_pick((4, 5, 6), "ribosome")
+    s.move_pick("ribosome", 0, (1, 2, 9))
+    s.delete_picks("ribosome", [1])
+    layer = viewer.layers["picks: ribosome"]
+    np.testing.assert_allclose(layer.data, [[1, 2, 9]])
+    assert s.undo()  # delete
+    np.testing.assert_allclose(layer.data, [[1, 2, 9], [4, 5, 6]])
+    assert s.undo()  # move
+    np.testing.assert_allclose(layer.data, [[1, 2, 3], [4, 5, 6]])
+    assert s.redo()
+    np.testing.assert_allclose(layer.data, [[1, 2, 9], [4, 5, 6]])
+    s.undo(), s.undo(), s.undo()
+    assert len(layer.data) == 0 and not s.can_undo
+    assert s.redo() and len(layer.data) == 1
+
+
+def test_edits_made_in_napari_are_undoable(viewer, two_classes):
+    """Clicks, deletes and drags act on the layer directly (events.data actions)."""
+    s = two_classes
+    s.set_active_class("ribosome")
+    layer = viewer.layers["picks: ribosome"]
+    assert viewer.layers.selection.active is layer and layer.mode == "add"
+    layer.add([5, 6, 7])  # what a click in add mode does
+    layer.add([8, 9, 10])
+    assert list(layer.features["source"]) == ["manual", "manual"]
+    assert s.counts()["ribosome"]["annotated"] == 2
+    layer.selected_data = {0}
+    layer.remove_selected()  # Delete key
+    np.testing.assert_allclose(layer.data, [[8, 9, 10]])
+    # a drag: napari mutates data in place, then emits "changed"
+    layer.events.data(value=layer.data, action="changing", data_indices=(0,), vertex_indices=((),))
+    layer.data[0] = [8, 12, 12]
+    layer.events.data(value=layer.data, action="changed", data_indices=(0,), vertex_indices=((),))
+    s.undo()
+    np.testing.assert_allclose(layer.data, [[8, 9, 10]])
+    s.undo()
+    np.testing.assert_allclose(layer.data, [[5, 6, 7], [8, 9, 10]])
+    s.undo()
+    assert len(layer.data) == 1
+    s.redo()
+    s.redo()
+    np.testing.assert_allclose(layer.data, [[8, 9, 10]])
+
+
+def test_removing_a_picks_layer_is_undoable(viewer, two_classes):
+    s = two_classes
+    s.add_pick((1, 2, 3), "ribosome")
+    viewer.layers.remove("picks: ribosome")
+    assert s.counts()["ribosome"]["annotated"] == 0
+    s.undo()
+    np.testing.assert_allclose(viewer.layers["picks: ribosome"].data, [[1, 2, 3]])
+
+
+def test_number_keys_choose_the_active_class(viewer, two_classes, qtbot):
+    s = two_classes
+    s.select_class_number(2)
+    assert s.active_class == "proteasome"
+    # real key presses on the canvas, with a picks layer and with the image active
+    canvas = viewer.window._qt_viewer.canvas.native
+    for active in (viewer.layers["picks: proteasome"], viewer.layers["TS_01"]):
+        viewer.layers.selection.active = active
+        qtbot.keyClick(canvas, "1")
+        assert s.active_class == "ribosome"
+        qtbot.keyClick(canvas, "2")
+        assert s.active_class == "proteasome"
+    qtbot.keyClick(canvas, "9")  # no class 9: nothing happens
+    assert s.active_class == "proteasome"
+
+
+def test_autosave_written_atomically_and_restored(make_napari_viewer, tomo_path):
+    v1 = make_napari_viewer()
+    s1 = get_session(v1)
+    v1.open(str(tomo_path), plugin=PLUGIN)
+    s1.add_class("ribosome", 8)
+    s1.add_pick((3, 4, 5), "ribosome")
+    s1.add_pick((6, 7, 8), "ribosome")
+    path = tomo_path.with_name("TS_01.cryopicker.json")
+    saved = json.loads(path.read_text())
+    assert saved["classes"][0]["name"] == "ribosome"
+    assert saved["picks"]["x"] == [5.0, 8.0]
+    assert not list(path.parent.glob(".*.tmp"))  # temp files replaced, not left behind
+    v1.layers.remove("TS_01")  # closing the tomogram keeps the file
+    v2 = make_napari_viewer()
+    s2 = get_session(v2)
+    v2.open(str(tomo_path), plugin=PLUGIN)
+    assert s2.classes.names == ["ribosome"]
+    np.testing.assert_allclose(v2.layers["picks: ribosome"].data, [[3, 4, 5], [6, 7, 8]])
+
+
+def test_predictions_threshold_accept_reject(viewer, two_classes):
+    s = two_classes
+    pred = Picks.from_zyx([[1, 1, 1], [2, 2, 2], [3, 3, 3], [4, 4, 4]],
+                          class_name=["ribosome", "ribosome", "ribosome", "proteasome"],
+                          score=[0.9, 0.5, 0.2, 0.7], source="predicted", voxel_size=VOXEL)
+    s.set_predictions(pred)
+    layer = viewer.layers["predicted: ribosome"]
+    assert list(layer.features["score"]) == [0.9, 0.5, 0.2]
+    assert set(layer.features["source"]) == {"predicted"}
+    s.set_threshold("ribosome", 0.4)
+    assert list(layer.shown) == [True, True, False]
+    assert s.counts()["ribosome"]["predicted"] == 2
+    layer.selected_data = {0}
+    assert s.accept_selected() == 1
+    picks = viewer.layers["picks: ribosome"]
+    assert list(picks.features["source"]) == ["accepted"]
+    assert list(layer.shown) == [True, False]  # threshold still applied after the edit
+    layer.selected_data = {0}
+    assert s.reject_selected() == 1
+    assert s.counts()["ribosome"]["rejected"] == 1
+    assert s.training_picks().select(source="rejected").zyx.tolist() == [[2, 2, 2]]
+    # the Delete key on a predicted layer also remembers a negative
+    viewer.layers["predicted: proteasome"].selected_data = {0}
+    viewer.layers["predicted: proteasome"].remove_selected()
+    assert s.counts()["proteasome"]["rejected"] == 1
+    assert not viewer.layers["rejected"].visible
+    s.undo()
+    assert s.counts()["proteasome"]["rejected"] == 0
+    assert len(viewer.layers["predicted: proteasome"].data) == 1
+    assert s.accept_shown() == 1 + 0  # ribosome 0.2 is hidden; proteasome 0.7 shown
+    assert s.counts()["proteasome"]["accepted"] == 1
+
+
+def test_rejected_picks_survive_reopen(make_napari_viewer, tomo_path):
+    v = make_napari_viewer()
+    s = get_session(v)
+    v.open(str(tomo_path), plugin=PLUGIN)
+    s.add_class("ribosome", 8)
+    s.set_predictions(Picks.from_zyx([[1, 1, 1]], class_name="ribosome", score=0.5, voxel_size=VOXEL))
+    s.reject({"ribosome": [0]})
+    v.layers.remove("TS_01")
+    v2 = make_napari_viewer()
+    s2 = get_session(v2)
+    v2.open(str(tomo_path), plugin=PLUGIN)
+    assert s2.rejected().zyx.tolist() == [[1, 1, 1]]
+    assert s2.counts()["ribosome"]["rejected"] == 1
+
+
+def test_sample_picks_are_adopted(viewer):
+    s = get_session(viewer)
+    viewer.open_sample(PLUGIN, "tomogram")
+    assert s.tomogram is not None and s.tomogram.name == "sample"
+    assert len(s.classes) >= 2
+    for name in s.classes.names:
+        assert s.counts()[name]["annotated"] >= 1
+        assert s.layer_for(Key("picks", name), create=False) is viewer.layers[f"picks: {name}"]
+    assert s.autosave_path is None  # nothing written for in-memory data
+
+
+def test_remove_class_refuses_with_picks(two_classes):
+    s = two_classes
+    s.add_pick((1, 1, 1), "ribosome")
+    with pytest.raises(CryoPickerError, match="still has 1 pick"):
+        s.remove_class("ribosome")
+    s.remove_class("proteasome")
+    assert s.classes.names == ["ribosome"]
+
+
+def test_import_picks_rescales_to_the_tomogram(two_classes):
+    s = two_classes
+    p = Picks.from_zyx([[2, 4, 6]], class_name="ribosome", voxel_size=VOXEL * 2, tomogram="TS_01")
+    s.import_picks(p)
+    got = s.annotations()
+    np.testing.assert_allclose(got.zyx, [[4, 8, 12]])
+    assert got.table["source"].tolist() == ["imported"]
+    assert REJECTED not in s.session_layers()
+
+
+def test_overfitting_hint():
+    falling = [{"epoch": i, "train_loss": 1.0 - 0.1 * i, "val_loss": 0.5} for i in range(4)]
+    assert overfitting_hint(falling) == ""
+    rising = [{"epoch": i, "train_loss": 1.0 - 0.1 * i, "val_loss": 0.5 + 0.05 * max(0, i - 1)}
+              for i in range(6)]
+    assert "memorise" in overfitting_hint(rising)

@@ -1,0 +1,314 @@
+"""Dock widgets driven like a user would: buttons, spin boxes, sliders; workers in threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gui_helpers import SHAPE, VOXEL, dock
+from napari.layers import Image, Labels
+
+from napari_cryopicker._napari.session import Key
+from napari_cryopicker._napari.widgets import (
+    ClassesWidget,
+    CorrectWidget,
+    CryoPickerWidget,
+    ExportWidget,
+    LabelsWidget,
+    PickingWidget,
+    TomogramWidget,
+    TrainingWidget,
+)
+from napari_cryopicker._napari.workers import runs_for
+from napari_cryopicker.core.picks import Picks
+
+BLOBS = [(10, 16, 16), (20, 40, 44), (16, 48, 20)]  # dark blobs of the tomo_path fixture
+TINY = {"patch": 16, "batch_size": 1, "steps_per_epoch": 2, "f_maps": (4, 8), "tune_thresholds": False,
+        "device": "cpu"}
+
+
+@pytest.fixture
+def picked(session):
+    session.add_class("blob", 8)
+    for c in BLOBS:
+        session.add_pick(c, "blob")
+    session.train_overrides.update(TINY)
+    session.predict_overrides.update({"device": "cpu", "tile": 32, "margin": 4})
+    return session
+
+
+def test_all_panels_widget_and_classes_table(viewer, session, qtbot):
+    w = dock(viewer, CryoPickerWidget)
+    assert w.tabs.count() == 7
+    classes = w.panel(ClassesWidget)
+    classes.name.setText("ribosome")
+    classes.diameter.setValue(10)
+    classes.btn_add.click()
+    classes.name.setText("proteasome")
+    classes.btn_add.click()
+    assert session.classes.names == ["ribosome", "proteasome"]
+    assert classes.table.rowCount() == 2
+    assert classes.table.item(0, 4).text() == f"{10 * VOXEL:.0f}"  # diameter in Angstrom
+    assert session.active_class == "proteasome"
+    session.add_pick((5, 5, 5), "ribosome")
+    session.add_pick((6, 6, 6), "ribosome")
+    assert classes.table.item(0, 5).text() == "2"  # counts follow edits
+    assert classes.btn_undo.isEnabled() and not classes.btn_redo.isEnabled()
+    classes.btn_undo.click()
+    assert classes.table.item(0, 5).text() == "1"
+    assert classes.btn_redo.isEnabled()
+    classes.table.selectRow(0)
+    assert session.active_class == "ribosome"
+    assert viewer.layers.selection.active is viewer.layers["picks: ribosome"]
+
+
+def test_tomogram_filters_run_in_a_worker(viewer, session, qtbot):
+    w = dock(viewer, TomogramWidget)
+    assert w.combo.currentText() == "TS_01"
+    w.sigma.setValue(1.0)
+    w.btn_gauss.click()
+    qtbot.waitUntil(lambda: "TS_01 [gaussian s=1]" in viewer.layers, timeout=10000)
+    layer = viewer.layers["TS_01 [gaussian s=1]"]
+    assert isinstance(layer, Image) and layer.data.shape == SHAPE
+    assert tuple(layer.scale) == pytest.approx((VOXEL,) * 3)
+    assert layer.data.std() < np.asarray(session.tomogram.data).std()
+    w.slab.setValue(3)
+    w.btn_slab.click()
+    qtbot.waitUntil(lambda: "TS_01 [slab 3]" in viewer.layers, timeout=10000)
+    w.btn_eq.click()
+    qtbot.waitUntil(lambda: "TS_01 [equalised]" in viewer.layers, timeout=10000)
+    eq = viewer.layers["TS_01 [equalised]"].data
+    assert 0 <= eq.min() and eq.max() <= 1
+    w.btn_band.click()
+    qtbot.waitUntil(lambda: not runs_for(session)["filter"].running, timeout=10000)
+    assert any("band-pass" in lyr.name for lyr in viewer.layers)
+    assert session.image_layer.name == "TS_01"  # filters never replace the picked tomogram
+
+
+def test_weak_label_preview(viewer, picked, qtbot):
+    w = dock(viewer, LabelsWidget)
+    w.mode.setCurrentIndex(1)  # Ball
+    assert picked.label_mode == "ball"
+    w.btn.click()
+    qtbot.waitUntil(lambda: "weak labels" in viewer.layers, timeout=10000)
+    lab = viewer.layers["weak labels"]
+    assert isinstance(lab, Labels)
+    assert lab.data.shape == SHAPE and tuple(lab.scale) == pytest.approx((VOXEL,) * 3)
+    for c in BLOBS:
+        assert lab.data[c] == 1
+    assert lab.data[0, 0, 0] == 0
+    n_ball = int((lab.data == 1).sum())
+    w.mode.setCurrentIndex(2)  # Cubic: bigger
+    w.btn.click()
+    qtbot.waitUntil(lambda: not runs_for(picked)["labels"].running, timeout=10000)
+    assert int((viewer.layers["weak labels"].data == 1).sum()) > n_ball
+
+
+def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):
+    w = dock(viewer, TrainingWidget)
+    run = runs_for(picked)["train"]
+    w.epochs.setValue(500)
+    w.device.setCurrentText("cpu")
+    assert picked.train_settings["epochs"] == 500
+    w.btn_train.click()
+    assert run.running and w.btn_stop.isEnabled() and not w.btn_train.isEnabled()
+    qtbot.waitUntil(lambda: len(run.history) >= 2, timeout=60000)
+    w.btn_stop.click()
+    qtbot.waitUntil(lambda: not run.running, timeout=60000)
+    assert run.task.last_outcome.ok
+    ck = picked.checkpoint
+    assert ck is not None and ck.classes.names == ["blob"]
+    assert 2 <= len(ck.history) < 500  # stopped early, best checkpoint kept
+    assert w.btn_train.isEnabled() and w.btn_save.isEnabled()
+    assert "Model for blob" in w.summary.text()
+    lines = w.plot.ax.get_lines()
+    assert lines and len(lines[0].get_xdata()) == len(run.history)
+
+
+def test_stop_before_the_first_epoch_keeps_the_old_model(viewer, picked, qtbot):
+    run = runs_for(picked)["train"]
+    sentinel = object()
+    picked.checkpoint = sentinel
+    run.start()
+    run.stop()
+    qtbot.waitUntil(lambda: not run.running, timeout=60000)
+    if run.task.last_outcome.status == "cancelled":
+        assert picked.checkpoint is sentinel
+    picked.checkpoint = None
+
+
+def test_training_errors_become_notifications(viewer, picked, qtbot, monkeypatch):
+    from napari.utils.notifications import notification_manager
+
+    import napari_cryopicker.core.train as train_mod
+    from napari_cryopicker.core.errors import CryoPickerError
+
+    def broken(*a, **k):
+        raise CryoPickerError("the picks are all outside the tomogram")
+
+    monkeypatch.setattr(train_mod, "train_model", broken)
+    w = dock(viewer, TrainingWidget)
+    seen = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(n.message))
+    w.btn_train.click()
+    qtbot.waitUntil(lambda: not runs_for(picked)["train"].running, timeout=10000)
+    assert any("Training failed: the picks are all outside the tomogram" in m for m in seen)
+    assert not any("Traceback" in m for m in seen)
+    assert picked.checkpoint is None
+    assert w.btn_train.isEnabled()
+
+
+def _fake_predict(monkeypatch, picks_by_class, shape=SHAPE):
+    import napari_cryopicker.core.predict as predict_mod
+
+    class Result:
+        def __init__(self, picks, probability):
+            self.picks, self.probability = picks, probability
+
+    def fake(tomogram, checkpoint, config=None, progress=None, return_probability=False):
+        import time
+
+        for i in range(3):
+            time.sleep(0.1)
+            progress.check()
+            progress.update(i + 1, 3, "inference")
+        prob = np.zeros((len(checkpoint.classes) + 1, *shape), np.float16) if return_probability else None
+        if prob is not None:
+            prob[1, 10, 16, 16] = 1.0
+        return Result(picks_by_class, prob)
+
+    monkeypatch.setattr(predict_mod, "predict_picks", fake)
+
+
+def test_picking_run_and_threshold_slider(viewer, picked, qtbot, monkeypatch):
+    from napari_cryopicker.core.classes import ClassTable
+
+    class Ck:  # only what the GUI reads
+        classes = ClassTable.from_dict([{"name": "blob", "diameter": 8}])
+        voxel_size, history, best_score, best_epoch = VOXEL, [], None, None
+
+    picked.set_checkpoint(Ck())
+    pred = Picks.from_zyx(BLOBS + [(5, 5, 5)], class_name="blob", score=[0.95, 0.8, 0.6, 0.1],
+                          source="predicted", voxel_size=VOXEL)
+    _fake_predict(monkeypatch, pred)
+    w = dock(viewer, PickingWidget)
+    w.probability.setChecked(True)
+    assert w.btn_pick.isEnabled()
+    w.btn_pick.click()
+    qtbot.waitUntil(lambda: "predicted: blob" in viewer.layers, timeout=10000)
+    qtbot.waitUntil(lambda: not runs_for(picked)["predict"].running, timeout=10000)
+    layer = viewer.layers["predicted: blob"]
+    assert list(layer.features["score"]) == pytest.approx([0.95, 0.8, 0.6, 0.1])
+    assert set(layer.features["source"]) == {"predicted"}
+    assert tuple(layer.scale) == pytest.approx((VOXEL,) * 3)
+    assert "probability: blob" in viewer.layers
+    slider = w.sliders["blob"]
+    slider.setValue(0.5)
+    assert list(layer.shown) == [True, True, True, False]
+    slider.setValue(0.9)
+    assert list(layer.shown) == [True, False, False, False]
+    assert w.counts["blob"].text() == "1 / 4"
+    # a second, cancelled run leaves the earlier picks untouched
+    run = runs_for(picked)["predict"]
+    run.start()
+    run.stop()
+    qtbot.waitUntil(lambda: not run.running, timeout=10000)
+    assert run.task.last_outcome.status == "cancelled"
+    assert len(viewer.layers["predicted: blob"].data) == 4
+
+
+def test_correct_and_retrain(viewer, picked, qtbot, monkeypatch):
+    # a real tiny model first
+    run = runs_for(picked)["train"]
+    picked.train_settings["epochs"] = 2
+    run.start()
+    qtbot.waitUntil(lambda: not run.running, timeout=60000)
+    assert picked.checkpoint is not None
+    first_epochs = len(picked.checkpoint.history)
+    picked.set_predictions(Picks.from_zyx([(12, 30, 30), (25, 10, 50)], class_name="blob",
+                                          score=[0.9, 0.7], source="predicted", voxel_size=VOXEL))
+    w = dock(viewer, CorrectWidget)
+    layer = viewer.layers["predicted: blob"]
+    layer.selected_data = {0}
+    w.btn_accept.click()
+    layer.selected_data = {0}
+    w.btn_reject.click()
+    c = picked.counts()["blob"]
+    assert (c["accepted"], c["rejected"], c["predicted_total"]) == (1, 1, 0)
+    assert "1 accepted" in w.counts.text() and "1 rejected" in w.counts.text()
+    w.show_rejected.setChecked(True)
+    assert viewer.layers["rejected"].visible
+    train = picked.training_picks()
+    assert sorted(train.table["source"]) == ["accepted", "manual", "manual", "manual", "rejected"]
+    assert w.btn_retrain.isEnabled()
+    w.btn_retrain.click()
+    assert run.running and run.fine_tune
+    qtbot.waitUntil(lambda: not run.running, timeout=60000)
+    assert run.task.last_outcome.ok
+    assert len(picked.checkpoint.history) == first_epochs + 2  # continued from the old model
+
+
+def test_real_training_then_picking(viewer, picked, qtbot):
+    """Tiny but real: train_model and predict_picks in workers, results as layers."""
+    picked.train_settings["epochs"] = 2
+    train = runs_for(picked)["train"]
+    train.start()
+    qtbot.waitUntil(lambda: not train.running, timeout=60000)
+    assert train.task.last_outcome.ok, train.task.last_outcome.message
+    pick = runs_for(picked)["predict"]
+    pick.start(probability=True)
+    qtbot.waitUntil(lambda: not pick.running, timeout=60000)
+    assert pick.task.last_outcome.ok, pick.task.last_outcome.message
+    assert "probability: blob" in viewer.layers
+    assert viewer.layers["probability: blob"].data.shape == SHAPE
+    pred = picked.predictions(shown_only=False)
+    assert set(pred.table["source"]) <= {"predicted"}
+    assert ((pred.table["score"] >= 0) & (pred.table["score"] <= 1)).all()
+
+
+def test_export_every_format_and_read_back(viewer, picked, tmp_path, qtbot):
+    import starfile
+
+    from napari_cryopicker.core.formats import read_picks
+
+    picked.set_predictions(Picks.from_zyx([(3, 3, 3), (4, 4, 4)], class_name="blob", score=[0.9, 0.1],
+                                          source="predicted", voxel_size=VOXEL))
+    picked.set_threshold("blob", 0.5)
+    w = dock(viewer, ExportWidget)
+    assert w.tomo_name.text() == "TS_01"
+    assert w.voxel.value() == pytest.approx(VOXEL)
+    for cb in w.formats.values():
+        cb.setChecked(True)
+    w.folder.setText(str(tmp_path / "out"))
+    w.what.setCurrentIndex(2)  # both: 3 picks + 1 shown prediction
+    paths = w.export()
+    assert paths and all(p.exists() for p in paths)
+    names = {p.name for p in paths}
+    assert "TS_01_picks.star" in names and "TS_01_picks.tbl" in names and "TS_01_picks.csv" in names
+    star = starfile.read(tmp_path / "out" / "TS_01_picks.star")
+    df = star["particles"] if isinstance(star, dict) else star
+    assert len(df) == 4 and set(df["rlnTomoName"]) == {"TS_01"}
+    back = read_picks(tmp_path / "out" / "TS_01_picks.tbl", voxel_size=VOXEL)
+    assert len(back) == 4
+    np.testing.assert_allclose(np.sort(back.zyx, axis=0), np.sort(np.array(BLOBS + [(3, 3, 3)], float), axis=0),
+                               atol=1e-3)
+    w.per_class.setChecked(True)
+    for f, cb in w.formats.items():
+        cb.setChecked(f == "relion5")
+    paths = w.export()
+    assert [p.name for p in paths if p.suffix == ".star" and "blob" in p.name]
+
+
+def test_export_errors_are_notifications(viewer, session, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    w = dock(viewer, ExportWidget)
+    seen = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(n.message))
+    w.folder.setText(str(tmp_path))
+    assert w.export() is None
+    assert any("no picks to export" in m for m in seen)
+
+
+def test_predicted_layer_key_is_tracked(viewer, picked):
+    picked.set_predictions(Picks.from_zyx([(1, 1, 1)], class_name="blob", score=0.5, voxel_size=VOXEL))
+    assert picked.layer_for(Key("predicted", "blob"), create=False) is viewer.layers["predicted: blob"]
