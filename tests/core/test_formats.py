@@ -257,6 +257,24 @@ def test_dynamo_class_names_without_sidecar(tmp_path):
     assert sorted(set(back.class_names)) == ["class1", "class2", "class3"]
 
 
+def test_napari_csv_matches_napari_builtins(tmp_path):
+    io_read = pytest.importorskip("napari_builtins.io._read")
+    io_write = pytest.importorskip("napari_builtins.io._write")
+    picks = make_picks(angles=False)
+    write_picks(picks, tmp_path / "ours.csv", "napari")
+    data, meta, kind = io_read.csv_to_layer_data(str(tmp_path / "ours.csv"))
+    assert kind == "points"
+    np.testing.assert_allclose(data, picks.zyx)
+    assert list(meta["properties"]["class_name"]) == picks.table["class_name"].tolist()
+    # and a file written by napari itself (a Points layer with a class feature)
+    io_write.napari_write_points(str(tmp_path / "theirs.csv"), picks.zyx,
+                                 {"properties": {"class_name": picks.table["class_name"].to_numpy()}})
+    assert detect_format(tmp_path / "theirs.csv") == "napari"
+    back = read_picks(tmp_path / "theirs.csv")
+    np.testing.assert_allclose(back.zyx, picks.zyx)
+    assert back.table["class_name"].tolist() == picks.table["class_name"].tolist()
+
+
 def test_copick_json_schema(tmp_path):
     picks = make_picks(angles=False, tomograms=("TS_01",))
     paths = write_picks(picks, tmp_path / "out", "copick", user_id="alice", session_id="7")

@@ -143,7 +143,7 @@ def read_picks(
     except PicksFormatError:
         raise
     except (KeyError, ValueError, TypeError, IndexError, AttributeError, UnicodeDecodeError,
-            OSError, pd.errors.ParserError) as exc:
+            OSError, ArithmeticError, pd.errors.ParserError) as exc:
         raise fail(p, f"cannot be read as {fmt} ({type(exc).__name__}: {exc})") from None
 
 
