@@ -1,0 +1,313 @@
+"""`cryopicker`: the command line (thin argument parsing over :mod:`napari_cryopicker.core`).
+
+Every command exits 0 on success and 2 with a one-line ``cryopicker: error: ...`` message
+(naming the file and the problem) on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from .core.errors import CryoPickerError
+
+EXIT_BAD_INPUT = 2
+
+
+class CLIError(CryoPickerError):
+    pass
+
+
+# ------------------------------------------------------------------------------ helpers
+def _bar():
+    from .core.progress import Progress, TerminalBar
+
+    bar = TerminalBar()
+    return Progress(callback=bar), bar
+
+
+def _load_tomogram(path):
+    from .core.tomogram import open_tomogram
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tomo = open_tomogram(path)
+    for w in caught:
+        print(f"cryopicker: warning: {w.message}", file=sys.stderr)
+    return tomo
+
+
+def _read_picks(path, **kw):
+    from .core.formats import read_picks
+
+    return read_picks(path, **kw)
+
+
+def _classes_arg(specs, fallback_picks=None, sidecar: Path | None = None):
+    from .core.classes import ClassTable
+
+    if specs:
+        return ClassTable.parse(specs)
+    if sidecar is not None and sidecar.exists():
+        return ClassTable.from_dict(json.loads(sidecar.read_text()))
+    return None
+
+
+# ------------------------------------------------------------------------------ commands
+def cmd_simulate(a) -> int:
+    from .core.simulate import simulate_tomogram, write_simulation
+
+    prog, bar = _bar()
+    sim = simulate_tomogram(shape=tuple(a.shape), seed=a.seed, snr=a.snr, voxel_size=a.voxel_size,
+                            name=a.name, progress=prog)
+    bar.close()
+    tomo, picks = write_simulation(a.outdir, sim)
+    counts = ", ".join(f"{k} {v}" for k, v in sim.picks.counts().items())
+    print(f"wrote {tomo} ({' x '.join(map(str, sim.data.shape))} voxels, {sim.voxel_size:g} A) and {picks} "
+          f"({len(sim.picks)} particles: {counts})")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from .core.metrics import czii_score, evaluate, format_report
+
+    truth = _read_picks(a.truth)
+    picks = _read_picks(a.picks, voxel_size=truth.voxel_size)
+    classes = _classes_arg(a.classes, sidecar=Path(a.truth).with_name("classes.json"))
+    if classes is None:
+        if a.max_distance is None:
+            raise CLIError(
+                f"{a.truth}: no class diameters known; give --class NAME=DIAMETER_VOXELS for each class "
+                "(or --max-distance)"
+            )
+    names = set(truth.class_names) | set(picks.class_names)
+    if classes is not None:
+        missing = sorted(n for n in names if n not in classes)
+        if missing:
+            raise CLIError(
+                f"{a.picks}: class(es) {', '.join(missing)} have no diameter; add --class NAME=DIAMETER_VOXELS"
+            )
+    rep = evaluate(picks, truth, classes, distance_fraction=a.distance_fraction,
+                   max_distance=a.max_distance, beta=a.fbeta)
+    if a.czii:
+        rep.czii = czii_score(picks, truth, voxel_size=truth.voxel_size or a.voxel_size)
+    print(format_report(rep))
+    return 0
+
+
+def cmd_convert(a) -> int:
+    from .core.formats import read_picks, write_picks
+
+    shape = None
+    vs = a.voxel_size
+    if a.tomogram:
+        from .core.tomogram import open_tomogram
+
+        t = open_tomogram(a.tomogram)
+        shape = t.shape
+        vs = vs or t.voxel_size
+    picks = read_picks(a.input, format=a.from_format, voxel_size=vs, binning=a.in_binning,
+                       tomogram=a.tomogram_name)
+    out = write_picks(picks, a.output, format=a.to_format, voxel_size=vs, binning=a.binning,
+                      tomogram_shape=shape, tomogram=a.tomogram_name or (Path(a.tomogram).stem if a.tomogram else None))
+    print(f"converted {len(picks)} picks: " + ", ".join(str(p) for p in out))
+    return 0
+
+
+def _print_epoch(r: dict) -> None:
+    vl = "-" if r.get("val_loss") is None else f"{r['val_loss']:.3f}"
+    vf = "-" if r.get("val_f1") is None else f"{r['val_f1']:.3f}"
+    print(f"epoch {r['epoch']:3d}  train loss {r['train_loss']:.3f}  val loss {vl}  val F{3} {vf}  "
+          f"({r.get('seconds', 0):.0f} s)", flush=True)
+
+
+def cmd_train(a) -> int:
+    from .core.model import load_checkpoint, save_checkpoint
+    from .core.train import TrainConfig, train_model
+
+    if len(a.tomogram) != len(a.picks):
+        raise CLIError(f"give one --picks per --tomogram (got {len(a.tomogram)} tomograms, {len(a.picks)} picks)")
+    init = load_checkpoint(a.init) if a.init else None
+    classes = _classes_arg(a.classes)
+    if classes is None:
+        if init is None:
+            raise CLIError("give the particle classes: --class NAME=DIAMETER_VOXELS (one per class)")
+        classes = init.classes
+    tomos, picks = [], []
+    for tp, pp in zip(a.tomogram, a.picks):
+        t = _load_tomogram(tp)
+        p = _read_picks(pp, voxel_size=t.voxel_size, tomogram=None).with_tomogram(t.name)
+        unknown = sorted(set(p.exclude_source("rejected").class_names) - set(classes.names))
+        if unknown:
+            raise CLIError(f"{pp}: class(es) {', '.join(unknown)} are not among --class "
+                           f"{', '.join(classes.names)}; add --class {unknown[0]}=DIAMETER")
+        outside = (~p.inside(t.shape)).sum()
+        if outside:
+            print(f"cryopicker: warning: {pp}: {outside} pick(s) lie outside {tp} {t.shape}; ignored",
+                  file=sys.stderr)
+        tomos.append(t)
+        picks.append(p)
+    cfg = TrainConfig(epochs=a.epochs, time_limit=a.time_limit, device=a.device, seed=a.seed)
+    if a.patch:
+        cfg.patch = a.patch
+    prog, bar = _bar()
+
+    def on_epoch(r):
+        bar.close()
+        _print_epoch(r)
+
+    t0 = time.monotonic()
+    ckpt = train_model(tomos, picks, classes, cfg, init=init, progress=prog, on_epoch=on_epoch)
+    bar.close()
+    save_checkpoint(ckpt, a.out)
+    best = "" if ckpt.best_score is None else f", best val F3 {ckpt.best_score:.3f} at epoch {ckpt.best_epoch}"
+    print(f"saved {a.out} ({time.monotonic() - t0:.0f} s{best})")
+    return 0
+
+
+def _outputs_for(out: Path, tomos: list[Path]) -> list[Path]:
+    if len(tomos) == 1:
+        return [out]
+    base = out if out.suffix == "" else out.parent
+    ext = out.suffix or ".csv"
+    stem = "" if out.suffix == "" else out.stem + "_"
+    if out.suffix == "":
+        base.mkdir(parents=True, exist_ok=True)
+    return [base / f"{stem}{Path(t).stem}{ext}" for t in tomos]
+
+
+def cmd_predict(a) -> int:
+    from .core.formats import write_picks
+    from .core.model import load_checkpoint
+    from .core.predict import PredictConfig, predict_picks
+
+    ckpt = load_checkpoint(a.model)
+    tomos = [Path(t) for t in a.tomogram]
+    outs = _outputs_for(Path(a.out), tomos)
+    cfg = PredictConfig(device=a.device)
+    if a.threshold is not None:
+        cfg.nms = {"default": {"t_lm": a.threshold}}
+    for tp, op in zip(tomos, outs):
+        t = _load_tomogram(tp)
+        prog, bar = _bar()
+        t0 = time.monotonic()
+        res = predict_picks(t, ckpt, cfg, progress=prog)
+        bar.close()
+        written = write_picks(res.picks, op, voxel_size=t.voxel_size, tomogram_shape=t.shape, tomogram=t.name)
+        counts = ", ".join(f"{k} {v}" for k, v in res.picks.counts().items()) or "none"
+        print(f"{tp}: {len(res.picks)} picks ({counts}) in {time.monotonic() - t0:.1f} s -> "
+              + ", ".join(str(w) for w in written))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    return run_demo(out=Path(a.out), time_limit=a.time_limit, seed=a.seed, per_class=a.per_class,
+                    device=a.device)
+
+
+def cmd_gui(a) -> int:
+    from ._napari.launch import main as gui_main
+
+    return gui_main(a.rest)
+
+
+# ------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cryopicker",
+        description="Deep-learning particle picking for cryo-electron tomography (after DeepETPicker).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("simulate", help="write a phantom tomogram and its true picks")
+    s.add_argument("outdir")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=(96, 256, 256))
+    s.add_argument("--snr", type=float, default=0.5)
+    s.add_argument("--voxel-size", type=float, default=10.0, help="Angstrom per voxel (default 10)")
+    s.add_argument("--name", default="tomogram")
+    s.set_defaults(func=cmd_simulate)
+
+    e = sub.add_parser("evaluate", help="score picks against a reference (precision, recall, F1)")
+    e.add_argument("--picks", required=True)
+    e.add_argument("--truth", required=True)
+    e.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME=DIAMETER_VOXELS",
+                   help="class diameter (voxels); default: classes.json beside the truth file")
+    e.add_argument("--fbeta", type=float, default=1.0, help="also report F-beta with this beta")
+    e.add_argument("--distance-fraction", type=float, default=1.0,
+                   help="match within this fraction of the class radius (default 1)")
+    e.add_argument("--max-distance", type=float, default=None, help="match within this many voxels")
+    e.add_argument("--czii", action="store_true", help="also print the CZII weighted F-beta(4) score")
+    e.add_argument("--voxel-size", type=float, default=None)
+    e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("convert", help="convert a picks file between formats")
+    c.add_argument("input")
+    c.add_argument("output")
+    c.add_argument("--voxel-size", type=float, default=None, help="voxel size (A) of the tomogram")
+    c.add_argument("--tomogram", default=None, help="the tomogram (.mrc) the picks belong to")
+    c.add_argument("--binning", type=float, default=1.0, help="output pixels per tomogram voxel (RELION 4/5)")
+    c.add_argument("--in-binning", type=float, default=1.0, help="input pixels per tomogram voxel")
+    c.add_argument("--from", dest="from_format", default=None)
+    c.add_argument("--to", dest="to_format", default=None)
+    c.add_argument("--tomogram-name", default=None)
+    c.set_defaults(func=cmd_convert)
+
+    t = sub.add_parser("train", help="train a picking model on annotated tomograms")
+    t.add_argument("--tomogram", action="append", required=True)
+    t.add_argument("--picks", action="append", required=True)
+    t.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME=DIAMETER_VOXELS")
+    t.add_argument("--out", required=True)
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--time-limit", type=float, default=None, metavar="SECONDS")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", default=None, metavar="MODEL.pt", help="fine-tune from this model")
+    t.add_argument("--patch", type=int, default=None, help="training crop edge (voxels)")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("predict", help="pick particles with a trained model")
+    r.add_argument("--model", required=True)
+    r.add_argument("--tomogram", action="append", required=True)
+    r.add_argument("--out", required=True, help="picks file (.csv .star .tbl .json); a folder for several")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--threshold", type=float, default=None, help="minimum pick score (overrides the model's)")
+    r.set_defaults(func=cmd_predict)
+
+    d = sub.add_parser("demo", help="simulate, train from ~40 picks per class, pick, evaluate, export")
+    d.add_argument("--out", default="demo_out")
+    d.add_argument("--time-limit", type=float, default=480.0, help="training budget in seconds")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--per-class", type=int, default=40)
+    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    d.set_defaults(func=cmd_demo)
+
+    g = sub.add_parser("gui", help="open napari with the cryopicker widgets (see --help there)",
+                       add_help=False)
+    g.add_argument("rest", nargs=argparse.REMAINDER)
+    g.set_defaults(func=cmd_gui)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CryoPickerError, ValueError, KeyError, OSError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"cryopicker: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("cryopicker: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
