@@ -134,6 +134,16 @@ def test_write_tomogram_option_names_nameless_picks(tmp_path):
     assert set(starfile.read(tmp_path / "p.star")["particles"]["rlnTomoName"]) == {"TS_09"}
 
 
+def test_missing_angles_of_some_picks(tmp_path):
+    picks = Picks.from_zyx([[1, 2, 3], [4, 5, 6]], angles=[[10, 20, 30], [np.nan] * 3], voxel_size=VS)
+    for fmt, name in [("csv", "a.csv"), ("napari", "b.csv")]:
+        write_picks(picks, tmp_path / name, fmt)
+        back = read_picks(tmp_path / name)
+        np.testing.assert_allclose(back.angles(), picks.angles())  # NaN stays NaN
+    write_picks(picks, tmp_path / "c.star")  # RELION needs numbers: missing angles are 0
+    np.testing.assert_allclose(read_picks(tmp_path / "c.star", voxel_size=VS).angles(), [[10, 20, 30], [0, 0, 0]])
+
+
 def test_empty_picks_round_trip(tmp_path):
     empty = Picks(voxel_size=VS)
     for fmt, name in [("csv", "e.csv"), ("napari", "n.csv"), ("relion3", "e3.star"), ("relion4", "e4.star"),

@@ -68,9 +68,12 @@ def csv_error():
     return csv.Error
 
 
-def numeric(path: Path, df: pd.DataFrame, col, what: str = "coordinate") -> np.ndarray:
-    values = pd.to_numeric(df[col].astype(str).str.strip(), errors="coerce").to_numpy(dtype=float)
-    bad = np.flatnonzero(~np.isfinite(values))
+def numeric(path: Path, df: pd.DataFrame, col, what: str = "coordinate", blanks: bool = False) -> np.ndarray:
+    """A numeric column; any non-number is an error naming the row (blank cells -> NaN if ``blanks``)."""
+    text = df[col].astype(str).str.strip()
+    values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float)
+    ok = np.isfinite(values) | (blanks & text.isin(["", "nan", "NaN"]).to_numpy())
+    bad = np.flatnonzero(~ok)
     if len(bad):
         i = int(bad[0])
         raise fail(path, f"row {i + 1}: {what} column {col!r} has {df[col].iloc[i]!r}, not a number")

@@ -71,7 +71,7 @@ def read(path: Path, opts: ReadOptions) -> Picks:
     score = numeric(path, df, "score", "score") if "score" in df else None
     angles = None
     if all(a in df for a in ANGLES):
-        angles = np.stack([numeric(path, df, a, "angle") for a in ANGLES], axis=1)
+        angles = np.stack([numeric(path, df, a, "angle", blanks=True) for a in ANGLES], axis=1)
     tomo = df["tomogram"].tolist() if "tomogram" in df else None
     source = df["source"].str.strip().tolist() if "source" in df else None
     return make_picks(path, xyz[:, ::-1], opts, class_name=classes, score=score, tomogram=tomo,

@@ -33,7 +33,7 @@ def read(path: Path, opts: ReadOptions) -> Picks:
     cls = next((c for c in ("class_name", "class", "label") if c in df), None)
     angles = None
     if all(a in df for a in ANGLES):
-        angles = np.stack([numeric(path, df, a, "angle") for a in ANGLES], axis=1)
+        angles = np.stack([numeric(path, df, a, "angle", blanks=True) for a in ANGLES], axis=1)
     return make_picks(
         path, zyx, opts,
         class_name=None if cls is None else df[cls].tolist(),
