@@ -218,3 +218,49 @@ def test_overfitting_hint():
     rising = [{"epoch": i, "train_loss": 1.0 - 0.1 * i, "val_loss": 0.5 + 0.05 * max(0, i - 1)}
               for i in range(6)]
     assert "memorise" in overfitting_hint(rising)
+
+
+def test_a_real_click_adds_a_manual_pick_on_the_current_slice(make_napari_viewer, tomo_path, qtbot):
+    from qtpy.QtCore import QPoint, Qt
+
+    v = make_napari_viewer(show=True)
+    s = get_session(v)
+    v.open(str(tomo_path), plugin=PLUGIN)
+    s.add_class("ribosome", 8)
+    s.set_active_class("ribosome")
+    v.dims.set_point(0, 12 * VOXEL)
+    native = v.window._qt_viewer.canvas.native
+    qtbot.waitExposed(native)
+    centre = QPoint(native.width() // 2, native.height() // 2)
+    qtbot.mouseMove(native, centre)
+    qtbot.mouseClick(native, Qt.MouseButton.LeftButton, pos=centre)
+    layer = v.layers["picks: ribosome"]
+    assert len(layer.data) == 1
+    assert layer.data[0][0] == pytest.approx(12)
+    assert list(layer.features["source"]) == ["manual"]
+    assert s.counts()["ribosome"]["annotated"] == 1
+    qtbot.keyClick(native, "z", Qt.KeyboardModifier.ControlModifier)  # Ctrl+Z
+    assert len(layer.data) == 0
+
+
+def test_closing_the_tomogram_takes_its_layers_and_reopening_restores_once(viewer, two_classes, tomo_path):
+    s = two_classes
+    s.add_pick((1, 2, 3), "ribosome")
+    s.set_predictions(Picks.from_zyx([[9, 9, 9]], class_name="ribosome", score=0.5, voxel_size=VOXEL))
+    viewer.layers.remove("TS_01")
+    assert s.tomogram is None
+    assert not [lyr.name for lyr in viewer.layers]
+    viewer.open(str(tomo_path), plugin=PLUGIN)
+    assert s.tomogram is not None
+    names = sorted(lyr.name for lyr in viewer.layers)
+    assert names == ["TS_01", "picks: ribosome"]
+    np.testing.assert_allclose(viewer.layers["picks: ribosome"].data, [[1, 2, 3]])
+
+
+def test_predictions_next_to_known_picks_are_left_out(two_classes):
+    s = two_classes
+    s.add_pick((10, 10, 10), "ribosome")
+    n = s.set_predictions(Picks.from_zyx([[10, 10, 12], [10, 10, 30], [10, 10, 11]],
+                                         class_name=["ribosome", "ribosome", "proteasome"], voxel_size=VOXEL))
+    assert n == 2 and s.last_skipped == 1  # the proteasome next to a ribosome pick stays
+    assert s.predictions().zyx.tolist() == [[10, 10, 30], [10, 10, 11]]

@@ -187,8 +187,9 @@ def test_picking_run_and_threshold_slider(viewer, picked, qtbot, monkeypatch):
         voxel_size, history, best_score, best_epoch = VOXEL, [], None, None
 
     picked.set_checkpoint(Ck())
-    pred = Picks.from_zyx(BLOBS + [(5, 5, 5)], class_name="blob", score=[0.95, 0.8, 0.6, 0.1],
-                          source="predicted", voxel_size=VOXEL)
+    # three new particles, one weak candidate, and one on a manual pick (left out: already known)
+    pred = Picks.from_zyx([(10, 16, 28), (20, 40, 56), (16, 48, 32), (5, 5, 5), BLOBS[0]], class_name="blob",
+                          score=[0.95, 0.8, 0.6, 0.1, 0.99], source="predicted", voxel_size=VOXEL)
     _fake_predict(monkeypatch, pred)
     w = dock(viewer, PickingWidget)
     w.probability.setChecked(True)
@@ -198,6 +199,7 @@ def test_picking_run_and_threshold_slider(viewer, picked, qtbot, monkeypatch):
     qtbot.waitUntil(lambda: not runs_for(picked)["predict"].running, timeout=10000)
     layer = viewer.layers["predicted: blob"]
     assert list(layer.features["score"]) == pytest.approx([0.95, 0.8, 0.6, 0.1])
+    assert picked.last_skipped == 1
     assert set(layer.features["source"]) == {"predicted"}
     assert tuple(layer.scale) == pytest.approx((VOXEL,) * 3)
     assert "probability: blob" in viewer.layers
@@ -247,7 +249,7 @@ def test_correct_and_retrain(viewer, picked, qtbot, monkeypatch):
     assert len(picked.checkpoint.history) == first_epochs + 2  # continued from the old model
 
 
-def test_real_training_then_picking(viewer, picked, qtbot):
+def test_real_training_then_picking(viewer, picked, qtbot, tmp_path):
     """Tiny but real: train_model and predict_picks in workers, results as layers."""
     picked.train_settings["epochs"] = 2
     train = runs_for(picked)["train"]
@@ -263,6 +265,21 @@ def test_real_training_then_picking(viewer, picked, qtbot):
     pred = picked.predictions(shown_only=False)
     assert set(pred.table["source"]) <= {"predicted"}
     assert ((pred.table["score"] >= 0) & (pred.table["score"] <= 1)).all()
+    # save the model, forget it, load it back through the Training panel (in a worker)
+    from napari_cryopicker._napari.controllers import save_model
+
+    path = save_model(picked, tmp_path / "model")
+    assert path.name == "model.pt" and path.exists()
+    picked.set_checkpoint(None)
+    w = dock(viewer, TrainingWidget)
+    assert not w.btn_save.isEnabled()
+    w.load(str(path))
+    qtbot.waitUntil(lambda: picked.checkpoint is not None, timeout=30000)
+    assert picked.checkpoint.classes.names == ["blob"] and w.btn_save.isEnabled()
+    w.load(str(tmp_path / "missing.pt"))
+    qtbot.waitUntil(lambda: not runs_for(picked)["model"].running, timeout=30000)
+    assert runs_for(picked)["model"].task.last_outcome.status == "error"
+    assert "no such model file" in runs_for(picked)["model"].task.last_outcome.message
 
 
 def test_export_every_format_and_read_back(viewer, picked, tmp_path, qtbot):

@@ -17,8 +17,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# a quick CPU demo: small crops, few steps (the full defaults take minutes)
-DEMO_TRAIN = {"patch": 32, "batch_size": 2, "steps_per_epoch": 8, "f_maps": (8, 16, 24, 32)}
+# a quick CPU demo: small crops, few steps, validation only at the end (the full defaults
+# take many minutes on a laptop CPU; on a GPU the demo takes seconds either way)
+DEMO_TRAIN = {"patch": 32, "batch_size": 2, "steps_per_epoch": 8, "f_maps": (8, 16, 24, 32),
+              "tune_thresholds": False}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", help="tomograms (.mrc/.rec/.map/.st) or picks files to open")
     p.add_argument("--demo", action="store_true",
                    help="open the simulated sample, train a few epochs, pick and show the picks")
-    p.add_argument("--epochs", type=int, default=4, help="training epochs for --demo (default 4)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs for --demo (default 3)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="device for training and picking (default auto)")
     p.add_argument("--screenshot", metavar="OUT.png",
@@ -64,7 +66,7 @@ class Demo:
         if s.tomogram is None:
             raise RuntimeError("the sample tomogram did not open")
         s.train_settings.update(epochs=self.epochs, device=self.device, time_limit=300.0)
-        s.train_overrides.update(DEMO_TRAIN)
+        s.train_overrides.update(DEMO_TRAIN, val_every=max(1, self.epochs))
         s.predict_overrides.update(device=self.device)
         n = sum(v["annotated"] for v in s.counts().values())
         notify(f"Demo: training on {n} sample picks for {self.epochs} epoch(s)...")
@@ -99,16 +101,14 @@ class Demo:
         self.runs["predict"].finished.disconnect(self._picked)
         self.ok = outcome.ok
         if outcome.ok:
-            # show the picks of the first class on the middle slice
-            s = self.session
-            for name in s.classes.names:
-                from .session import Key
+            from .workers import notify
 
-                layer = s.layer_for(Key("predicted", name), create=False)
-                if layer is not None and len(layer.data):
-                    break
+            s = self.session
             z = s.tomogram.shape[0] // 2
             self.viewer.dims.set_point(self.viewer.dims.ndim - 3, z * s.scale[0])
+            if not len(s.predictions(shown_only=False)):
+                notify("The demo model found no particles yet: train longer (Training panel, more "
+                       "epochs) or on a GPU, then Pick again")
         self.on_done(outcome.ok)
 
 
@@ -126,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .workers import notify, readable_error
 
     viewer = napari.Viewer(title="CryoPicker")
+    if args.screenshot:  # a predictable picture, whatever size napari remembered
+        viewer.window._qt_window.resize(1600, 1000)
     panels = dock_all(viewer, tabbed=not args.separate_docks)
     with_error = {"failed": False}
 

@@ -211,7 +211,9 @@ class PickingSession:
     """Everything the picker knows about the tomogram being picked in one viewer."""
 
     def __init__(self, viewer: napari.Viewer, *, autosave: bool = True):
-        self.viewer = viewer
+        # a weak reference: the registry keys sessions by viewer, so a strong one would
+        # keep every closed viewer alive
+        self._viewer_ref = weakref.ref(viewer)
         self.events = SessionEvents()
         self.classes = ClassTable([])
         self.active_class: str | None = None
@@ -238,9 +240,17 @@ class PickingSession:
         self._mute = 0
         self._memory: dict[str, dict] = {}  # tomogram name -> annotations (no autosave path)
         self._busy: set[str] = set()
+        self.last_skipped = 0  # predictions left out by the last set_predictions (already known)
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.layers.events.removed.connect(self._on_layer_removed)
         self._bind_viewer_keys()
+
+    @property
+    def viewer(self) -> napari.Viewer:
+        v = self._viewer_ref()
+        if v is None:
+            raise CryoPickerError("the napari window of this session was closed")
+        return v
 
     # ------------------------------------------------------------------ mute / busy
     @contextlib.contextmanager
@@ -628,10 +638,8 @@ class PickingSession:
             if not self._mute:
                 self._stash_current()
                 self.image_layer = None
-                # the picks layers stay in the viewer but are no longer session layers
-                for key in list(self._layers):
-                    self._untrack(key)
-                self._committed.clear()
+                # the picks are saved (or kept in memory): their layers go with the tomogram
+                self._drop_session_layers()
                 self.tomogram = None
                 self._undo.clear()
                 self._redo.clear()
@@ -926,8 +934,13 @@ class PickingSession:
         return out
 
     # ------------------------------------------------------------------ predictions
-    def set_predictions(self, picks: Picks, *, checkpoint_classes: ClassTable | None = None) -> None:
-        """Replace the predicted layers with ``picks`` (undoable)."""
+    def set_predictions(self, picks: Picks, *, checkpoint_classes: ClassTable | None = None,
+                        skip_known: bool = True) -> int:
+        """Replace the predicted layers with ``picks`` (undoable); returns how many are shown.
+
+        With ``skip_known``, predictions within one particle radius of a pick already in the
+        training set (or of a rejected one) are left out: they need no decision again.
+        """
         tomo = self._require_tomogram()
         if checkpoint_classes is not None:
             self.ensure_classes(checkpoint_classes)
@@ -936,6 +949,21 @@ class PickingSession:
         self.ensure_classes([ParticleClass(n, 10.0) for n in picks.class_names if n not in self.classes])
         picks = picks.copy()
         picks.table["source"] = "predicted"
+        self.last_skipped = 0
+        if skip_known and len(picks):
+            known = self.training_picks()
+            keep = np.ones(len(picks), dtype=bool)
+            for name in picks.class_names:
+                ref = known.select(class_name=name)
+                if not len(ref):
+                    continue
+                from scipy.spatial import cKDTree
+
+                rows = np.flatnonzero((picks.table["class_name"] == name).to_numpy())
+                d, _ = cKDTree(ref.zyx).query(picks.zyx[rows], k=1)
+                keep[rows[d <= self.classes[name].radius]] = False
+            self.last_skipped = int((~keep).sum())
+            picks = picks._subset(keep)
         new = {}
         for name in self.classes.names:
             key = Key("predicted", name)
@@ -944,6 +972,7 @@ class PickingSession:
                 continue
             new[key] = State(sub.zyx, features_frame(sub)[["class", "score", "source"]])
         self._edit(f"pick {len(picks)} particle(s)", new)
+        return len(picks)
 
     def _shown_mask(self, class_name: str | None, state: State) -> np.ndarray:
         t = self.thresholds.get(class_name or "", self.default_threshold)

@@ -333,7 +333,8 @@ class PickingRun:
             show_probability(s, result.probability, self._ckpt.classes)
         n = len(picks)
         per = ", ".join(f"{k}: {v}" for k, v in picks.counts().items())
-        notify(f"Picked {n} particle(s)" + (f" ({per})" if per else ""))
+        known = f"; {s.last_skipped} of them are already in your picks or rejected" if s.last_skipped else ""
+        notify(f"Picked {n} particle(s)" + (f" ({per})" if per else "") + known)
 
     def _finished(self, outcome: Outcome) -> None:
         if outcome.status == "cancelled":
@@ -402,6 +403,38 @@ class VolumeJob:
         self.task.stop()
 
 
+class ModelLoad:
+    """Load a saved model in a thread (importing torch and reading weights takes a while)."""
+
+    finished = Signal(object)
+
+    def __init__(self, session: PickingSession):
+        self.session = session
+        self.task = BackgroundTask("Loading model", session, "model")
+        self.task.finished.connect(self.finished.emit)
+
+    @property
+    def running(self) -> bool:
+        return self.task.running
+
+    def start(self, path) -> None:
+        from pathlib import Path
+
+        path = Path(path)
+
+        def job(progress: Progress):
+            from ..core.model import load_checkpoint
+
+            return load_checkpoint(path)
+
+        def done(ckpt):
+            self.session.set_checkpoint(ckpt, path)
+            names = ", ".join(ckpt.classes.names)
+            notify(f"Loaded {path.name}: a model for {names}")
+
+        self.task.start(job, done)
+
+
 def runs_for(session: PickingSession) -> dict[str, Any]:
     """The shared background runs of a session (one training, one picking, ...)."""
     runs = getattr(session, "_runs", None)
@@ -411,6 +444,7 @@ def runs_for(session: PickingSession) -> dict[str, Any]:
             "predict": PickingRun(session),
             "filter": VolumeJob(session, "Filter", "filter"),
             "labels": VolumeJob(session, "Weak labels", "labels"),
+            "model": ModelLoad(session),
         }
         session._runs = runs
     return runs

@@ -1,7 +1,8 @@
 """npe2 writers: one or more Points layers -> every picks format the core can write.
 
 The format follows the writer chosen in napari's save dialog (or the first one for the
-file extension: ``.star`` RELION 5, ``.tbl`` Dynamo, ``.json`` copick, ``.csv`` plain CSV).
+file extension, as in the core: ``.star`` RELION 4, ``.tbl`` Dynamo, ``.json`` copick,
+``.csv`` CryoPicker CSV).
 Only shown points are written (hidden predictions below the score threshold are not).
 Voxel size and tomogram name come from the layers' ``metadata["cryopicker"]``, else from
 the layer scale and name.

@@ -36,7 +36,7 @@ class ExportWidget(PanelBase):
         self.formats: dict[str, QCheckBox] = {}
         for i, fmt in enumerate(write_formats()):
             cb = QCheckBox(FORMAT_LABELS.get(fmt, fmt))
-            cb.setChecked(fmt == "relion5")
+            cb.setChecked(fmt == "relion4")
             self.formats[fmt] = cb
             grid.addWidget(cb, i // 2, i % 2)
         lay.addLayout(grid)

@@ -16,7 +16,7 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from ..controllers import load_model, model_summary, save_model
+from ..controllers import model_summary, save_model
 from ..session import overfitting_hint
 from ..workers import notify, runs_for
 from ._common import PanelBase, hint_label, reports_errors
@@ -213,5 +213,8 @@ class TrainingWidget(PanelBase):
         path, _ = QFileDialog.getOpenFileName(self, "Load model", str(self._folder()),
                                               "PyTorch model (*.pt);;All files (*)")
         if path:
-            load_model(self.session, path)
-            notify(f"Loaded {Path(path).name}: {model_summary(self.session)}")
+            self.load(path)
+
+    def load(self, path: str) -> None:
+        """Load a model file in the background (the result shows in the summary)."""
+        runs_for(self.session)["model"].start(path)

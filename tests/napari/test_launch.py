@@ -1,0 +1,22 @@
+"""The napari-cryopicker launcher."""
+
+from __future__ import annotations
+
+from napari_cryopicker._napari.launch import build_parser, main
+
+
+def test_parser_defaults():
+    args = build_parser().parse_args([])
+    assert not args.demo and args.screenshot is None and args.paths == []
+    args = build_parser().parse_args(["a.mrc", "--demo", "--screenshot", "x.png", "--epochs", "2"])
+    assert args.paths == ["a.mrc"] and args.demo and args.epochs == 2
+
+
+def test_screenshot_of_the_whole_window_then_exit(tmp_path, tomo_path, qapp):
+    out = tmp_path / "window.png"
+    assert main([str(tomo_path), "--screenshot", str(out)]) == 0
+    assert out.exists() and out.stat().st_size > 10_000
+    from qtpy.QtGui import QImage
+
+    img = QImage(str(out))
+    assert img.width() >= 1200 and img.height() >= 800  # the whole window, docks included
