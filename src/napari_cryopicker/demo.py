@@ -86,12 +86,13 @@ def run_demo(out: Path = Path("demo_out"), time_limit: float = 480.0, seed: int 
     log(f"      {len(res.picks)} picks in {time.monotonic() - t0:.1f} s")
 
     log("[4/5] scoring against the test tomogram's truth (match within the class radius):")
-    report = evaluate(res.picks, test_sim.picks.with_tomogram("test"), classes)
+    report = evaluate(res.picks, test_sim.picks.with_tomogram(test_tomo.name), classes)
     for line in format_report(report).splitlines():
         log("      " + line)
 
     log("[5/5] writing the picks in every format:")
     pdir = out / "picks"
+    pdir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, ext in [("csv", ".csv"), ("relion3", "_relion3.star"), ("relion4", "_relion4.star"),
                       ("relion5", "_relion5.star"), ("dynamo", ".tbl"), ("copick", ""), ("napari", "_napari.csv")]:

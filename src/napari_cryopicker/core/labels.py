@@ -69,13 +69,14 @@ def make_labels(
     picks: Picks,
     classes: ClassTable,
     mode: str = "tball",
-    diameter: float | None = None,
+    diameter: float | dict[str, float] | None = None,
     origin: Sequence[int] = (0, 0, 0),
     background: int = 0,
 ) -> np.ndarray:
     """A uint8 label volume of ``shape``: 0 background, k for class ``classes[k-1]``.
 
-    ``diameter`` overrides every class's diameter (DeepETPicker's constant d = 7 mode).
+    ``diameter`` overrides every class's diameter (DeepETPicker's constant d = 7 mode), or
+    per class when a dict ``{class name: diameter}``.
     ``origin`` is the voxel index of this volume's corner in the tomogram the picks
     index, so labels for a crop can be made without a full-size volume.
     ``background`` fills voxels no particle covers (use :data:`IGNORE` for crops where
@@ -97,15 +98,19 @@ def make_labels(
             f"picks use class(es) {', '.join(unknown)} that are not in the class table "
             f"({', '.join(classes.names) or 'empty'}); add them or drop those picks"
         )
+    def diameter_of(name: str) -> float:
+        if isinstance(diameter, dict):
+            if name in diameter:
+                return float(diameter[name])
+        elif diameter is not None:
+            return float(diameter)
+        if name in classes:
+            return classes[name].diameter
+        return max(classes.diameters, default=7.0)
+
     for c, name, rej in zip(centres, names, rejected):
-        if rej:
-            label = 0
-            d = diameter if diameter is not None else (
-                classes[name].diameter if name in classes else max(classes.diameters, default=7)
-            )
-        else:
-            label = classes.label_of(name)
-            d = diameter if diameter is not None else classes[name].diameter
+        label = 0 if rej else classes.label_of(name)
+        d = diameter_of(name)
         offs, dist2 = shape_offsets(float(d), mode)
         pos = offs + c[None, :]
         ok = np.all((pos >= 0) & (pos < shp[None, :]), axis=1)

@@ -129,7 +129,8 @@ def segment(
             if lowpass > 0:
                 blk = ndimage.gaussian_filter(blk, lowpass)
             blocks.append(normalise(blk, centre, scale))
-        x = torch.from_numpy(np.stack(blocks)[:, None]).to(device)
+        x = torch.from_numpy(np.stack(blocks)[:, None]).to(device).contiguous(
+            memory_format=torch.channels_last_3d)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             logits = net(x)
         p = torch.softmax(logits.float(), dim=1)
@@ -150,6 +151,17 @@ def segment(
         done += len(batch)
         progress.update(done, len(jobs), "inference")
     return label, conf, full
+
+
+def merged_nms_params(checkpoint: Checkpoint, overrides: dict | None = None) -> dict:
+    """MP-NMS settings per class: the model's tuned ones, then ``overrides``
+    (``{"default": {...}}`` applies to every class, ``{"<class>": {...}}`` to one)."""
+    overrides = overrides or {}
+    post = checkpoint.postprocess or {}
+    out = {"default": dict(overrides.get("default", {}))}
+    for name in checkpoint.classes.names:
+        out[name] = {**post.get(name, {}), **overrides.get("default", {}), **overrides.get(name, {})}
+    return out
 
 
 def predict_picks(
@@ -173,14 +185,14 @@ def predict_picks(
             f"model's {checkpoint.voxel_size:.3g} A; bin or rescale the tomogram to the model's voxel "
             "size, or train a model at this voxel size"
         )
-    net = checkpoint.build(device)
+    net = checkpoint.build(device).to(memory_format=torch.channels_last_3d)
     mc = checkpoint.model_config
     norm = normalisation_for(tomogram, checkpoint)
     lowpass = float((checkpoint.normalisation or {}).get("lowpass", 0.0) or 0.0)
     label, conf, full = segment(
         tomogram, net, mc.n_classes, mc.multiple, config, device, norm, progress, lowpass=lowpass
     )
-    params = {**checkpoint.postprocess, **config.nms}
+    params = merged_nms_params(checkpoint, config.nms)
     picks = mp_nms(
         label, conf, checkpoint.classes, params or None, tomogram=tomogram.name,
         voxel_size=tomogram.voxel_size, progress=progress,

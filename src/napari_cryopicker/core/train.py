@@ -41,8 +41,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     label_mode: str = "tball"
-    diameter: float | None = None           # one diameter for every class (paper: 7)
-    f_maps: tuple[int, ...] = (16, 32, 48, 64)
+    diameter: float | None = None           # one label diameter for every class (paper: 7)
+    label_scale: float = 0.5                # else label diameter = label_scale x class diameter
+    min_label_diameter: float = 7.0
+    f_maps: tuple[int, ...] = (8, 16, 32, 48)
     coord_conv: bool = True
     pyramid: bool = True
     positive_fraction: float = 0.75          # crops centred on a labelled particle
@@ -176,11 +178,28 @@ def _read_crop(v: _Volume, start, crop, lowpass: float) -> np.ndarray:
 
 
 def _crop_labels(v: _Volume, start, crop, classes, config: TrainConfig) -> np.ndarray:
-    rmax = max(classes.diameters) if config.diameter is None else config.diameter
+    diam = label_diameters(classes, config)
+    rmax = max(diam.values())
     lo = np.asarray(start) - rmax
     hi = np.asarray(start) + np.asarray(crop) + rmax
     m = np.all((v.zyx >= lo) & (v.zyx < hi), axis=1) if len(v.zyx) else np.zeros(0, bool)
-    return make_labels(crop, v.picks._subset(m), classes, config.label_mode, config.diameter, origin=start)
+    return make_labels(crop, v.picks._subset(m), classes, config.label_mode, diam, origin=start)
+
+
+def label_diameters(classes: ClassTable, config: TrainConfig) -> dict[str, float]:
+    """Weak-label diameter (voxels) of each class."""
+    if config.diameter is not None:
+        return {c.name: float(config.diameter) for c in classes}
+    return {
+        c.name: float(min(c.diameter, max(config.min_label_diameter, round(config.label_scale * c.diameter))))
+        for c in classes
+    }
+
+
+def nms_defaults(classes: ClassTable, config: TrainConfig) -> dict[str, dict]:
+    """MP-NMS settings that fit the labels: mean-filter size from the label radius."""
+    diam = label_diameters(classes, config)
+    return {name: {"kernel": max(3, int(round(d / 2)) | 1)} for name, d in diam.items()}
 
 
 def _sample(v: _Volume, rng: np.random.Generator, crop, config: TrainConfig) -> list[int]:
@@ -312,8 +331,10 @@ def validate(net, vols, classes, config, device, crop, n_classes, weights, multi
     # per class, the t_lm that maximises that class's F-alpha on the validation slabs
     per_class_scores = {c.name: {} for c in classes}
     for t in grid:
+        base = nms_defaults(classes, config)
+        params = {name: {**p, "t_lm": t} for name, p in base.items()}
         preds = [
-            mp_nms(lab, conf, classes, NMSParams(t_lm=t), tomogram=f"v{i}")
+            mp_nms(lab, conf, classes, params, tomogram=f"v{i}")
             for i, (lab, conf) in enumerate(zip(labels, confs))
         ]
         pr = Picks.concat(preds)
@@ -389,7 +410,7 @@ def train_model(
     net = ResUNet(mcfg)
     if init is not None:
         _init_from(net, init, classes)
-    net.to(device)
+    net.to(device=device, memory_format=torch.channels_last_3d)
     crop = _crop_shape(tomograms[0].shape, config.patch, mcfg.multiple)
     for t in tomograms[1:]:
         crop = tuple(min(a, b) for a, b in zip(crop, _crop_shape(t.shape, config.patch, mcfg.multiple)))
@@ -446,7 +467,8 @@ def train_model(
                         x, y = _augment(x, y, rng)
                     xs.append(x)
                     ys.append(y)
-                xb = torch.from_numpy(np.stack(xs)[:, None]).to(device)
+                xb = torch.from_numpy(np.stack(xs)[:, None]).to(device).contiguous(
+                    memory_format=torch.channels_last_3d)
                 yb = torch.from_numpy(np.stack(ys).astype(np.int64)).to(device)
                 for g in opt.param_groups:
                     g["lr"] = lr_at(frac_done())
@@ -502,9 +524,9 @@ def train_model(
             raise Cancelled("training was stopped before the first epoch finished; no model was saved")
         state.best_state = _copy_state(net)
         state.best_epoch = state.history[-1]["epoch"] if state.history else None
-    post = {}
-    if state.best_nms:
-        post = {name: {"t_lm": float(t)} for name, t in state.best_nms.items()}
+    post = nms_defaults(classes, config)
+    for name, t in state.best_nms.items():
+        post[name]["t_lm"] = float(t)
     return Checkpoint(
         model=mcfg.to_dict(),
         state_dict=state.best_state,

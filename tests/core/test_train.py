@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_cryopicker.core.classes import ClassTable, ParticleClass
+from napari_cryopicker.core.errors import Cancelled, CryoPickerError
+from napari_cryopicker.core.model import ModelConfig, ResUNet
+from napari_cryopicker.core.progress import Progress
+from napari_cryopicker.core.simulate import simulate_tomogram
+from napari_cryopicker.core.tomogram import Tomogram
+from napari_cryopicker.core.train import TrainConfig, _init_from, label_diameters, train_model
+
+TINY = dict(epochs=6, steps_per_epoch=4, batch_size=2, patch=32, val_fraction=0.0, device="cpu",
+            f_maps=(4, 8, 16))
+
+
+@pytest.fixture(scope="module")
+def small_sim():
+    sim = simulate_tomogram(shape=(48, 112, 112), seed=3, classes=["ribosome", "blob"], snr=2.0, n_per_class=8)
+    return Tomogram(sim.data, sim.voxel_size), sim
+
+
+def test_short_training_lowers_the_loss_and_is_deterministic(small_sim):
+    tomo, sim = small_sim
+    seen = []
+    ck = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**TINY), on_epoch=seen.append)
+    losses = [r["train_loss"] for r in ck.history]
+    assert len(losses) == 6 and [r["epoch"] for r in seen] == [1, 2, 3, 4, 5, 6]
+    assert np.mean(losses[-2:]) < losses[0]
+    again = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**TINY))
+    assert np.allclose([r["train_loss"] for r in again.history], losses, rtol=1e-4)
+    assert ck.classes.names == sim.classes.names and ck.voxel_size == sim.voxel_size
+
+
+def test_stop_keeps_best_and_early_stop_raises(small_sim):
+    tomo, sim = small_sim
+    prog = Progress()
+    calls = {"n": 0}
+
+    def cb(done, total, msg):
+        calls["n"] += 1
+        if calls["n"] == 6:  # in the second epoch
+            prog.cancel()
+
+    prog.callback = cb
+    ck = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**TINY, "epochs": 50}), progress=prog)
+    assert 1 <= len(ck.history) <= 2 and ck.best_epoch in (1, 2)
+    early = Progress()
+    early.cancel()
+    with pytest.raises(Cancelled, match="before the first epoch"):
+        train_model([tomo], [sim.picks], sim.classes, TrainConfig(**TINY), progress=early)
+
+
+def test_time_limit_is_respected(small_sim):
+    import time
+
+    tomo, sim = small_sim
+    t = time.monotonic()
+    ck = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**TINY, "epochs": 10_000, "time_limit": 4}))
+    assert time.monotonic() - t < 30 and len(ck.history) >= 1
+
+
+def test_validation_scores_and_tuned_thresholds(small_sim):
+    tomo, sim = small_sim
+    ck = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**TINY, "epochs": 2, "val_fraction": 0.3}))
+    assert all(r["val_loss"] is not None and 0 <= r["val_f1"] <= 1 for r in ck.history)
+    assert set(ck.postprocess) == set(sim.classes.names)
+    assert all("kernel" in p for p in ck.postprocess.values())
+
+
+def test_fine_tune_with_a_new_class_keeps_old_head(small_sim):
+    tomo, sim = small_sim
+    ribo = sim.picks.select(class_name="ribosome")
+    one = ClassTable([ParticleClass("ribosome", 25)])
+    base = train_model([tomo], [ribo], one, TrainConfig(**{**TINY, "epochs": 2}))
+    two = ClassTable([ParticleClass("blob", 9), ParticleClass("ribosome", 25)])
+    net = ResUNet(ModelConfig(**{**base.model_config.__dict__, "n_classes": 2}))
+    _init_from(net, base, two)
+    head = net.state_dict()["head.weight"]
+    assert torch.equal(head[0], base.state_dict["head.weight"][0])  # background
+    assert torch.equal(head[2], base.state_dict["head.weight"][1])  # ribosome moved to label 2
+    tuned = train_model([tomo], [sim.picks], two, TrainConfig(**{**TINY, "epochs": 2}), init=base)
+    assert tuned.classes.names == ["blob", "ribosome"]
+    assert [r["epoch"] for r in tuned.history] == [1, 2, 3, 4]  # history continues
+
+
+def test_clear_errors_for_bad_training_input(small_sim):
+    tomo, sim = small_sim
+    with pytest.raises(CryoPickerError, match="blob have no picks"):
+        train_model([tomo], [sim.picks.select(class_name="ribosome")], sim.classes, TrainConfig(**TINY))
+    with pytest.raises(CryoPickerError, match="one picks table per tomogram"):
+        train_model([tomo, tomo], [sim.picks], sim.classes, TrainConfig(**TINY))
+
+
+def test_label_diameters():
+    classes = ClassTable([ParticleClass("big", 25), ParticleClass("small", 9)])
+    assert label_diameters(classes, TrainConfig(label_scale=0.5)) == {"big": 12.0, "small": 7.0}
+    assert label_diameters(classes, TrainConfig(label_scale=1.0)) == {"big": 25.0, "small": 9.0}
+    assert label_diameters(classes, TrainConfig(diameter=7)) == {"big": 7.0, "small": 7.0}
