@@ -20,3 +20,17 @@ def test_screenshot_of_the_whole_window_then_exit(tmp_path, tomo_path, qapp):
 
     img = QImage(str(out))
     assert img.width() >= 1200 and img.height() >= 800  # the whole window, docks included
+
+
+def test_the_plugin_does_not_import_torch_until_work_starts():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import napari_cryopicker._napari.widgets, napari_cryopicker._napari.reader\n"
+        "import napari_cryopicker._napari.writer, napari_cryopicker._napari.sample_data\n"
+        "import napari_cryopicker._napari.launch\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -112,6 +112,8 @@ def test_number_keys_choose_the_active_class(viewer, two_classes, qtbot):
         assert s.active_class == "proteasome"
     qtbot.keyClick(canvas, "9")  # no class 9: nothing happens
     assert s.active_class == "proteasome"
+    viewer.layers.selection.active = viewer.layers["picks: ribosome"]  # the layer list too
+    assert s.active_class == "ribosome"
 
 
 def test_autosave_written_atomically_and_restored(make_napari_viewer, tomo_path):
@@ -187,6 +189,8 @@ def test_sample_picks_are_adopted(viewer):
     viewer.open_sample(PLUGIN, "tomogram")
     assert s.tomogram is not None and s.tomogram.name == "sample"
     assert len(s.classes) >= 2
+    active = viewer.layers.selection.active
+    assert active.name == f"picks: {s.active_class}"  # the selected layer and the class agree
     for name in s.classes.names:
         assert s.counts()[name]["annotated"] >= 1
         assert s.layer_for(Key("picks", name), create=False) is viewer.layers[f"picks: {name}"]

@@ -243,6 +243,7 @@ class PickingSession:
         self.last_skipped = 0  # predictions left out by the last set_predictions (already known)
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.layers.events.removed.connect(self._on_layer_removed)
+        viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._bind_viewer_keys()
 
     @property
@@ -264,6 +265,12 @@ class PickingSession:
     def set_busy(self, task: str, running: bool) -> None:
         (self._busy.add if running else self._busy.discard)(task)
         self.events.busy.emit(task, running)
+
+    def stop_all(self) -> None:
+        """Ask every background run of this session to stop (the viewer is closing)."""
+        for run in (getattr(self, "_runs", None) or {}).values():
+            with contextlib.suppress(Exception):
+                run.stop() if hasattr(run, "stop") else run.task.stop()
 
     def is_busy(self, task: str | None = None) -> bool:
         return bool(self._busy) if task is None else task in self._busy
@@ -630,7 +637,19 @@ class PickingSession:
                 return
             self._maybe_adopt(layer)
         except CryoPickerError as e:
-            log.info("not adopting %s: %s", getattr(layer, "name", layer), e)
+            _notify(str(e), "warning")
+        except Exception as e:  # an event handler must never pop up a traceback
+            log.warning("could not take over layer %s: %s", getattr(layer, "name", layer), e)
+            _notify(f"CryoPicker could not use layer {getattr(layer, 'name', layer)!r}: {e}", "warning")
+
+    def _on_active_layer(self, event) -> None:
+        """Selecting a class's picks (or predicted) layer makes that class the active one."""
+        key = self._key_of(event.value)
+        if key is None or key.class_name is None or key.class_name == self.active_class:
+            return
+        if key.class_name in self.classes:
+            self.active_class = key.class_name
+            self.events.active_class.emit(key.class_name)
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
@@ -1287,6 +1306,15 @@ def get_session(viewer: napari.Viewer, *, create: bool = True) -> PickingSession
     if s is None and create:
         s = PickingSession(viewer)
         _SESSIONS[viewer] = s
+        ref = weakref.ref(s)
+
+        def _closing(*_):  # stop background work when the window goes
+            sess = ref()
+            if sess is not None:
+                sess.stop_all()
+
+        with contextlib.suppress(Exception):
+            viewer.window._qt_window.destroyed.connect(_closing)
         # adopt a tomogram that is already open
         if s.image_layer is None:
             layers = s.image_layers()

@@ -434,6 +434,9 @@ class ModelLoad:
 
         self.task.start(job, done)
 
+    def stop(self) -> None:
+        self.task.stop()
+
 
 def runs_for(session: PickingSession) -> dict[str, Any]:
     """The shared background runs of a session (one training, one picking, ...)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -104,7 +105,8 @@ class ClassesWidget(PanelBase):
             for col, v in enumerate(vals):
                 item = QTableWidgetItem(v)
                 if col == 2:
-                    item.setBackground(QColor(c.colour))
+                    item.setData(Qt.ItemDataRole.DecorationRole, QColor(c.colour))
+                    item.setText(c.colour)
                     item.setToolTip("double-click to change the colour")
                 if col == 3:
                     item.setToolTip("double-click to change the diameter")
