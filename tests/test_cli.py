@@ -1,0 +1,92 @@
+"""The `cryopicker` command line, run as a user would (in-process through main())."""
+
+import mrcfile
+import pandas as pd
+import pytest
+import starfile
+
+from napari_cryopicker.cli import main
+
+
+@pytest.fixture(scope="module")
+def simdir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    assert main(["simulate", str(out), "--seed", "4", "--shape", "48", "112", "112", "--snr", "2"]) == 0
+    return out
+
+
+def test_simulate_writes_tomogram_and_truth(simdir, capsys):
+    with mrcfile.open(simdir / "tomogram.mrc") as m:
+        assert m.data.shape == (48, 112, 112)
+        assert m.voxel_size.x == pytest.approx(10.0)
+    df = pd.read_csv(simdir / "picks.csv")
+    assert list(df.columns[:4]) == ["x", "y", "z", "class"] and len(df) > 0
+
+
+def test_evaluate_truth_against_itself_and_a_shifted_copy(simdir, tmp_path, capsys):
+    assert main(["evaluate", "--picks", str(simdir / "picks.csv"), "--truth", str(simdir / "picks.csv")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "overall precision=1.000 recall=1.000 f1=1.000"
+    df = pd.read_csv(simdir / "picks.csv")
+    df.loc[: len(df) // 2 - 1, "x"] += 30  # half the picks move far away
+    df.to_csv(tmp_path / "moved.csv", index=False)
+    assert main(["evaluate", "--picks", str(tmp_path / "moved.csv"), "--truth", str(simdir / "picks.csv"),
+                 "--fbeta", "4"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("overall precision=0.5") and "f4=" in last
+
+
+def test_convert_to_relion_and_back(simdir, tmp_path, capsys):
+    star = tmp_path / "p.star"
+    assert main(["convert", str(simdir / "picks.csv"), str(star), "--tomogram", str(simdir / "tomogram.mrc"),
+                 "--binning", "2"]) == 0
+    df = starfile.read(star)
+    parts = df["particles"] if isinstance(df, dict) else df
+    src = pd.read_csv(simdir / "picks.csv")
+    assert parts["rlnCoordinateX"].to_numpy() == pytest.approx(src["x"].to_numpy() * 2, abs=1e-3)
+    back = tmp_path / "back.csv"
+    assert main(["convert", str(star), str(back), "--tomogram", str(simdir / "tomogram.mrc"),
+                 "--in-binning", "2"]) == 0
+    b = pd.read_csv(back)
+    assert b["x"].to_numpy() == pytest.approx(src["x"].to_numpy(), abs=1e-3)
+    assert b["class"].tolist() == src["class"].tolist()
+
+
+def test_train_predict_round_trip(simdir, tmp_path, capsys):
+    model = tmp_path / "m.pt"
+    rc = main(["train", "--tomogram", str(simdir / "tomogram.mrc"), "--picks", str(simdir / "picks.csv"),
+               "--class", "ribosome=25", "--class", "shell=13", "--class", "barrel=18", "--class", "blob=9",
+               "--out", str(model), "--epochs", "1", "--patch", "32", "--device", "cpu"])
+    assert rc == 0 and model.exists()
+    assert "epoch   1" in capsys.readouterr().out
+    out = tmp_path / "picks.star"
+    assert main(["predict", "--model", str(model), "--tomogram", str(simdir / "tomogram.mrc"),
+                 "--out", str(out), "--threshold", "0.0", "--device", "cpu"]) == 0
+    assert out.exists()
+    assert "picks" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["evaluate", "--picks", "/nonexistent/p.csv", "--truth", "/nonexistent/t.csv"], "/nonexistent/t.csv"),
+        (["train", "--tomogram", "/nope.mrc", "--picks", "x.csv", "--class", "a=5", "--out", "m.pt"], "/nope.mrc"),
+        (["predict", "--model", "/nope/model.pt", "--tomogram", "t.mrc", "--out", "o.csv"], "/nope/model.pt"),
+        (["train", "--tomogram", "a.mrc", "--picks", "a.csv", "--class", "ribosome", "--out", "m.pt"],
+         "NAME=DIAMETER"),
+    ],
+)
+def test_bad_input_is_one_clear_line(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.mrc").write_bytes(b"")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cryopicker: error: ") and needle in err[0]
+
+
+def test_truncated_mrc_named_in_error(tmp_path, capsys):
+    bad = tmp_path / "broken.mrc"
+    bad.write_bytes(b"\x00" * 100)
+    (tmp_path / "p.csv").write_text("x,y,z,class\n1,2,3,a\n")
+    assert main(["train", "--tomogram", str(bad), "--picks", str(tmp_path / "p.csv"), "--class", "a=5",
+                 "--out", str(tmp_path / "m.pt")]) == 2
+    assert "broken.mrc" in capsys.readouterr().err
