@@ -101,6 +101,13 @@ def test_weak_label_preview(viewer, picked, qtbot):
     w.btn.click()
     qtbot.waitUntil(lambda: not runs_for(picked)["labels"].running, timeout=10000)
     assert int((viewer.layers["weak labels"].data == 1).sum()) > n_ball
+    w.override.setChecked(True)  # one diameter for all classes: 3-voxel cubes
+    w.diameter.setValue(3)
+    assert picked.label_diameter == 3 and not w.scale.isEnabled()
+    w.btn.click()
+    qtbot.waitUntil(lambda: not runs_for(picked)["labels"].running, timeout=10000)
+    assert int((viewer.layers["weak labels"].data == 1).sum()) == 3 * 27
+    assert runs_for(picked)["train"].config_values()["diameter"] == 3  # training uses the same
 
 
 def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):

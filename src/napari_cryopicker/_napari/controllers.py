@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..core.classes import ClassTable
 from ..core.errors import CryoPickerError, PicksFormatError
 from ..core.picks import Picks
 from . import filters
@@ -133,30 +134,42 @@ class LabelsPreview:
     def diameter(self, value: float | None) -> None:
         self.session.label_diameter = float(value) if value else None
 
-    def compute(self) -> np.ndarray:
-        from ..core.labels import make_labels
+    @property
+    def scale(self) -> float | None:
+        """Label diameter as a fraction of the particle diameter (None: the engine default)."""
+        return self.session.label_scale
 
-        s = self.session
-        tomo = s._require_tomogram()
-        return make_labels(tomo.shape, s.training_picks(), s.classes, mode=self.mode, diameter=self.diameter)
+    @scale.setter
+    def scale(self, value: float | None) -> None:
+        self.session.label_scale = float(value) if value else None
 
-    def preview(self, *, background: bool = True):
+    def _inputs(self):
         s = self.session
         tomo = s._require_tomogram()
         picks = s.training_picks()
         if not len(picks.exclude_source("rejected")):
             raise CryoPickerError("no picks yet: the weak labels are made from your picks")
-        classes, mode, diameter, shape = s.classes, self.mode, self.diameter, tomo.shape
+        return tomo.shape, picks, ClassTable.from_dict(s.classes.to_dict()), runs_for(s)["train"].config_values()
 
-        def compute():
-            from ..core.labels import make_labels
+    @staticmethod
+    def _compute(shape, picks, classes, values) -> np.ndarray:
+        """The labels training will use (worker thread: imports the engine, and torch)."""
+        from ..core.labels import make_labels
+        from ..core.train import TrainConfig, label_diameters
+        from .workers import _config
 
-            return make_labels(shape, picks, classes, mode=mode, diameter=diameter)
+        cfg = _config(TrainConfig, values)
+        return make_labels(shape, picks, classes, mode=cfg.label_mode, diameter=label_diameters(classes, cfg))
 
+    def compute(self) -> np.ndarray:
+        return self._compute(*self._inputs())
+
+    def preview(self, *, background: bool = True):
+        args = self._inputs()
         if background:
-            self.job.start(compute, self.show)
+            self.job.start(lambda: self._compute(*args), self.show)
             return None
-        return self.show(compute())
+        return self.show(self._compute(*args))
 
     def show(self, labels: np.ndarray):
         from napari.utils.colormaps import DirectLabelColormap

@@ -230,7 +230,8 @@ class PickingSession:
         self.train_settings: dict[str, Any] = {"epochs": 40, "time_limit": None, "device": "auto", "seed": 0}
         self.train_overrides: dict[str, Any] = {}
         self.label_mode = "tball"
-        self.label_diameter: float | None = None
+        self.label_diameter: float | None = None  # one label diameter for all classes
+        self.label_scale: float | None = None  # else label = scale x class diameter (engine default)
         self.predict_overrides: dict[str, Any] = {}
         self._layers: dict[Key, Points] = {}
         self._committed: dict[Key, State] = {}

@@ -216,6 +216,8 @@ class TrainingRun:
         values = dict(s.train_settings)
         values["label_mode"] = s.label_mode
         values["diameter"] = s.label_diameter
+        if s.label_scale is not None:
+            values["label_scale"] = s.label_scale
         values.update(s.train_overrides)
         return values
 
