@@ -79,7 +79,6 @@ def test_writer_round_trip_every_format(viewer, tmp_path, fmt, ext):
                              diameter=8, scale=(VOXEL,) * 3, tomogram="TS_01", shape=SHAPE)
     layer = viewer.add_points(picks.zyx, **kw)
     layer.shown = [True, True, False]  # hidden points are not written
-    from npe2 import write
 
     out = tmp_path / f"out_{fmt}{ext}"
     writer_name = {"relion5": "RELION 5 particles", "relion4": "RELION 4 particles",

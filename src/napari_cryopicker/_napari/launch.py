@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # a quick CPU demo: small crops, few steps, validation only at the end (the full defaults
 # take many minutes on a laptop CPU; on a GPU the demo takes seconds either way)
-DEMO_TRAIN = {"patch": 32, "batch_size": 2, "steps_per_epoch": 8, "f_maps": (8, 16, 24, 32),
+DEMO_TRAIN = {"patch": 32, "batch_size": 2, "steps_per_epoch": 8,
               "tune_thresholds": False}
 
 
