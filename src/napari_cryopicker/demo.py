@@ -70,7 +70,7 @@ def run_demo(out: Path = Path("demo_out"), time_limit: float = 480.0, seed: int 
         vf = "-" if r["val_f1"] is None else f"{r['val_f1']:.3f}"
         vl = "-" if r["val_loss"] is None else f"{r['val_loss']:.3f}"
         log(f"      epoch {r['epoch']:3d}  train loss {r['train_loss']:.3f}  val loss {vl}  val F3 {vf}  "
-            f"({time.monotonic() - t_train:.0f} s)")
+            f"({time.monotonic() - t_train:.0f} s, validation {r.get('val_seconds', 0):.1f} s)")
 
     t_train = time.monotonic()
     ckpt = train_model([train_tomo], [picks], classes, cfg, progress=Progress(callback=bar), on_epoch=on_epoch)

@@ -42,13 +42,13 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     label_mode: str = "tball"
     diameter: float | None = None           # one label diameter for every class (paper: 7)
-    label_scale: float = 0.5                # else label diameter = label_scale x class diameter
+    label_scale: float = 1.0                # else label diameter = label_scale x class diameter
     min_label_diameter: float = 7.0
     f_maps: tuple[int, ...] = (8, 16, 32, 48)
-    coord_conv: bool = True
+    coord_conv: bool = False
     pyramid: bool = True
     positive_fraction: float = 0.75          # crops centred on a labelled particle
-    jitter: float = 0.25                     # centre jitter, fraction of the patch
+    jitter: float = 0.4                      # centre jitter, fraction of the patch
     val_fraction: float = 0.15               # share of each tomogram held out (a slab)
     val_every: int = 1
     f_alpha: float = 3.0                     # validation score: F-beta with beta = alpha
@@ -131,6 +131,12 @@ def _val_split(tomo: Tomogram, picks: Picks, classes: ClassTable, fraction: floa
         mid = int(np.median(inside[:, other])) if len(inside) else shape[other] // 2
         a = int(np.clip(mid - 128, 0, shape[other] - 256))
         region[other] = slice(a, a + 256)
+    # and to the z range of the particles (the sample slab), where the picks are
+    zs = pos.zyx[:, 0]
+    region[0] = slice(int(max(0, np.floor(zs.min() - rmax))), int(min(shape[0], np.ceil(zs.max() + rmax + 1))))
+    if region[0].stop - region[0].start < crop[0]:
+        a = max(0, min(region[0].start, shape[0] - crop[0]))
+        region[0] = slice(a, a + crop[0])
     region = tuple(region)
     lo = np.array([r.start for r in region], float)
     hi = np.array([r.stop for r in region], float)
@@ -309,7 +315,7 @@ def validate(net, vols, classes, config, device, crop, n_classes, weights, multi
                 continue
             shape = [r.stop - r.start for r in v.val_region]
             origin = [r.start for r in v.val_region]
-            cfg = PredictConfig(device=str(device), tile=max(crop) + 16, margin=8, batch_size=config.batch_size)
+            cfg = PredictConfig(device=str(device), tile=96, margin=8, batch_size=1)
             cfg.keep_probability = True
             lab, conf, full = segment(
                 v.tomo, net, n_classes, multiple, cfg, device, (v.centre, v.scale),
@@ -503,6 +509,7 @@ def train_model(
             vl, vf, best_t = validate(net, vols, classes, config, device, crop, n_classes, weights, mcfg.multiple, grid)
             val_seconds = time.monotonic() - t_v
             record["val_loss"], record["val_f1"] = vl, vf
+            record["val_seconds"] = val_seconds
             key = (vf, -vl)
         else:
             best_t = {}
