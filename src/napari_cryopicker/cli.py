@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="simulate, train from ~40 picks per class, pick, evaluate, export")
     d.add_argument("--out", default="demo_out")
-    d.add_argument("--time-limit", type=float, default=480.0, help="training budget in seconds")
+    d.add_argument("--time-limit", type=float, default=600.0, help="training budget in seconds")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--per-class", type=int, default=40)
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -32,7 +32,7 @@ def _subsample(picks, per_class: int, seed: int):
     return out
 
 
-def run_demo(out: Path = Path("demo_out"), time_limit: float = 480.0, seed: int = 0, per_class: int = 40,
+def run_demo(out: Path = Path("demo_out"), time_limit: float = 600.0, seed: int = 0, per_class: int = 40,
              device: str = "auto", shape=(96, 256, 256), epochs: int = 200, log=print) -> int:
     from .core.formats import write_picks
     from .core.metrics import evaluate, format_report

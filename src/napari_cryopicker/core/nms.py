@@ -7,17 +7,16 @@ For each class ``c`` with radius ``r`` (voxels):
 2. ``n_pool`` passes of a ``k^3`` mean filter (``k`` odd, about ``r``; separable, so the
    cost does not grow with ``k``) turn each blob into a peaked hill whose top is the
    blob's centre.
-3. Local maxima: voxels equal to the maximum over a ``(2 * t_nms + 1)^3`` window and
-   ``>= t_lm``. Plateaus (equal neighbouring maxima) are merged deterministically into
-   one pick at the plateau's centroid.
+3. Local maxima: voxels equal to the maximum over a ``(2 * t_nms + 1)^3`` window.
+   Plateaus (equal neighbouring maxima) are merged deterministically into one pick at
+   the plateau's centroid. A pick's score is the mean of ``s`` in a small cube around
+   it (the class probability near the centre); picks scoring below ``t_lm`` are dropped.
 4. Two picks of a class closer than ``t_dist`` keep only the higher score (a KD-tree,
    highest score first — not DeepETPicker's O(N^2) loop). Picks of different classes
    closer than ``cross_class_fraction`` x the smaller radius keep the higher score.
 
 The volume is processed in z-slabs with a halo wider than the filters' support, so the
 result equals the whole-volume computation while memory stays bounded by the slab.
-The score of a pick is the smoothed value at its peak: the mean class probability
-around the centre, in [0, 1].
 """
 
 from __future__ import annotations

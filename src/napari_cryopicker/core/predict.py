@@ -28,9 +28,9 @@ from .tomogram import Tomogram, normalise, robust_normalisation
 @dataclass
 class PredictConfig:
     device: str = "auto"
-    tile: int = 96            # tile edge N (voxels)
+    tile: int = 160           # tile edge N (voxels); shrunk to fit small volumes
     margin: int = 12          # kept-centre margin p
-    batch_size: int = 2
+    batch_size: int = 1
     amp: bool = True          # mixed precision on CUDA
     nms: dict = field(default_factory=dict)  # overrides: {"default": {...}, "<class>": {...}}
     keep_probability: bool = False

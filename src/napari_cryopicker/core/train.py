@@ -36,7 +36,7 @@ class TrainConfig:
     seed: int = 0
     patch: int = 48                         # training crop edge (voxels, multiple of 8)
     batch_size: int = 4
-    steps_per_epoch: int = 16
+    steps_per_epoch: int = 24
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
@@ -315,7 +315,7 @@ def validate(net, vols, classes, config, device, crop, n_classes, weights, multi
                 continue
             shape = [r.stop - r.start for r in v.val_region]
             origin = [r.start for r in v.val_region]
-            cfg = PredictConfig(device=str(device), tile=96, margin=8, batch_size=1)
+            cfg = PredictConfig(device=str(device), tile=256, margin=8, batch_size=1)
             cfg.keep_probability = True
             lab, conf, full = segment(
                 v.tomo, net, n_classes, multiple, cfg, device, (v.centre, v.scale),
@@ -332,24 +332,23 @@ def validate(net, vols, classes, config, device, crop, n_classes, weights, multi
             truths.append(truth)
     if not labels:
         return None, None, {}
-    grid = nms_grid or [NMSParams().t_lm]
-    best_t = {}
-    # per class, the t_lm that maximises that class's F-alpha on the validation slabs
+    grid = sorted(nms_grid or [NMSParams().t_lm])
+    # Greedy suppression keeps the stronger pick, so thresholding the scores after MP-NMS
+    # equals running MP-NMS at each threshold: run it once at the lowest one.
+    base = nms_defaults(classes, config)
+    params = {name: {**p, "t_lm": grid[0]} for name, p in base.items()}
+    pr_all = Picks.concat([
+        mp_nms(lab, conf, classes, params, tomogram=f"v{i}") for i, (lab, conf) in enumerate(zip(labels, confs))
+    ])
+    tr = Picks.concat([t_.with_tomogram(f"v{i}") for i, t_ in enumerate(truths)])
     per_class_scores = {c.name: {} for c in classes}
     for t in grid:
-        base = nms_defaults(classes, config)
-        params = {name: {**p, "t_lm": t} for name, p in base.items()}
-        preds = [
-            mp_nms(lab, conf, classes, params, tomogram=f"v{i}")
-            for i, (lab, conf) in enumerate(zip(labels, confs))
-        ]
-        pr = Picks.concat(preds)
-        tr = Picks.concat([t_.with_tomogram(f"v{i}") for i, t_ in enumerate(truths)])
-        rep = evaluate(pr, tr, classes, beta=config.f_alpha)
+        rep = evaluate(pr_all.select(min_score=t), tr, classes, beta=config.f_alpha)
         for c in classes:
             cs = rep.per_class.get(c.name)
             if cs is not None:
                 per_class_scores[c.name][t] = (cs.tp, cs.fp, cs.fn)
+    best_t = {}
     tp = fp = fn = 0
     for c in classes:
         sc = per_class_scores[c.name]
