@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ import numpy as np
 import pandas as pd
 from psygnal import Signal, SignalGroup
 
+from ..core.atomic import atomic_output
 from ..core.classes import ClassTable, ParticleClass
 from ..core.errors import CryoPickerError
 from ..core.picks import Picks
@@ -163,16 +163,8 @@ def fallback_autosave_path(tomo: Tomogram) -> Path | None:
 
 
 def write_json_atomic(path: Path, payload: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1))
     return path
 
 

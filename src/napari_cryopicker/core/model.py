@@ -15,7 +15,6 @@ and loaded with ``torch.load(weights_only=True)``: no pickled code is ever execu
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .atomic import atomic_output
 from .classes import ClassTable
 from .errors import ModelError
 
@@ -209,16 +209,8 @@ class Checkpoint:
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
     """Write atomically (temp file + rename): a crash never leaves a half-written model."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_output(p) as tmp:
         torch.save(ckpt.to_payload(), tmp)
-        os.replace(tmp, p)
-    except Exception:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return p
 
 

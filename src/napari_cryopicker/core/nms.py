@@ -11,7 +11,7 @@ For each class ``c`` with radius ``r`` (voxels):
    Plateaus (equal neighbouring maxima) are merged deterministically into one pick at
    the plateau's centroid. A pick's score is the mean of ``s`` in a small cube around
    it (the class probability near the centre); picks scoring below ``t_lm`` are dropped.
-4. Two picks of a class closer than ``t_dist`` keep only the higher score (a KD-tree,
+4. Two picks of a class closer than ``t_dist`` (default 1.5 radii) keep only the higher score (a KD-tree,
    highest score first — not DeepETPicker's O(N^2) loop). Picks of different classes
    closer than ``cross_class_fraction`` x the smaller radius keep the higher score.
 
@@ -39,14 +39,14 @@ class NMSParams:
     kernel: int = 0        # mean-filter size; 0 = from the radius
     n_pool: int = 2        # mean-filter passes
     t_nms: int = 0         # half-width of the local-maximum window; 0 = from the radius
-    t_dist: float = 0.0    # min distance between picks of a class; 0 = radius
+    t_dist: float = 0.0    # min distance between picks of a class; 0 = 1.5 x radius
     cross_class_fraction: float = 1.0
 
     def resolved(self, radius: float) -> NMSParams:
         r = max(1.0, float(radius))
         k = self.kernel or max(3, int(round(r)) | 1)
         t_nms = self.t_nms or max(1, int(round(r * 0.5)))
-        t_dist = self.t_dist or max(1.0, r)
+        t_dist = self.t_dist or max(1.0, 1.5 * r)
         return NMSParams(self.t_seg, self.t_lm, k, self.n_pool, t_nms, t_dist, self.cross_class_fraction)
 
     def halo(self) -> int:

@@ -7,7 +7,6 @@ Arrays are indexed ``[z, y, x]`` (as mrcfile gives them); ``voxel_size`` is in A
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
+from .atomic import atomic_output
 from .errors import TomogramError
 
 TOMOGRAM_SUFFIXES = (".mrc", ".rec", ".map", ".st", ".mrcs", ".ali")
@@ -131,18 +131,10 @@ def write_tomogram(
         arr = arr.astype(np.int8)
     elif arr.dtype == np.int64:
         arr = arr.astype(np.int32)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_output(p) as tmp:
         with mrcfile.new(tmp, overwrite=True) as m:
             m.set_data(np.ascontiguousarray(arr))
             m.voxel_size = voxel_size
-        os.replace(tmp, p)
-    except Exception:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return p
 
 

@@ -307,7 +307,7 @@ def validate(net, vols, classes, config, device, crop, n_classes, weights, multi
     from .metrics import evaluate, fbeta
     from .predict import PredictConfig, segment
 
-    losses, labels, confs, truths, regions = [], [], [], [], []
+    losses, labels, confs, truths = [], [], [], []
     net.eval()
     with torch.inference_mode():
         for v in vols:
@@ -354,9 +354,11 @@ def validate(net, vols, classes, config, device, crop, n_classes, weights, multi
         sc = per_class_scores[c.name]
         if not sc:
             continue
-        t_best = max(sc, key=lambda t: (fbeta(*_pr(*sc[t]), config.f_alpha), -abs(t - NMSParams().t_lm)))
-        best_t[c.name] = t_best
-        a, b, d = sc[t_best]
+        # the shipped threshold maximises F1 (the user's balance of misses and false picks);
+        # the epoch is scored by the recall-weighted F-alpha at the alpha-optimal threshold
+        best_t[c.name] = max(sc, key=lambda t: (fbeta(*_pr(*sc[t]), 1.0), -abs(t - NMSParams().t_lm)))
+        t_alpha = max(sc, key=lambda t: (fbeta(*_pr(*sc[t]), config.f_alpha), -abs(t - NMSParams().t_lm)))
+        a, b, d = sc[t_alpha]
         tp, fp, fn = tp + a, fp + b, fn + d
     f = fbeta(*_pr(tp, fp, fn), config.f_alpha)
     return float(np.mean(losses)), float(f), best_t
@@ -435,7 +437,7 @@ def train_model(
     amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     has_val = any(v.val_region is not None for v in vols)
-    grid = [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5] if config.tune_thresholds else None
+    grid = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8] if config.tune_thresholds else None
     state = TrainState(history=list(init.history) if init is not None else [])
     epoch0 = len(state.history)
     step = 0
