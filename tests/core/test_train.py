@@ -97,3 +97,22 @@ def test_label_diameters():
     assert label_diameters(classes, TrainConfig(label_scale=0.5)) == {"big": 12.0, "small": 7.0}
     assert label_diameters(classes, TrainConfig(label_scale=1.0)) == {"big": 25.0, "small": 9.0}
     assert label_diameters(classes, TrainConfig(diameter=7)) == {"big": 7.0, "small": 7.0}
+
+
+def test_trained_model_finds_particles_in_an_unseen_tomogram(tmp_path):
+    """End to end on CPU: train briefly on one phantom, pick another, score against truth."""
+    from napari_cryopicker.core.metrics import evaluate
+    from napari_cryopicker.core.model import load_checkpoint, save_checkpoint
+    from napari_cryopicker.core.predict import predict_picks
+
+    kw = dict(shape=(48, 128, 128), classes=["ribosome", "blob"], snr=3.0, n_per_class=8, distractors=False)
+    train_sim = simulate_tomogram(seed=11, **kw)
+    test_sim = simulate_tomogram(seed=12, **kw)
+    cfg = TrainConfig(epochs=8, steps_per_epoch=10, batch_size=2, patch=40, val_fraction=0.0, device="cpu",
+                      f_maps=(8, 16, 32))
+    ck = train_model([Tomogram(train_sim.data, 10.0)], [train_sim.picks], train_sim.classes, cfg)
+    ck = load_checkpoint(save_checkpoint(ck, tmp_path / "m.pt"))
+    res = predict_picks(Tomogram(test_sim.data, 10.0), ck)
+    rep = evaluate(res.picks.with_tomogram("t"), test_sim.picks.with_tomogram("t"), test_sim.classes)
+    assert rep.per_class["ribosome"].recall >= 0.75, rep.per_class
+    assert rep.overall.precision >= 0.5, rep.overall
