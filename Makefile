@@ -6,10 +6,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo gui test install install-test sysdeps bench clean
+.PHONY: demo gui test install install-test sysdeps clean
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[all]"
@@ -42,9 +42,6 @@ sysdeps:
 ## Whole test suite (core + napari GUI under a virtual X server).
 test: $(VENV)/.installed-test sysdeps
 	QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q $(PYTEST_ARGS)
-
-bench: $(VENV)/.installed
-	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
