@@ -7,7 +7,7 @@ from napari_cryopicker._napari.launch import build_parser, main
 
 def test_parser_defaults():
     args = build_parser().parse_args([])
-    assert not args.demo and args.screenshot is None and args.paths == []
+    assert not args.demo and args.screenshot is None and args.paths == [] and not args.no_sample
     args = build_parser().parse_args(["a.mrc", "--demo", "--screenshot", "x.png", "--epochs", "2"])
     assert args.paths == ["a.mrc"] and args.demo and args.epochs == 2
 
@@ -20,6 +20,24 @@ def test_screenshot_of_the_whole_window_then_exit(tmp_path, tomo_path, qapp):
 
     img = QImage(str(out))
     assert img.width() >= 1200 and img.height() >= 800  # the whole window, docks included
+
+
+def test_without_files_it_opens_the_sample_with_picks(tmp_path, qapp, monkeypatch):
+    import napari
+
+    seen = {}
+    real_run = napari.run
+
+    def fake_run(*a, **k):  # inspect the viewer napari would now show, then let it close
+        v = napari.current_viewer()
+        seen["layers"] = [layer.name for layer in v.layers]
+        return real_run(*a, **k)
+
+    monkeypatch.setattr(napari, "run", fake_run)
+    out = tmp_path / "w.png"
+    assert main(["--screenshot", str(out)]) == 0
+    assert any(n.startswith("picks: ") for n in seen["layers"]), seen
+    assert any("tomogram" in n for n in seen["layers"]), seen
 
 
 def test_the_plugin_does_not_import_torch_until_work_starts():

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="device for training and picking (default auto)")
     p.add_argument("--screenshot", metavar="OUT.png",
                    help="save a screenshot of the whole window (after --demo) and exit")
+    p.add_argument("--no-sample", action="store_true",
+                   help="without tomograms to open, start empty instead of with the sample tomogram")
     p.add_argument("--separate-docks", action="store_true",
                    help="dock each panel on its own instead of one tabbed panel")
     return p
@@ -131,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     panels = dock_all(viewer, tabbed=not args.separate_docks)
     with_error = {"failed": False}
 
+    if not args.paths and not args.demo and not args.no_sample:
+        try:  # a new user sees a tomogram with a few picks per class straight away
+            viewer.open_sample("napari-cryopicker", "tomogram")
+        except Exception as e:  # pragma: no cover - shown, the window still opens
+            notify(f"Could not open the sample tomogram: {readable_error(e)}", "error")
     for path in args.paths:
         try:
             viewer.open(path, plugin="napari-cryopicker")
