@@ -89,3 +89,16 @@ def test_cross_class_duplicates_removed():
     prob[8:16, 8:16, 12:18] = 0.6
     got = mp_nms(label, prob, classes)
     assert got.class_names == ["a"] and len(got) == 1
+
+
+def test_min_fill_drops_small_blobs_that_do_not_fill_the_particle():
+    classes = ClassTable([ParticleClass("big", 15)])
+    real = Picks.from_zyx([[20, 20, 20]], class_name="big")
+    label, prob = synthetic_maps((40, 40, 64), real, classes)
+    label[18:23, 18:23, 45:50] = 1  # a gold-bead-sized blob called "big" with high confidence
+    prob[18:23, 18:23, 45:50] = 0.95
+    loose = mp_nms(label, prob, classes, NMSParams(t_lm=0.3))
+    assert len(loose) == 2 and "fill" in loose.table
+    assert loose.table["fill"].max() > 0.4 > 0.1 > loose.table["fill"].min()  # ball in tball: ~0.46
+    strict = mp_nms(label, prob, classes, NMSParams(t_lm=0.3, min_fill=0.3))
+    assert len(strict) == 1 and abs(strict.zyx[0, 2] - 20) <= 1

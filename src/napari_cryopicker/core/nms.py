@@ -10,7 +10,10 @@ For each class ``c`` with radius ``r`` (voxels):
 3. Local maxima: voxels equal to the maximum over a ``(2 * t_nms + 1)^3`` window.
    Plateaus (equal neighbouring maxima) are merged deterministically into one pick at
    the plateau's centroid. A pick's score is the mean of ``s`` in a small cube around
-   it (the class probability near the centre); picks scoring below ``t_lm`` are dropped.
+   it (the class probability near the centre); picks scoring below ``t_lm`` are dropped,
+   and so are picks whose class fills less than ``min_fill`` of the class's truncated
+   ball around them (a distractor the network half-believes; the fraction is kept in the
+   picks' ``fill`` column).
 4. Two picks of a class closer than ``t_dist`` (default 1.5 radii) keep only the higher score (a KD-tree,
    highest score first — not DeepETPicker's O(N^2) loop). Picks of different classes
    closer than ``cross_class_fraction`` x the smaller radius keep the higher score.
@@ -41,13 +44,15 @@ class NMSParams:
     t_nms: int = 0         # half-width of the local-maximum window; 0 = from the radius
     t_dist: float = 0.0    # min distance between picks of a class; 0 = 1.5 x radius
     cross_class_fraction: float = 1.0
+    min_fill: float = 0.0  # min fraction of the class's TBall around a pick segmented as that class
 
     def resolved(self, radius: float) -> NMSParams:
         r = max(1.0, float(radius))
         k = self.kernel or max(3, int(round(r)) | 1)
         t_nms = self.t_nms or max(1, int(round(r * 0.5)))
         t_dist = self.t_dist or max(1.0, 1.5 * r)
-        return NMSParams(self.t_seg, self.t_lm, k, self.n_pool, t_nms, t_dist, self.cross_class_fraction)
+        return NMSParams(self.t_seg, self.t_lm, k, self.n_pool, t_nms, t_dist, self.cross_class_fraction,
+                         self.min_fill)
 
     def halo(self) -> int:
         return (self.kernel // 2) * self.n_pool + self.t_nms + 1
@@ -124,7 +129,7 @@ def mp_nms(
     per_class = _params_per_class(params, classes)
     scale = 1.0 / 255.0 if prob.dtype == np.uint8 else 1.0
     Z = label.shape[0]
-    all_zyx, all_scores, all_names = [], [], []
+    all_zyx, all_scores, all_names, all_fill = [], [], [], []
     steps = max(1, -(-Z // slab)) * len(classes)
     step = 0
     for ci, cls in enumerate(classes, start=1):
@@ -152,19 +157,47 @@ def mp_nms(
             zyx = np.concatenate(found_zyx)
             sc = np.concatenate(found_s)
             keep = suppress(zyx, sc, p.t_dist)
-            all_zyx.append(zyx[keep])
-            all_scores.append(sc[keep])
-            all_names += [cls.name] * len(keep)
+            zyx, sc = zyx[keep], sc[keep]
+            fill = fill_fraction(label, zyx, ci, cls.diameter)
+            ok = fill >= p.min_fill
+            all_zyx.append(zyx[ok])
+            all_scores.append(sc[ok])
+            all_fill.append(fill[ok])
+            all_names += [cls.name] * int(ok.sum())
     if not all_zyx:
         return Picks(voxel_size=voxel_size)
     zyx = np.concatenate(all_zyx)
     scores = np.concatenate(all_scores)
+    fills = np.concatenate(all_fill)
     names = np.asarray(all_names, dtype=object)
     keep = _cross_class(zyx, scores, names, classes, per_class)
-    return Picks.from_zyx(
+    out = Picks.from_zyx(
         zyx[keep], class_name=list(names[keep]), score=np.clip(scores[keep], 0, 1),
         source="predicted", tomogram=tomogram, voxel_size=voxel_size,
     )
+    out.table["fill"] = fills[keep]
+    return out
+
+
+def fill_fraction(label: np.ndarray, zyx: np.ndarray, label_value: int, diameter: float) -> np.ndarray:
+    """Fraction of the class's truncated ball around each pick that is segmented as the class.
+
+    A real particle fills most of its ball; a distractor (gold bead, membrane patch) that
+    the network half-believes is the class fills a small part of it.
+    """
+    from .labels import shape_offsets
+
+    if len(zyx) == 0:
+        return np.zeros(0)
+    offs, _ = shape_offsets(float(diameter), "tball")
+    shp = np.asarray(label.shape)
+    out = np.empty(len(zyx))
+    for i, c in enumerate(np.floor(zyx + 0.5).astype(np.int64)):
+        pos = offs + c
+        ok = np.all((pos >= 0) & (pos < shp), axis=1)
+        pos = pos[ok]
+        out[i] = float(np.mean(label[pos[:, 0], pos[:, 1], pos[:, 2]] == label_value)) if len(pos) else 0.0
+    return out
 
 
 def _params_per_class(params, classes: ClassTable) -> dict[str, NMSParams]:

@@ -336,18 +336,21 @@ def validate(net, vols, classes, config, device, crop, n_classes, weights, multi
     # Greedy suppression keeps the stronger pick, so thresholding the scores after MP-NMS
     # equals running MP-NMS at each threshold: run it once at the lowest one.
     base = nms_defaults(classes, config)
-    params = {name: {**p, "t_lm": grid[0]} for name, p in base.items()}
+    params = {name: {**p, "t_lm": grid[0], "min_fill": 0.0} for name, p in base.items()}
     pr_all = Picks.concat([
         mp_nms(lab, conf, classes, params, tomogram=f"v{i}") for i, (lab, conf) in enumerate(zip(labels, confs))
     ])
     tr = Picks.concat([t_.with_tomogram(f"v{i}") for i, t_ in enumerate(truths)])
     per_class_scores = {c.name: {} for c in classes}
+    fill = pr_all.table["fill"].to_numpy() if len(pr_all) else np.zeros(0)
     for t in grid:
-        rep = evaluate(pr_all.select(min_score=t), tr, classes, beta=config.f_alpha)
-        for c in classes:
-            cs = rep.per_class.get(c.name)
-            if cs is not None:
-                per_class_scores[c.name][t] = (cs.tp, cs.fp, cs.fn)
+        for f in FILL_GRID:
+            rep = evaluate(pr_all._subset((pr_all.table["score"].to_numpy() >= t) & (fill >= f)), tr, classes,
+                           beta=config.f_alpha)
+            for c in classes:
+                cs = rep.per_class.get(c.name)
+                if cs is not None:
+                    per_class_scores[c.name][(t, f)] = (cs.tp, cs.fp, cs.fn)
     best_t = {}
     tp = fp = fn = 0
     for c in classes:
@@ -356,12 +359,18 @@ def validate(net, vols, classes, config, device, crop, n_classes, weights, multi
             continue
         # the shipped threshold maximises F1 (the user's balance of misses and false picks);
         # the epoch is scored by the recall-weighted F-alpha at the alpha-optimal threshold
-        best_t[c.name] = max(sc, key=lambda t: (fbeta(*_pr(*sc[t]), 1.0), -abs(t - NMSParams().t_lm)))
-        t_alpha = max(sc, key=lambda t: (fbeta(*_pr(*sc[t]), config.f_alpha), -abs(t - NMSParams().t_lm)))
+        def pref(k):  # on ties prefer the default score threshold and the loosest fill
+            return -abs(k[0] - NMSParams().t_lm), -k[1]
+
+        best_t[c.name] = max(sc, key=lambda k: (fbeta(*_pr(*sc[k]), 1.0), *pref(k)))
+        t_alpha = max(sc, key=lambda k: (fbeta(*_pr(*sc[k]), config.f_alpha), *pref(k)))
         a, b, d = sc[t_alpha]
         tp, fp, fn = tp + a, fp + b, fn + d
     f = fbeta(*_pr(tp, fp, fn), config.f_alpha)
     return float(np.mean(losses)), float(f), best_t
+
+
+FILL_GRID = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 
 def _pr(tp, fp, fn):
@@ -533,8 +542,9 @@ def train_model(
         state.best_state = _copy_state(net)
         state.best_epoch = state.history[-1]["epoch"] if state.history else None
     post = nms_defaults(classes, config)
-    for name, t in state.best_nms.items():
+    for name, (t, f) in state.best_nms.items():
         post[name]["t_lm"] = float(t)
+        post[name]["min_fill"] = float(f)
     return Checkpoint(
         model=mcfg.to_dict(),
         state_dict=state.best_state,
