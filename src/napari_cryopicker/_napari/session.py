@@ -1019,26 +1019,34 @@ class PickingSession:
                     out[key.class_name] = idx
         return out
 
+    def _take_predictions(self, name: str, idx: Sequence[int], source: str):
+        """Split one class's predictions: (remaining state, taken points, taken features with
+        ``source``), or None when ``idx`` selects nothing."""
+        cur = self._state(Key("predicted", name))
+        idx = sorted({int(i) for i in idx if 0 <= int(i) < len(cur)})
+        if not idx:
+            return None
+        keep = np.setdiff1d(np.arange(len(cur)), idx)
+        rest = State(cur.data[keep], cur.features.iloc[keep].reset_index(drop=True))
+        f = cur.features.iloc[idx].reset_index(drop=True).copy()
+        f["source"] = source
+        f["class"] = name
+        return rest, cur.data[idx], f[["class", "score", "source"]]
+
     def accept(self, selection: dict[str, Sequence[int]]) -> int:
         """Move predictions into the training set (source ``accepted``, score kept)."""
         new: dict[Key, State] = {}
         n = 0
         for name, idx in selection.items():
-            pk = Key("predicted", name)
-            cur = self._state(pk)
-            idx = sorted({int(i) for i in idx if 0 <= int(i) < len(cur)})
-            if not idx:
+            taken = self._take_predictions(name, idx, "accepted")
+            if taken is None:
                 continue
-            keep = np.setdiff1d(np.arange(len(cur)), idx)
-            new[pk] = State(cur.data[keep], cur.features.iloc[keep].reset_index(drop=True))
-            ak = Key("picks", name)
-            acc = self._state(ak)
-            f = cur.features.iloc[idx].reset_index(drop=True).copy()
-            f["source"] = "accepted"
-            f["class"] = name
-            new[ak] = State(np.vstack([acc.data, cur.data[idx]]),
-                            pd.concat([acc.features, f[["class", "score", "source"]]], ignore_index=True))
-            n += len(idx)
+            rest, data, feats = taken
+            new[Key("predicted", name)] = rest
+            acc = self._state(Key("picks", name))
+            new[Key("picks", name)] = State(np.vstack([acc.data, data]),
+                                            pd.concat([acc.features, feats], ignore_index=True))
+            n += len(data)
         if n:
             self._edit(f"accept {n} prediction(s)", new)
         return n
@@ -1050,19 +1058,14 @@ class PickingSession:
         rej_data, rej_feats = [rej.data], [rej.features]
         n = 0
         for name, idx in selection.items():
-            pk = Key("predicted", name)
-            cur = self._state(pk)
-            idx = sorted({int(i) for i in idx if 0 <= int(i) < len(cur)})
-            if not idx:
+            taken = self._take_predictions(name, idx, "rejected")
+            if taken is None:
                 continue
-            keep = np.setdiff1d(np.arange(len(cur)), idx)
-            new[pk] = State(cur.data[keep], cur.features.iloc[keep].reset_index(drop=True))
-            f = cur.features.iloc[idx].reset_index(drop=True).copy()
-            f["source"] = "rejected"
-            f["class"] = name
-            rej_data.append(cur.data[idx])
-            rej_feats.append(f[["class", "score", "source"]])
-            n += len(idx)
+            rest, data, feats = taken
+            new[Key("predicted", name)] = rest
+            rej_data.append(data)
+            rej_feats.append(feats)
+            n += len(data)
         if n:
             new[REJECTED] = State(np.vstack(rej_data), pd.concat(rej_feats, ignore_index=True))
             self._edit(f"reject {n} prediction(s)", new)
