@@ -7,14 +7,16 @@ Every command exits 0 on success and 2 with a one-line ``cryopicker: error: ...`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import sys
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .core.errors import CryoPickerError
+from .core.errors import CryoPickerError, CryoPickerWarning
 
 EXIT_BAD_INPUT = 2
 
@@ -38,8 +40,30 @@ def _load_tomogram(path):
         warnings.simplefilter("always")
         tomo = open_tomogram(path)
     for w in caught:
-        print(f"cryopicker: warning: {w.message}", file=sys.stderr)
+        print(f"cryopicker: warning: {one_line(w.message)}", file=sys.stderr)
     return tomo
+
+
+def one_line(text: str) -> str:
+    """A message as one plain line: no terminal colour codes, whitespace runs collapsed."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(text)).split())
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Show the core's warnings (what it rescaled, ignored or assumed) as ``cryopicker: warning:`` lines."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CryoPickerWarning)
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, CryoPickerWarning):
+                print(f"cryopicker: warning: {one_line(message)}", file=sys.stderr, flush=True)
+            else:
+                previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def _read_picks(path, **kw):
@@ -106,9 +130,7 @@ def cmd_convert(a) -> int:
     shape = None
     vs = a.voxel_size
     if a.tomogram:
-        from .core.tomogram import open_tomogram
-
-        t = open_tomogram(a.tomogram)
+        t = _load_tomogram(a.tomogram)
         shape = t.shape
         vs = vs or t.voxel_size
     picks = read_picks(a.input, format=a.from_format, voxel_size=vs, binning=a.in_binning,
@@ -299,10 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with _warnings_as_lines():
+            return int(args.func(args) or 0)
     except (CryoPickerError, ValueError, KeyError, OSError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"cryopicker: error: {msg}", file=sys.stderr)
+        if isinstance(e, OSError) and getattr(e, "filename", None) and str(e.filename) not in msg:
+            msg = f"{e.filename}: {msg}"
+        print(f"cryopicker: error: {one_line(msg)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("cryopicker: interrupted", file=sys.stderr)

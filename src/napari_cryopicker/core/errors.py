@@ -21,3 +21,7 @@ class ModelError(CryoPickerError):
 
 class Cancelled(CryoPickerError):
     """A long operation was cancelled by the user."""
+
+
+class CryoPickerWarning(UserWarning):
+    """Something was fixed up on input (rescaled, ignored, assumed); the message says what."""

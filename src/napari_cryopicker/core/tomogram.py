@@ -15,7 +15,7 @@ import mrcfile
 import numpy as np
 
 from .atomic import atomic_output
-from .errors import TomogramError
+from .errors import CryoPickerWarning, TomogramError
 
 TOMOGRAM_SUFFIXES = (".mrc", ".rec", ".map", ".st", ".mrcs", ".ali")
 
@@ -80,7 +80,10 @@ def open_tomogram(path: str | os.PathLike, mmap: bool = True) -> Tomogram:
             else:
                 m = mrcfile.open(p, mode="r", permissive=True)
     except Exception as e:  # mrcfile raises ValueError/OSError/EOFError etc.
-        raise TomogramError(f"{p}: not a readable MRC file ({e})") from None
+        raise TomogramError(
+            f"{p}: not a readable MRC file ({e}); check that this is the tomogram (.mrc/.rec) and "
+            "not a renamed or partly copied file, or re-export it from your reconstruction program"
+        ) from None
     data = m.data
     problems = [str(w.message) for w in caught]
     if data is None:
@@ -93,9 +96,12 @@ def open_tomogram(path: str | os.PathLike, mmap: bool = True) -> Tomogram:
     if data.ndim != 3 or min(data.shape) < 1:
         shape = tuple(data.shape)
         m.close()
-        kind = "a 2D image" if data.ndim == 2 else f"{data.ndim}D data"
+        if data.ndim == 3:
+            raise TomogramError(f"{p}: holds an empty volume of shape {shape}; re-export the tomogram")
+        kind = "a 2D image" if data.ndim == 2 else f"{data.ndim}D data (a stack of volumes)"
         raise TomogramError(
-            f"{p}: holds {kind} of shape {shape}; a tomogram must be a 3D volume (z, y, x)"
+            f"{p}: holds {kind} of shape {shape}; a tomogram must be a 3D volume (z, y, x). "
+            "Open one tomogram, not a projection, tilt image or stack"
         )
     if data.dtype.kind == "c":
         m.close()
@@ -106,15 +112,46 @@ def open_tomogram(path: str | os.PathLike, mmap: bool = True) -> Tomogram:
         warnings.warn(
             f"{p}: the MRC header has no voxel size (0); assuming 1 Angstrom per voxel. "
             "Set the real voxel size for correct export coordinates.",
+            CryoPickerWarning,
             stacklevel=2,
         )
         vs_xyz = (1.0, 1.0, 1.0)
     elif vs_xyz[1] <= 0 or vs_xyz[2] <= 0:
         vs_xyz = (vs_xyz[0],) * 3
+    bad, exhaustive = count_nonfinite(data)
+    if bad:
+        where = "" if exhaustive else " (counted in a sample of its slices)"
+        warnings.warn(
+            f"{p}: {bad} voxel(s) are NaN or infinite{where}; they are left out of the intensity "
+            "normalisation and read as the mean intensity. Re-export the tomogram if this is unexpected.",
+            CryoPickerWarning,
+            stacklevel=2,
+        )
     # keep the mrcfile object alive with the memory map; close it when data is collected
     tomo = Tomogram(data=data, voxel_size=vs_xyz[0], path=p, voxel_size_xyz=vs_xyz)
     tomo._mrc = m  # type: ignore[attr-defined]
     return tomo
+
+
+def count_nonfinite(data: np.ndarray, max_voxels: int = 32_000_000, chunk: int = 4_000_000) -> tuple[int, bool]:
+    """Number of NaN/infinite voxels of a float volume, and whether every voxel was looked at.
+
+    Volumes above ``max_voxels`` are checked on a regular subset of z-slices (a memory map is
+    read slab by slab, never whole).
+    """
+    if np.dtype(data.dtype).kind not in "fc" or data.size == 0:
+        return 0, True
+    nz = int(data.shape[0])
+    per_slice = max(1, int(data.size // max(nz, 1)))
+    step = max(1, int(np.ceil(data.size / max_voxels)))
+    zs = range(0, nz, step)
+    n_chunk = max(1, chunk // per_slice)
+    bad = 0
+    for i in range(0, len(zs), n_chunk):
+        sl = zs[i : i + n_chunk]
+        block = np.asarray(data[sl.start : sl.stop : step] if step > 1 else data[sl.start : sl.stop])
+        bad += int(block.size - np.count_nonzero(np.isfinite(block)))
+    return bad, step == 1
 
 
 def write_tomogram(
@@ -140,7 +177,10 @@ def write_tomogram(
 
 def percentile_stats(data: np.ndarray, lo: float = 0.5, hi: float = 99.5, max_samples: int = 2_000_000,
                      seed: int = 0) -> tuple[float, float]:
-    """Robust (lo, hi) percentiles from a strided sample, without loading the whole volume."""
+    """Robust (lo, hi) percentiles from a strided sample, without loading the whole volume.
+
+    NaN and infinite voxels are left out; a volume without finite voxels gives (0, 1).
+    """
     arr = data
     n = int(np.prod(arr.shape))
     if n > max_samples:
@@ -165,7 +205,13 @@ def robust_normalisation(data: np.ndarray, lo: float = 0.5, hi: float = 99.5) ->
 
 
 def normalise(block: np.ndarray, centre: float, scale: float, clip: float = 5.0) -> np.ndarray:
-    out = (np.asarray(block, dtype=np.float32) - np.float32(centre)) / np.float32(scale)
-    np.nan_to_num(out, copy=False, nan=0.0, posinf=clip, neginf=-clip)
+    """``(block - centre) / scale`` clipped to +-clip; NaN/infinite voxels become 0 (the mean)."""
+    block = np.asarray(block, dtype=np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = (block - np.float32(centre)) / np.float32(scale)
+    bad = ~np.isfinite(block)
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=clip, neginf=-clip)  # overflow of huge values
+    if bad.any():
+        out[bad] = 0.0
     np.clip(out, -clip, clip, out=out)
     return out

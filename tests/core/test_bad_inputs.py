@@ -1,0 +1,160 @@
+"""Bad inputs: each gives one message naming the file, what is wrong and what to do.
+
+Through the core API here, and through the command line (exit 2, one line
+``cryopicker: error: ...``) where a user meets it there. docs/robustness.md lists them.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import mrcfile
+import numpy as np
+import pytest
+
+from napari_cryopicker.cli import main
+from napari_cryopicker.core.classes import ClassTable, ParticleClass
+from napari_cryopicker.core.errors import CryoPickerError, CryoPickerWarning, PicksFormatError, TomogramError
+from napari_cryopicker.core.formats import read_picks, write_picks
+from napari_cryopicker.core.picks import Picks
+from napari_cryopicker.core.tomogram import (
+    Tomogram, count_nonfinite, normalise, open_tomogram, percentile_stats, robust_normalisation, write_tomogram,
+)
+
+
+def full(pattern: str, text: str) -> None:
+    """``text`` is exactly ``pattern`` (a regex in which ``{}`` fields were escaped by the caller)."""
+    assert re.fullmatch(pattern, text, flags=re.S), f"\n{text!r}\n does not match\n{pattern!r}"
+
+
+def cli_error(argv, capsys) -> str:
+    """Run the CLI; it must exit 2 with exactly one stderr line; return that line."""
+    assert main([str(a) for a in argv]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("cryopicker: warning: ")]
+    assert len(err) == 1 and err[0].startswith("cryopicker: error: "), err
+    return err[0][len("cryopicker: error: "):]
+
+
+@pytest.fixture
+def picks_csv(tmp_path):
+    p = tmp_path / "p.csv"
+    p.write_text("x,y,z,class\n4,5,3,a\n")
+    return p
+
+
+# -- tomograms ---------------------------------------------------------------------------
+
+def _truncated(p):
+    data = write_tomogram(p, np.ones((8, 8, 8), np.float32), 5.0).read_bytes()
+    p.write_bytes(data[:1024 + 100])  # header intact, data cut short
+
+
+TOMOGRAM_CASES = {
+    "truncated": (_truncated, r"not a valid MRC file or truncated \(.+\); re-export it from your "
+                              r"reconstruction program"),
+    "text renamed .mrc": (lambda p: p.write_bytes(b"x,y,z\n1,2,3\n" * 100),
+                          r"not a valid MRC file or truncated \(Map ID string not found.*\); re-export it "
+                          r"from your reconstruction program"),
+    "too short for a header": (lambda p: p.write_bytes(b"MRC?" * 10),
+                               r"not a readable MRC file \(.+\); check that this is the tomogram \(\.mrc/\.rec\)"
+                               r" and not a renamed or partly copied file, or re-export it from your "
+                               r"reconstruction program"),
+    "2D image": (lambda p: mrcfile.new(p, data=np.zeros((5, 6), np.float32)).close(),
+                 r"holds a 2D image of shape \(5, 6\); a tomogram must be a 3D volume \(z, y, x\)\. Open one "
+                 r"tomogram, not a projection, tilt image or stack"),
+    "4D stack": (lambda p: mrcfile.new(p, data=np.zeros((2, 3, 4, 5), np.float32)).close(),
+                 r"holds 4D data \(a stack of volumes\) of shape \(2, 3, 4, 5\); a tomogram must be a 3D volume "
+                 r"\(z, y, x\)\. Open one tomogram, not a projection, tilt image or stack"),
+    "directory": (lambda p: p.mkdir(), r"is a directory, not a tomogram file; give the \.mrc file inside it"),
+    "missing": (lambda p: None, r"no such file"),
+}
+
+
+@pytest.mark.parametrize("case", list(TOMOGRAM_CASES))
+def test_bad_tomogram_file(tmp_path, case, picks_csv, capsys):
+    make, message = TOMOGRAM_CASES[case]
+    p = tmp_path / "bad.mrc"
+    make(p)
+    with pytest.raises(TomogramError) as e:
+        open_tomogram(p)
+    full(re.escape(str(p)) + ": " + message, str(e.value))
+    # the same line from the command line (any command that opens a tomogram)
+    line = cli_error(["convert", picks_csv, tmp_path / "out.csv", "--tomogram", p], capsys)
+    full(re.escape(str(p)) + ": " + message, line)
+
+
+def test_zero_voxel_size_warns_naming_the_file(tmp_path, picks_csv, capsys):
+    p = tmp_path / "novs.mrc"
+    with mrcfile.new(p) as m:
+        m.set_data(np.zeros((4, 8, 8), np.float32))
+    with pytest.warns(CryoPickerWarning) as rec:
+        t = open_tomogram(p)
+    assert t.voxel_size == 1.0
+    message = (re.escape(str(p)) + r": the MRC header has no voxel size \(0\); assuming 1 Angstrom per voxel\. "
+               r"Set the real voxel size for correct export coordinates\.")
+    full(message, str(rec[0].message))
+    assert main(["convert", str(picks_csv), str(tmp_path / "o.star"), "--tomogram", str(p)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    full("cryopicker: warning: " + message, err[0])
+
+
+def _nan_volume(shape=(32, 48, 48), seed=0):
+    vol = np.random.default_rng(seed).normal(0.0, 1.0, shape).astype(np.float32)
+    vol[5:7] = np.nan  # two slices of NaN
+    vol[10, 10, 10] = np.inf
+    vol[11, 11, 11] = -np.inf
+    return vol
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # mrcfile's header statistics of the NaN volume
+def test_nan_and_inf_voxels_warn_and_are_ignored(tmp_path):
+    vol = _nan_volume()
+    p = write_tomogram(tmp_path / "holes.mrc", vol, 10.0)
+    with pytest.warns(CryoPickerWarning) as rec:
+        t = open_tomogram(p)
+    n_bad = 2 * 48 * 48 + 2
+    full(re.escape(str(p)) + rf": {n_bad} voxel\(s\) are NaN or infinite; they are left out of the intensity "
+         r"normalisation and read as the mean intensity\. Re-export the tomogram if this is unexpected\.",
+         str(rec[0].message))
+    assert count_nonfinite(t.data) == (n_bad, True)
+    # big volumes are counted on a subset of slices
+    assert count_nonfinite(vol, max_voxels=10_000)[1] is False
+    # statistics of the finite voxels only
+    lo, hi = percentile_stats(t.data)
+    ref = np.percentile(vol[np.isfinite(vol)], [0.5, 99.5])
+    assert np.isfinite([lo, hi]).all() and (lo, hi) == pytest.approx(tuple(ref), rel=1e-5)
+    c, s = robust_normalisation(t.data)
+    out = normalise(t.data, c, s)
+    assert np.isfinite(out).all()
+    assert (out[5:7] == 0).all() and out[10, 10, 10] == 0 and out[11, 11, 11] == 0
+    assert percentile_stats(np.full((4, 4, 4), np.nan, np.float32)) == (0.0, 1.0)
+
+
+def test_nan_voxels_never_give_nan_picks_or_losses():
+    from napari_cryopicker.core.model import Checkpoint, ModelConfig, ResUNet
+    from napari_cryopicker.core.predict import PredictConfig, predict_picks
+    from napari_cryopicker.core.train import TrainConfig, train_model
+
+    import torch
+
+    torch.manual_seed(0)
+    classes = ClassTable([ParticleClass("a", 6)])
+    tomo = Tomogram(_nan_volume(), 10.0)
+    picks = Picks.from_zyx([[16, 20, 20], [20, 30, 30], [6, 24, 24]], class_name="a", voxel_size=10.0)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, patch=16, f_maps=(4, 8), device="cpu",
+                      val_fraction=0.0, tune_thresholds=False)
+    ck = train_model([tomo], [picks], classes, cfg)
+    assert np.isfinite(ck.history[0]["train_loss"])
+    # an untrained net that calls everything class "a": picks everywhere, all finite
+    mc = ModelConfig(n_classes=1, f_maps=(4, 8), coord_conv=False)
+    net = ResUNet(mc)
+    with torch.no_grad():
+        net.head.bias[:] = torch.tensor([0.0, 2.0])
+    rnd = Checkpoint(model=mc.to_dict(), state_dict=net.state_dict(), classes=classes, voxel_size=10.0)
+    res = predict_picks(tomo, rnd, PredictConfig(device="cpu", tile=32, margin=4, nms={"default": {"t_lm": 0.0}}),
+                        return_probability=True)
+    assert len(res.picks) > 0
+    assert np.isfinite(res.picks.zyx).all() and np.isfinite(res.picks.table["score"]).all()
+    assert np.isfinite(res.probability.astype(np.float32)).all()
