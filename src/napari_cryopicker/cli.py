@@ -1,7 +1,8 @@
 """`cryopicker`: the command line (thin argument parsing over :mod:`napari_cryopicker.core`).
 
 Every command exits 0 on success and 2 with a one-line ``cryopicker: error: ...`` message
-(naming the file and the problem) on bad input.
+(naming the file and the problem) on bad input. A batch ``predict`` exits 1 when some
+tomograms failed (one such line each on stderr) while the others were picked.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from .core.errors import CryoPickerError, CryoPickerWarning
 
 EXIT_BAD_INPUT = 2
+EXIT_SOME_FAILED = 1
 
 
 class CLIError(CryoPickerError):
@@ -203,7 +205,54 @@ def _outputs_for(out: Path, tomos: list[Path]) -> list[Path]:
     return [base / f"{stem}{Path(t).stem}{ext}" for t in tomos]
 
 
+def _batch_requested(a) -> bool:
+    """Batch mode (Dask, skip finished, merged star) unless it is one plain --tomogram file."""
+    if a.tomograms or a.copick or a.scheduler or a.workers or a.threads_per_worker or a.merged:
+        return True
+    if len(a.tomogram) != 1:
+        return True
+    from .core.batch import LIST_SUFFIXES, _is_glob
+
+    spec = a.tomogram[0]
+    p = Path(spec)
+    if p.exists():
+        return (p.is_dir() and p.suffix.lower() != ".zarr") or p.suffix.lower() in LIST_SUFFIXES
+    return _is_glob(spec)
+
+
+def _predict_batch(a) -> int:
+    from .core.batch import copick_tomograms, expand_tomograms, inputs_from_paths, run_batch
+    from .core.model import load_checkpoint
+
+    ckpt = load_checkpoint(a.model)  # a bad model fails once, here, not once per tomogram
+    inputs = []
+    if a.tomogram or a.tomograms:
+        inputs = inputs_from_paths(expand_tomograms([*a.tomogram, *a.tomograms]))
+    if a.copick:
+        inputs += copick_tomograms(a.copick, a.copick_tomogram, ckpt.voxel_size)
+    report = run_batch(
+        inputs, a.model, a.out, merged=a.merged, scheduler=a.scheduler, workers=a.workers,
+        threads_per_worker=a.threads_per_worker, device=a.device, threshold=a.threshold,
+        overwrite=a.overwrite, log=lambda line: print(line, flush=True),
+    )
+    n = {s: len(report.with_status(s)) for s in ("done", "skipped", "failed")}
+    if report.merged is not None:
+        print(f"merged {report.merged_picks} picks from {report.merged_tomograms} tomogram(s) -> {report.merged}")
+    print(f"{n['done']} picked, {n['skipped']} skipped (finished earlier), {n['failed']} failed")
+    for r in report.failed:
+        print(f"cryopicker: error: {r.tomogram}: {r.error}", file=sys.stderr)
+    if report.merge_error:
+        merged = a.merged or "merged picks"
+        print(f"cryopicker: error: {merged}: {report.merge_error}", file=sys.stderr)
+    return 0 if report.ok else EXIT_SOME_FAILED
+
+
 def cmd_predict(a) -> int:
+    if not (a.tomogram or a.tomograms or a.copick):
+        raise CLIError("give the tomograms: --tomogram T.mrc, --tomograms 'GLOB' or LIST.txt, "
+                       "or --copick CONFIG.json")
+    if _batch_requested(a):
+        return _predict_batch(a)
     from .core.formats import write_picks
     from .core.model import load_checkpoint
     from .core.predict import PredictConfig, predict_picks
@@ -297,10 +346,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("predict", help="pick particles with a trained model")
     r.add_argument("--model", required=True)
-    r.add_argument("--tomogram", action="append", required=True)
+    r.add_argument("--tomogram", action="append", default=[],
+                   help="a tomogram (.mrc); repeat, or give a glob or a list file, for a batch")
     r.add_argument("--out", required=True, help="picks file (.csv .star .tbl .json); a folder for several")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--threshold", type=float, default=None, help="minimum pick score (overrides the model's)")
+    b = r.add_argument_group("batch (several tomograms as tasks on Dask; docs/cluster.md)")
+    b.add_argument("--tomograms", action="append", default=[], metavar="GLOB_OR_LISTFILE",
+                   help="tomograms by glob ('data/**/*.mrc', quoted), list file (one path a line) or folder")
+    b.add_argument("--copick", default=None, metavar="CONFIG.json",
+                   help="pick every run of a local copick project (runs holding .mrc tomograms)")
+    b.add_argument("--copick-tomogram", default=None, metavar="TYPE",
+                   help="copick tomogram type when a run has several (e.g. wbp, denoised)")
+    b.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on this dask.distributed scheduler (e.g. tcp://host:8786) instead of a local cluster")
+    b.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local cluster worker processes (default: one per 4 CPUs, at most one per tomogram)")
+    b.add_argument("--threads-per-worker", type=int, default=None, metavar="N",
+                   help="torch threads each tomogram task uses (default: the CPUs shared among the workers)")
+    b.add_argument("--merged", default=None, metavar="PATH.star",
+                   help="all picks in one file (default: <output folder>/all_picks.star)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="redo tomograms that were finished earlier (default: skip them)")
     r.set_defaults(func=cmd_predict)
 
     d = sub.add_parser("demo", help="simulate, train from ~40 picks per class, pick, evaluate, export")
