@@ -170,13 +170,11 @@ def cmd_train(a) -> int:
         if unknown:
             raise CLIError(f"{pp}: class(es) {', '.join(unknown)} are not among --class "
                            f"{', '.join(classes.names)}; add --class {unknown[0]}=DIAMETER")
-        outside = (~p.inside(t.shape)).sum()
-        if outside:
-            print(f"cryopicker: warning: {pp}: {outside} pick(s) lie outside {tp} {t.shape}; ignored",
-                  file=sys.stderr)
         tomos.append(t)
         picks.append(p)
-    cfg = TrainConfig(epochs=a.epochs, time_limit=a.time_limit, device=a.device, seed=a.seed)
+    # the best model so far is saved to --out after every better epoch, so a killed run leaves one
+    cfg = TrainConfig(epochs=a.epochs, time_limit=a.time_limit, device=a.device, seed=a.seed,
+                      checkpoint_path=str(a.out))
     if a.patch:
         cfg.patch = a.patch
     prog, bar = _bar()

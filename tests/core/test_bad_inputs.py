@@ -158,3 +158,118 @@ def test_nan_voxels_never_give_nan_picks_or_losses():
     assert len(res.picks) > 0
     assert np.isfinite(res.picks.zyx).all() and np.isfinite(res.picks.table["score"]).all()
     assert np.isfinite(res.probability.astype(np.float32)).all()
+
+
+# -- training and picking ------------------------------------------------------------------
+
+TINY = dict(epochs=1, steps_per_epoch=1, batch_size=1, patch=16, f_maps=(4, 8), device="cpu",
+            val_fraction=0.0, tune_thresholds=False)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A noise tomogram file (32, 48, 48) at 10 A and its picks file (class 'a', x y z in voxels)."""
+    d = tmp_path_factory.mktemp("small")
+    vol = np.random.default_rng(1).normal(size=(32, 48, 48)).astype(np.float32)
+    t = write_tomogram(d / "t.mrc", vol, 10.0)
+    return d, t
+
+
+def _train(picks, classes=("a",), **kw):
+    from napari_cryopicker.core.train import TrainConfig, train_model
+
+    tomo = Tomogram(np.random.default_rng(1).normal(size=(32, 48, 48)).astype(np.float32), 10.0)
+    table = ClassTable([ParticleClass(c, 6) for c in classes])
+    return train_model([tomo], [picks], table, TrainConfig(**{**TINY, **kw}))
+
+
+def test_unknown_class_names(small, tmp_path, capsys):
+    picks = Picks.from_zyx([[10, 10, 10], [20, 20, 20]], class_name=["a", "zzz"], voxel_size=10.0)
+    with pytest.raises(CryoPickerError) as e:
+        _train(picks)
+    full(r"tomogram 'tomogram': picks of class\(es\) zzz are not in the class table \(a\); add the class\(es\) "
+         r"with a diameter or remove those picks", str(e.value))
+    d, t = small
+    p = tmp_path / "p.csv"
+    p.write_text("x,y,z,class\n10,10,10,a\n20,20,20,zzz\n")
+    line = cli_error(["train", "--tomogram", t, "--picks", p, "--class", "a=6", "--out", tmp_path / "m.pt"], capsys)
+    full(re.escape(str(p)) + r": class\(es\) zzz are not among --class a; add --class zzz=DIAMETER", line)
+
+
+def test_a_class_without_picks(small, tmp_path, capsys):
+    picks = Picks.from_zyx([[10, 10, 10]], class_name="a", voxel_size=10.0)
+    with pytest.raises(CryoPickerError) as e:
+        _train(picks, classes=("a", "b"))
+    full(r"class\(es\) b have no picks; pick a few of each class or remove the class", str(e.value))
+    d, t = small
+    p = tmp_path / "p.csv"
+    p.write_text("x,y,z,class\n10,10,10,a\n")
+    line = cli_error(["train", "--tomogram", t, "--picks", p, "--class", "a=6", "--class", "b=6",
+                      "--out", tmp_path / "m.pt"], capsys)
+    full(r"class\(es\) b have no picks; pick a few of each class or remove the class", line)
+
+
+def test_picks_outside_the_volume(small, tmp_path, capsys):
+    some = Picks.from_zyx([[10, 10, 10], [20, 20, 20], [40, 20, 20], [10, -3, 10]], class_name="a", voxel_size=10.0)
+    with pytest.warns(CryoPickerWarning) as rec:
+        ck = _train(some)
+    assert ck.best_epoch == 1
+    full(r"tomogram 'tomogram': 2 of 4 pick\(s\) lie outside the tomogram \(z, y, x = \(32, 48, 48\)\); "
+         r"they are ignored", str(rec[0].message))
+    none = Picks.from_zyx([[40, 10, 10], [10, 100, 10]], class_name="a", voxel_size=10.0)
+    with pytest.raises(CryoPickerError) as e, warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryoPickerWarning)
+        _train(none)
+    full(r"class\(es\) a have no picks inside the tomogram\(s\) \(2 lie outside\); pick a few of each class or "
+         r"remove the class", str(e.value))
+    # the command line shows the warning, then trains
+    d, t = small
+    p = tmp_path / "p.csv"
+    p.write_text("x,y,z,class\n10,10,10,a\n20,20,20,a\n200,20,20,a\n")
+    assert main(["train", "--tomogram", str(t), "--picks", str(p), "--class", "a=6", "--out", str(tmp_path / "m.pt"),
+                 "--epochs", "1", "--time-limit", "1", "--patch", "16", "--device", "cpu"]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("cryopicker:")]
+    assert ("cryopicker: warning: " + str(t) + ": 1 of 3 pick(s) lie outside the tomogram (z, y, x = (32, 48, 48)); "
+            "they are ignored") in err
+
+
+def test_too_few_picks_for_a_validation_split():
+    picks = Picks.from_zyx([[10, 10, 10], [20, 20, 20], [16, 30, 30]], class_name="a", voxel_size=10.0)
+    with pytest.warns(CryoPickerWarning) as rec:
+        ck = _train(picks, val_fraction=0.15)
+    full(r"only 3 pick\(s\) per tomogram: holding out 15% for validation needs at least 10; training without "
+         r"validation \(the epoch with the lowest training loss is kept and the pick thresholds are not tuned\)",
+         str(rec[0].message))
+    assert ck.history[0]["val_loss"] is None and ck.best_epoch == 1
+
+
+def test_picks_at_another_voxel_size_are_rescaled():
+    # picked on a 2x finer tomogram (5 A): at 10 A they are at half the coordinates, inside the volume
+    picks = Picks.from_zyx([[20, 20, 20], [40, 60, 60]], class_name="a", voxel_size=5.0)
+    with pytest.warns(CryoPickerWarning) as rec:
+        ck = _train(picks)
+    assert len(rec) == 1  # rescaled, so none is outside
+    full(r"tomogram 'tomogram': the picks are at 5 A per voxel, the tomogram at 10 A; the pick coordinates were "
+         r"rescaled to the tomogram's voxels", str(rec[0].message))
+    assert ck.voxel_size == 10.0
+
+
+def test_model_trained_at_another_voxel_size(small, tmp_path, capsys):
+    import torch
+
+    from napari_cryopicker.core.model import Checkpoint, ModelConfig, ResUNet, save_checkpoint
+    from napari_cryopicker.core.predict import predict_picks
+
+    mc = ModelConfig(n_classes=1, f_maps=(4, 8))
+    torch.manual_seed(0)
+    ck = Checkpoint(model=mc.to_dict(), state_dict=ResUNet(mc).state_dict(),
+                    classes=ClassTable([ParticleClass("a", 6)]), voxel_size=20.0)
+    d, t = small
+    with pytest.raises(CryoPickerError) as e:
+        predict_picks(open_tomogram(t), ck)
+    message = (re.escape(str(t)) + r": voxel size 10 A differs from the model's 20 A; bin or rescale the tomogram to "
+               r"the model's voxel size, or train a model at this voxel size")
+    full(message, str(e.value))
+    model = save_checkpoint(ck, tmp_path / "m20.pt")
+    full(message, cli_error(["predict", "--model", model, "--tomogram", t, "--out", tmp_path / "o.csv",
+                             "--device", "cpu"], capsys))

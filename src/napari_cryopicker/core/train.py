@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -19,9 +21,9 @@ from scipy import ndimage
 from torch.nn import functional as F
 
 from .classes import ClassTable
-from .errors import Cancelled, CryoPickerError
+from .errors import Cancelled, CryoPickerError, CryoPickerWarning
 from .labels import IGNORE, make_labels
-from .model import Checkpoint, ModelConfig, ResUNet, resolve_device
+from .model import Checkpoint, ModelConfig, ResUNet, resolve_device, save_checkpoint
 from .nms import NMSParams, mp_nms
 from .picks import Picks
 from .progress import Progress, ensure
@@ -60,10 +62,13 @@ class TrainConfig:
     augment: bool = True
     amp: bool = True                         # mixed precision on CUDA
     tune_thresholds: bool = True             # pick MP-NMS t_lm per class on validation
+    checkpoint_path: str | None = None       # save the best model here (atomically) after each better epoch
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["f_maps"] = list(self.f_maps)
+        if d["checkpoint_path"] is not None:
+            d["checkpoint_path"] = os.fspath(d["checkpoint_path"])
         if d["class_weights"] is not None and not isinstance(d["class_weights"], str):
             d["class_weights"] = [float(w) for w in d["class_weights"]]
         return d
@@ -379,6 +384,62 @@ def _pr(tp, fp, fn):
     return p, r
 
 
+def _few_for_val(tomograms, picks: Sequence[Picks], config: TrainConfig) -> bool:
+    """True when no tomogram has enough picks inside it for a validation split of ``val_fraction``."""
+    return all(round(int((p.inside(t.shape) & (p.table["source"] != "rejected").to_numpy()).sum())
+                     * config.val_fraction) < 2 for t, p in zip(tomograms, picks))
+
+
+def _checked_picks(tomograms, picks, classes: ClassTable, config: TrainConfig) -> list[Picks]:
+    """Picks in voxels of their tomogram; errors for what training cannot use, warnings for
+    what it leaves out (picks outside the volume, a too small validation split)."""
+    out = []
+    for tomo, p in zip(tomograms, picks):
+        where = str(tomo.path) if tomo.path is not None else f"tomogram {tomo.name!r}"
+        if p.voxel_size is not None and tomo.voxel_size and not math.isclose(
+                p.voxel_size, tomo.voxel_size, rel_tol=1e-3):
+            warnings.warn(
+                f"{where}: the picks are at {p.voxel_size:.4g} A per voxel, the tomogram at "
+                f"{tomo.voxel_size:.4g} A; the pick coordinates were rescaled to the tomogram's voxels",
+                CryoPickerWarning, stacklevel=3,
+            )
+            p = p.rescaled(tomo.voxel_size)
+        unknown = [c for c in p.exclude_source("rejected").class_names if c not in classes]
+        if unknown:
+            raise CryoPickerError(
+                f"{where}: picks of class(es) {', '.join(unknown)} are not in the class table "
+                f"({', '.join(classes.names)}); add the class(es) with a diameter or remove those picks"
+            )
+        inside = p.inside(tomo.shape)
+        if (~inside).any():
+            warnings.warn(
+                f"{where}: {int((~inside).sum())} of {len(p)} pick(s) lie outside the tomogram "
+                f"(z, y, x = {tomo.shape}); they are ignored",
+                CryoPickerWarning, stacklevel=3,
+            )
+        out.append(p)
+    positives = [p._subset(p.inside(t.shape)).exclude_source("rejected") for t, p in zip(tomograms, out)]
+    counts = Picks.concat([p.rescaled(1.0) for p in positives]).counts()
+    everywhere = Picks.concat([p.exclude_source("rejected").rescaled(1.0) for p in out]).counts()
+    empty = [c for c in classes.names if counts.get(c, 0) == 0]
+    if empty:
+        outside = sum(everywhere.get(c, 0) for c in empty)
+        where = f" inside the tomogram(s) ({outside} lie outside)" if outside else ""
+        raise CryoPickerError(
+            f"class(es) {', '.join(empty)} have no picks{where}; pick a few of each class or remove the class"
+        )
+    if config.val_fraction > 0 and _few_for_val(tomograms, out, config):
+        need = math.ceil(1.5 / config.val_fraction)
+        n = max(len(p) for p in positives)
+        warnings.warn(
+            f"only {n} pick(s) per tomogram: holding out {config.val_fraction:.0%} for validation needs at "
+            f"least {need}; training without validation (the epoch with the lowest training loss is kept "
+            "and the pick thresholds are not tuned)",
+            CryoPickerWarning, stacklevel=3,
+        )
+    return out
+
+
 def train_model(
     tomograms: Sequence[Tomogram],
     picks: Sequence[Picks],
@@ -407,12 +468,7 @@ def train_model(
         raise CryoPickerError(
             f"training tomograms have different voxel sizes {sorted(set(vs))}; bin them to one voxel size"
         )
-    counts = Picks.concat([p.exclude_source("rejected").rescaled(1.0) for p in picks]).counts()
-    empty = [c for c in classes.names if counts.get(c, 0) == 0]
-    if empty:
-        raise CryoPickerError(
-            f"class(es) {', '.join(empty)} have no picks; pick a few of each class or remove the class"
-        )
+    picks = _checked_picks(tomograms, picks, classes, config)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.device)
@@ -433,6 +489,13 @@ def train_model(
     vols = _prepare(tomograms, picks, classes, config, crop)
     if not any(v.n_pos for v in vols):
         raise CryoPickerError("no picks lie inside the training part of the tomogram(s)")
+    if config.val_fraction > 0 and not any(v.val_region is not None for v in vols) and not _few_for_val(
+            tomograms, picks, config):
+        warnings.warn(
+            "no validation slab could be held out (the picks crowd one edge of a small tomogram); "
+            "training without validation: the epoch with the lowest training loss is kept",
+            CryoPickerWarning, stacklevel=2,
+        )
     if isinstance(config.class_weights, str) and config.class_weights == "auto":
         w = _auto_weights(vols, classes, config, crop, np.random.default_rng(config.seed + 1), n_classes)
     elif config.class_weights is None:
@@ -532,6 +595,13 @@ def train_model(
             state.best_epoch = record["epoch"]
             state.best_score = record["val_f1"]
             state.best_nms = best_t
+            if config.checkpoint_path:  # a kill now still leaves this model on disk
+                try:
+                    save_checkpoint(_checkpoint(state, mcfg, classes, vs, config), config.checkpoint_path)
+                except OSError as e:
+                    warnings.warn(f"{config.checkpoint_path}: cannot save the model of epoch "
+                                  f"{record['epoch']} ({e.strerror or e}); training goes on",
+                                  CryoPickerWarning, stacklevel=2)
         if on_epoch is not None:
             on_epoch(dict(record))
         if cancelled or (config.time_limit and time.monotonic() - t_start + val_seconds > config.time_limit):
@@ -541,6 +611,11 @@ def train_model(
             raise Cancelled("training was stopped before the first epoch finished; no model was saved")
         state.best_state = _copy_state(net)
         state.best_epoch = state.history[-1]["epoch"] if state.history else None
+    return _checkpoint(state, mcfg, classes, vs, config)
+
+
+def _checkpoint(state: TrainState, mcfg: ModelConfig, classes: ClassTable, vs, config: TrainConfig) -> Checkpoint:
+    """The checkpoint of the best epoch so far."""
     post = nms_defaults(classes, config)
     for name, (t, f) in state.best_nms.items():
         post[name]["t_lm"] = float(t)
@@ -552,7 +627,7 @@ def train_model(
         voxel_size=float(np.mean(vs)),
         label_mode=config.label_mode,
         normalisation={"method": "percentile", "lo": 0.5, "hi": 99.5, "lowpass": config.lowpass},
-        history=state.history,
+        history=list(state.history),
         train_config=config.to_dict(),
         best_epoch=state.best_epoch,
         best_score=state.best_score,
