@@ -273,3 +273,109 @@ def test_model_trained_at_another_voxel_size(small, tmp_path, capsys):
     model = save_checkpoint(ck, tmp_path / "m20.pt")
     full(message, cli_error(["predict", "--model", model, "--tomogram", t, "--out", tmp_path / "o.csv",
                              "--device", "cpu"], capsys))
+
+
+# -- picks files ---------------------------------------------------------------------------
+
+PICKS_CASES = {
+    "star missing columns": ("m.star", b"data_particles\n\nloop_\n_rlnCoordinateX\n_rlnTomoName\n1 TS\n",
+                             r"has no rlnCoordinateY, rlnCoordinateZ column\(s\); is this a RELION particles file\?"),
+    "star without coordinates": ("n.star", b"data_particles\n\nloop_\n_rlnTomoName\n_rlnAngleRot\nTS 10\n",
+                                 r"has no rlnCoordinateX column \(columns: \['rlnAngleRot', 'rlnTomoName'\]\); is "
+                                 r"this a RELION particles file\?"),
+    "UTF-16 csv": ("u.csv", "x,y,z,class\n1,2,3,a\n".encode("utf-16"),
+                   r"is UTF-16 text; re-save it as UTF-8 \(e\.g\. 'CSV UTF-8' in a spreadsheet program\) and open that"),
+    "UTF-16 star, no BOM": ("u.star", "data_\nloop_\n_rlnCoordinateX\n1\n".encode("utf-16-le"),
+                            r"is UTF-16 text; re-save it as UTF-8 \(e\.g\. 'CSV UTF-8' in a spreadsheet program\) and "
+                            r"open that"),
+    "Latin-1 csv": ("l.csv", "x,y,z,class\n1,2,3,prot\xe9ine\n".encode("latin-1"),
+                    r"is not UTF-8 text \(undecodable byte at offset 22\); re-save it as UTF-8 or check that it is a "
+                    r"picks file"),
+    "binary junk csv": ("j.csv", b"MAP \x00\x00\x01\x02" + bytes(range(256)) * 4,
+                        r"is a binary file, not a text picks file; is this a tomogram or a model\?"),
+    "binary junk star": ("j.star", bytes(range(256)),
+                         r"is a binary file, not a text picks file; is this a tomogram or a model\?"),
+    "empty csv": ("e.csv", b"", r"is empty \(no picks and no header\)"),
+    "directory": ("folder", None, r"is a directory, not a picks file \(and holds no copick picks JSON\); give the file "
+                                  r"inside it"),
+}
+
+
+@pytest.mark.parametrize("case", list(PICKS_CASES))
+def test_bad_picks_file(tmp_path, case, capsys):
+    name, content, message = PICKS_CASES[case]
+    p = tmp_path / name
+    if content is None:
+        p.mkdir()
+    else:
+        p.write_bytes(content)
+    with pytest.raises(PicksFormatError) as e:
+        read_picks(p, voxel_size=10.0)
+    full(re.escape(str(p)) + ": " + message, str(e.value))
+    full(re.escape(str(p)) + ": " + message, cli_error(["convert", p, tmp_path / "out.csv"], capsys))
+
+
+def test_a_directory_where_a_file_is_written_or_a_model_is_read(tmp_path, capsys):
+    from napari_cryopicker.core.errors import ModelError
+    from napari_cryopicker.core.model import load_checkpoint
+
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(PicksFormatError) as e:
+        write_picks(Picks.from_zyx([[1, 2, 3]], voxel_size=10.0), tmp_path / "d.csv")
+    full(re.escape(str(tmp_path / "d.csv")) + r": is a directory; give a file name to write to", str(e.value))
+    (tmp_path / "m.pt").mkdir()
+    with pytest.raises(ModelError) as e:
+        load_checkpoint(tmp_path / "m.pt")
+    message = re.escape(str(tmp_path / "m.pt")) + r": is a directory; give the model file \(\.pt\) saved by cryopicker train"
+    full(message, str(e.value))
+    t = write_tomogram(tmp_path / "t.mrc", np.zeros((8, 8, 8), np.float32), 10.0)
+    full(message, cli_error(["predict", "--model", tmp_path / "m.pt", "--tomogram", t, "--out", tmp_path / "o.csv"],
+                            capsys))
+
+
+def _rescale_message(path, stated, target):
+    return (re.escape(str(path)) + rf": the picks were made at {stated:g} A per voxel; they were rescaled to this "
+            rf"tomogram's {target:g} A voxels \(coordinates x {stated / target:.4g}\)")
+
+
+@pytest.mark.parametrize("fmt, name", [("copick", "c.json"), ("dynamo", "d.tbl"), ("relion3", "r3.star"),
+                                       ("relion5", "particles.star")])
+def test_picks_file_at_another_voxel_size_is_rescaled_and_said(tmp_path, fmt, name, capsys):
+    # picked on a 20 A tomogram; read for a 10 A tomogram: twice the voxel coordinates
+    picks = Picks.from_zyx([[4, 5, 6], [7, 8, 9]], class_name="a", tomogram="TS", voxel_size=20.0)
+    write_picks(picks, tmp_path / name, fmt, tomogram_shape=(30, 40, 50))
+    with pytest.warns(CryoPickerWarning) as rec:
+        back = read_picks(tmp_path / name, voxel_size=10.0)
+    np.testing.assert_allclose(back.zyx, picks.zyx * 2, atol=1e-4)
+    assert back.voxel_size == 10.0
+    messages = [str(w.message) for w in rec if issubclass(w.category, CryoPickerWarning)]
+    assert len(messages) == 1
+    full(_rescale_message(tmp_path / name, 20.0, 10.0), messages[0])
+    # the same reading at the file's own voxel size says nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CryoPickerWarning)
+        read_picks(tmp_path / name, voxel_size=20.0)
+    # the command line shows it as a warning line
+    assert main(["convert", str(tmp_path / name), str(tmp_path / "o.csv"), "--voxel-size", "10"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    full("cryopicker: warning: " + _rescale_message(tmp_path / name, 20.0, 10.0), err[0])
+
+
+def test_empty_picks_on_export(tmp_path, capsys):
+    """Writing no picks gives a valid empty file of the format (a tomogram without particles in a
+    batch still gets its output); the GUI's export refuses instead (tests/napari/test_widgets.py)."""
+    src = tmp_path / "none.csv"
+    src.write_text("x,y,z,class\n")
+    assert main(["convert", str(src), str(tmp_path / "none.star"), "--voxel-size", "10"]) == 0
+    assert capsys.readouterr().out.strip() == f"converted 0 picks: {tmp_path / 'none.star'}"
+    assert len(read_picks(tmp_path / "none.star", voxel_size=10.0)) == 0
+
+
+def test_class_without_a_diameter_in_evaluate(tmp_path, capsys):
+    truth = tmp_path / "t.csv"
+    truth.write_text("x,y,z,class\n1,2,3,a\n")
+    picks = tmp_path / "p.csv"
+    picks.write_text("x,y,z,class\n1,2,3,b\n")
+    line = cli_error(["evaluate", "--picks", picks, "--truth", truth, "--class", "a=5"], capsys)
+    full(re.escape(str(picks)) + r": class\(es\) b have no diameter; add --class NAME=DIAMETER_VOXELS", line)

@@ -7,8 +7,10 @@ Every format module exposes ``read(path, opts) -> Picks`` and, if writable,
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import PicksFormatError
+from ..errors import CryoPickerWarning, PicksFormatError
 from ..picks import ANGLES, DEFAULT_CLASS, SOURCES, Picks
 
 # Suffixes stripped (repeatedly) from tomogram file names to get the tomogram name.
@@ -55,6 +57,10 @@ def read_text(path: Path) -> str:
         raise fail(path, "is a directory, not a picks file") from None
     except OSError as exc:
         raise fail(path, f"cannot be read ({exc.strerror or exc})") from None
+    encoding = _wide_encoding(data[:4096])
+    if encoding:
+        raise fail(path, f"is {encoding} text; re-save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet program) "
+                         "and open that")
     if b"\x00" in data[:4096]:
         raise fail(path, "is a binary file, not a text picks file; is this a tomogram or a model?")
     try:
@@ -65,6 +71,22 @@ def read_text(path: Path) -> str:
             f"is not UTF-8 text (undecodable byte at offset {exc.start}); "
             "re-save it as UTF-8 or check that it is a picks file",
         ) from None
+
+
+def _wide_encoding(head: bytes) -> str | None:
+    """'UTF-16' / 'UTF-32' for text in those encodings (by BOM, or by the zero bytes of ASCII text)."""
+    import codecs
+
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "UTF-32"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "UTF-16"
+    n = len(head) // 2
+    if n >= 4:
+        odd, even = head[1::2].count(0), head[0::2].count(0)
+        if (odd >= 0.9 * n and even <= 0.1 * n) or (even >= 0.9 * n and odd <= 0.1 * n):
+            return "UTF-16"
+    return None
 
 
 def require_voxel_size(path: Path, vs: float | None, fmt: str) -> float:
@@ -154,8 +176,15 @@ def class_numbers(picks: Picks) -> tuple[list[int], dict[int, str]]:
 
 
 def make_picks(path: Path, zyx: np.ndarray, opts: ReadOptions, *, class_name=None, score=None,
-               tomogram=None, angles=None, voxel_size=None, raw_tomogram=None, source=None) -> Picks:
-    """Build the canonical Picks (source 'imported'), then apply the tomogram option."""
+               tomogram=None, angles=None, voxel_size=None, raw_tomogram=None, source=None,
+               stated_voxel_size=None) -> Picks:
+    """Build the canonical Picks (source 'imported'), then apply the tomogram option.
+
+    ``stated_voxel_size``: the voxel size (A) of the tomogram the file says its coordinates
+    index; when the caller's ``voxel_size`` differs, the coordinates were converted and a
+    :class:`CryoPickerWarning` says so.
+    """
+    note_rescale(path, stated_voxel_size, opts.voxel_size)
     zyx = np.asarray(zyx, dtype=float).reshape(-1, 3)
     if not np.isfinite(zyx).all():
         bad = int(np.flatnonzero(~np.isfinite(zyx).all(axis=1))[0])
@@ -172,6 +201,23 @@ def make_picks(path: Path, zyx: np.ndarray, opts: ReadOptions, *, class_name=Non
     raw = None if raw_tomogram is None else pd.Series(list(raw_tomogram))
     df = apply_tomogram(path, df, opts.tomogram, raw)
     return Picks(df, opts.voxel_size if opts.voxel_size is not None else voxel_size)
+
+
+def note_rescale(path: Path, stated: float | None, target: float | None) -> None:
+    """Warn that picks made at ``stated`` A per voxel were converted to ``target`` A voxels."""
+    try:
+        stated = None if stated is None else float(stated)
+    except (TypeError, ValueError):
+        return
+    if not stated or not target or not math.isfinite(stated) or stated <= 0:
+        return
+    if math.isclose(stated, target, rel_tol=0.01):
+        return
+    warnings.warn(
+        f"{path}: the picks were made at {stated:.4g} A per voxel; they were rescaled to this tomogram's "
+        f"{target:.4g} A voxels (coordinates x {stated / target:.4g})",
+        CryoPickerWarning, stacklevel=3,
+    )
 
 
 def picks_voxel_size(path: Path, picks: Picks, opts: WriteOptions, fmt: str) -> float:

@@ -56,8 +56,9 @@ def files_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.json") if is_copick(p))
 
 
-def _read_one(path: Path, opts: ReadOptions) -> tuple[pd.DataFrame, float | None]:
-    """One copick file as a table (z, y, x in voxels, class, score, tomogram, angles)."""
+def _read_one(path: Path, opts: ReadOptions) -> tuple[pd.DataFrame, float | None, float | None]:
+    """One copick file as a table (z, y, x in voxels, class, score, tomogram, angles), the voxel
+    size used and the file's own ``voxel_spacing``."""
     data = load(path)
     pts = data["points"] or []
     if not isinstance(pts, list):
@@ -80,7 +81,9 @@ def _read_one(path: Path, opts: ReadOptions) -> tuple[pd.DataFrame, float | None
     table["tomogram"] = str(data.get("run_name") or "")
     if len(pts) and np.any(np.abs(mats.reshape(-1, 3, 3) - np.eye(3)) > 1e-9):
         table[ANGLES] = matrices_to_relion(mats)
-    return table, (float(vs) if vs is not None else None)
+    stated = data.get("voxel_spacing")
+    stated = float(stated) if isinstance(stated, (int, float)) and not isinstance(stated, bool) else None
+    return table, (float(vs) if vs is not None else None), stated
 
 
 def read(path: Path, opts: ReadOptions) -> Picks:
@@ -88,15 +91,16 @@ def read(path: Path, opts: ReadOptions) -> Picks:
     if not paths:
         raise fail(path, "is a folder without copick picks JSON files")
     parts = [_read_one(p, opts) for p in paths]
-    sizes = {round(vs, 6) for t, vs in parts if vs is not None and len(t)}
+    sizes = {round(vs, 6) for t, vs, _ in parts if vs is not None and len(t)}
     if len(sizes) > 1:
         raise fail(path, f"holds picks at several voxel spacings {sorted(sizes)}; pass voxel_size=")
-    t = pd.concat([t for t, _ in parts], ignore_index=True)
+    stated = {round(s, 6) for t, _, s in parts if s is not None and len(t)}
+    t = pd.concat([t for t, _, _ in parts], ignore_index=True)
     angles = t[ANGLES].fillna(0.0).to_numpy() if all(a in t for a in ANGLES) else None
     return make_picks(
         path, t[["z", "y", "x"]].to_numpy(float), opts, class_name=t["class_name"].tolist(),
         score=t["score"].to_numpy(float), tomogram=t["tomogram"].tolist(), angles=angles,
-        voxel_size=sizes.pop() if sizes else None,
+        voxel_size=sizes.pop() if sizes else None, stated_voxel_size=stated.pop() if len(stated) == 1 else None,
     )
 
 

@@ -95,6 +95,7 @@ def read(path: Path, opts: ReadOptions) -> Picks:
         score=num["cc"].fillna(1.0).to_numpy(float), tomogram=names, raw_tomogram=[str(i) for i in idx],
         angles=zxz_to_relion(num[["tdrot", "tilt", "narot"]].fillna(0).to_numpy(float)),
         voxel_size=None if apix is None else apix * binning,
+        stated_voxel_size=None if apix is None else apix * opts.binning,
     )
 
 

@@ -62,6 +62,7 @@ def read(path: Path, opts: ReadOptions, blocks: dict | None = None) -> Picks:
         class_name=S.classes(df, blocks, opts.class_name),
         score=S.scores(df), tomogram=None if raw is None else [tomo_name(r) for r in raw], raw_tomogram=raw,
         angles=angles, voxel_size=None if pixel is None else pixel * binning,
+        stated_voxel_size=None if pixel is None else pixel * opts.binning,
     )
 
 

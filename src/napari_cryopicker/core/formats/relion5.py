@@ -74,6 +74,7 @@ def read(path: Path, opts: ReadOptions, blocks: dict | None = None) -> Picks:
     sizes = np.array([tomos[n][0] for n in names]).reshape(-1, 3)
     px = np.array([tomos[n][1] for n in names])
     native = np.round(px * np.array([tomos[n][2] for n in names]), 6)
+    stated = float(native[0]) if len(set(native.tolist())) == 1 else None
     if opts.voxel_size is not None:
         vs = float(opts.voxel_size)
     elif len(set(native.tolist())) > 1:
@@ -87,6 +88,7 @@ def read(path: Path, opts: ReadOptions, blocks: dict | None = None) -> Picks:
         class_name=S.classes(df, blocks, opts.class_name),
         score=S.scores(df), tomogram=[tomo_name(n) for n in names], raw_tomogram=names,
         angles=S.floats(path, df, S.ANGLES) if all(c in df for c in S.ANGLES) else None, voxel_size=vs,
+        stated_voxel_size=stated,
     )
 
 
