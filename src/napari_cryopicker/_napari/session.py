@@ -843,6 +843,9 @@ class PickingSession:
         if mine.voxel_size is None:
             mine = mine.copy()
             mine.voxel_size = tomo.voxel_size
+        elif tomo.voxel_size and len(mine) and not np.isclose(mine.voxel_size, tomo.voxel_size):
+            _notify(f"The picks were made at {mine.voxel_size:.4g} A per voxel; they were rescaled to "
+                    f"{tomo.name}'s {tomo.voxel_size:.4g} A voxels", "warning")
         return self.add_picks(mine, source="imported", label=f"import {len(mine)} pick(s)")
 
     def delete_picks(self, class_name: str, indices: Iterable[int], *, kind: str = "picks") -> int:
@@ -1173,7 +1176,10 @@ class PickingSession:
                     self.autosave_path = cand
                     break
                 except CryoPickerError as e:
-                    _notify(f"Ignoring autosaved annotations: {e}", "warning")
+                    # keep the damaged file (the next autosave would overwrite it) and say where
+                    kept = _set_aside(cand)
+                    where = f"; it was kept as {kept.name}" if kept is not None else ""
+                    _notify(f"Ignoring autosaved annotations: {e}{where}", "warning")
         if payload is None:
             payload = self._memory.pop(tomo.name, None)
         if payload is not None:
@@ -1191,6 +1197,9 @@ class PickingSession:
         df = pd.DataFrame({k: p.get(k, []) for k in ("z", "y", "x", "class_name", "score", "source")})
         picks = Picks(df, payload.get("voxel_size"))
         if picks.voxel_size is not None and tomo.voxel_size and not np.isclose(picks.voxel_size, tomo.voxel_size):
+            if len(picks):
+                _notify(f"The saved picks were made at {picks.voxel_size:.4g} A per voxel; they were rescaled to "
+                        f"{tomo.name}'s {tomo.voxel_size:.4g} A voxels", "warning")
             picks = picks.rescaled(tomo.voxel_size)
         active = payload.get("active_class")
         if active in self.classes:
@@ -1271,16 +1280,66 @@ class PickingSession:
 
 
 def read_annotation_file(path: str | os.PathLike) -> dict:
+    """The payload of a saved annotation file, checked; CryoPickerError naming the file if not."""
     p = Path(path)
+    if p.is_dir():
+        raise CryoPickerError(f"{p}: is a directory; give the .cryopicker.json file")
     try:
-        payload = json.loads(p.read_text())
+        payload = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CryoPickerError(f"{p}: no such file") from None
     except (OSError, ValueError) as e:
         raise CryoPickerError(f"{p}: not a readable annotation file ({e})") from None
     if not isinstance(payload, dict) or payload.get("format") != AUTOSAVE_FORMAT:
         raise CryoPickerError(f"{p}: not a napari-cryopicker annotation file")
+    problem = _payload_problem(payload)
+    if problem:
+        raise CryoPickerError(f"{p}: damaged annotation file ({problem})")
     return payload
+
+
+def _payload_problem(payload: dict) -> str:
+    """What is wrong with an annotation payload's picks and classes, or ''."""
+    picks = payload.get("picks") or {}
+    if not isinstance(picks, dict):
+        return "'picks' is not a table"
+    cols = {k: picks.get(k, []) for k in ("z", "y", "x", "class_name", "score", "source")}
+    if not all(isinstance(v, list) for v in cols.values()):
+        return "a 'picks' column is not a list"
+    n = len(cols["z"])
+    if any(len(v) != n for k, v in cols.items() if k in ("y", "x") or v):
+        return "the 'picks' columns have different lengths"
+    try:
+        zyx = np.asarray([cols["z"], cols["y"], cols["x"]], dtype=float)
+    except (TypeError, ValueError):
+        return "a pick coordinate is not a number"
+    if not np.isfinite(zyx).all():
+        return "a pick coordinate is not a finite number"
+    try:
+        ClassTable.from_dict(payload.get("classes") or [])
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        return f"bad class table: {e}"
+    thresholds = payload.get("thresholds") or {}
+    if not isinstance(thresholds, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in thresholds.values()):
+        return "'thresholds' is not a table of numbers"
+    vs = payload.get("voxel_size")
+    if vs is not None and not (isinstance(vs, (int, float)) and vs > 0):
+        return f"voxel_size {vs!r} is not a positive number"
+    return ""
+
+
+def _set_aside(path: Path) -> Path | None:
+    """Rename a damaged file to ``<name>.damaged`` (or ``.damaged2`` ...) so nothing overwrites it."""
+    for i in range(1, 100):
+        target = path.with_name(path.name + (".damaged" if i == 1 else f".damaged{i}"))
+        if not target.exists():
+            try:
+                os.replace(path, target)
+            except OSError:
+                return None
+            return target
+    return None
 
 
 def _notify(msg: str, level: str = "info") -> None:
