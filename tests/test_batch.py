@@ -75,6 +75,7 @@ def test_expand_globs_lists_and_folders(tmp_path):
         expand_tomograms([str(tmp_path / "*.st")])
     assert plan_outputs(tmp_path / "o", ["x"]) == [tmp_path / "o" / "x.csv"]
     assert plan_outputs(tmp_path / "p.star", ["x", "y"]) == [tmp_path / "p_x.star", tmp_path / "p_y.star"]
+    assert plan_outputs(tmp_path / "p.star", ["x"]) == [tmp_path / "p_x.star"]  # stable across reruns
 
 
 def test_two_workers_failure_rerun_and_overwrite(data, cluster, tmp_path):
@@ -120,6 +121,11 @@ def test_two_workers_failure_rerun_and_overwrite(data, cluster, tmp_path):
     assert outs["TS_00"].stat().st_mtime_ns != mtimes["TS_00"]
     assert [r.n_picks for r in rep.results] == [counts[n] for n in NAMES]  # same model, same picks
 
+    # another threshold is another result: redone, and the log says why
+    lines.clear()
+    rep = run_batch(inputs[:1], data / "m.pt", out, **{**kw, "threshold": 0.0})
+    assert rep.results[0].status == "done" and any("another model file or threshold" in s for s in lines), lines
+
 
 def test_torch_threads_in_a_worker(cluster):
     from distributed import Client
@@ -135,8 +141,9 @@ def test_cli_batch_reports_failures_and_skips_on_rerun(data, cluster, tmp_path, 
     out = tmp_path / "out"
     argv = ["predict", "--model", str(data / "m.pt"), "--tomograms", str(data / "tomos" / "*.mrc"),
             "--out", str(out), "--device", "cpu", "--threads-per-worker", "1"]
-    # the default path: a local cluster of worker processes made by cryopicker itself
-    assert main(argv + ["--workers", "2"]) == 1
+    # the default path: a local cluster of worker processes made by cryopicker itself (one
+    # worker: each process start imports torch, the slowest part of this test)
+    assert main(argv + ["--workers", "1"]) == 1
     cap = capsys.readouterr()
     err = cap.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cryopicker: error: ") and "TS_09.mrc: not a readable MRC" in err[0]

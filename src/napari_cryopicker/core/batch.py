@@ -4,8 +4,8 @@ The pieces, in the order :func:`run_batch` uses them:
 
 * :func:`expand_tomograms` turns globs, list files and folders into a sorted list of
   tomogram paths; :func:`copick_tomograms` finds each run's tomogram in a copick project.
-* :func:`plan_outputs` names one picks file per tomogram (the same rule as a several-
-  tomogram ``cryopicker predict --out``).
+* :func:`plan_outputs` names one picks file per tomogram (the rule of a several-tomogram
+  ``cryopicker predict --out``, for any number of tomograms).
 * A tomogram is *finished* when its **record** exists: a small JSON file
   ``<outdir>/.cryopicker/<output name>.json`` written atomically *after* the picks files
   were written (each atomically), holding the written paths, the canonical picks and the
@@ -240,12 +240,11 @@ def output_dir(out: Path) -> Path:
 
 def plan_outputs(out: str | os.PathLike, names: Sequence[str]) -> list[Path]:
     """One picks file per tomogram name: ``--out DIR`` -> ``DIR/<name>.csv``; ``--out
-    P.ext`` -> ``P.ext`` for one tomogram, ``P_<name>.ext`` beside it for several."""
+    P.ext`` -> ``P_<name>.ext`` beside it. Always named by tomogram, however many there
+    are, so that a rerun on more (or fewer) tomograms finds the earlier outputs."""
     out = Path(out)
     if out.suffix == "":
         return [out / f"{n}.csv" for n in names]
-    if len(names) == 1:
-        return [out]
     return [out.parent / f"{out.stem}_{n}{out.suffix}" for n in names]
 
 
@@ -274,7 +273,8 @@ def read_record(output: Path, settings: dict | None = None) -> tuple[dict | None
         return None, "no record"
     try:
         rec = json.loads(rp.read_text(encoding="utf-8"))
-        outputs = [Path(p) for p in rec["outputs"]]
+        outputs = [Path(output).parent / p for p in rec["outputs"]]
+        rec["outputs"] = [str(p) for p in outputs]
         rec["picks"]["columns"]  # noqa: B018 - must be there
     except (OSError, ValueError, KeyError, TypeError):
         return None, f"unreadable record {rp}"
@@ -298,7 +298,8 @@ def record_picks(rec: dict):
 # ------------------------------------------------------------------------------ the task
 @dataclass(frozen=True)
 class TaskSpec:
-    """Everything one task needs, as small picklable values (paths, not arrays)."""
+    """Everything one task needs, as small picklable values (paths, not arrays). Paths are
+    absolute: a worker on another node has another working directory."""
 
     tomogram: str
     name: str
@@ -309,6 +310,7 @@ class TaskSpec:
     threshold: float | None = None
     threads: int | None = None              # torch threads; None: from the worker
     host_threads: dict = field(default_factory=dict)  # host -> Dask threads on it (all workers)
+    label: str = ""                         # the tomogram as the user named it (for messages)
 
 
 @dataclass
@@ -373,12 +375,12 @@ def _load_checkpoint(path: str):
     return _checkpoint(path, st.st_mtime_ns, st.st_size)
 
 
-def failure_message(tomogram: str, exc: BaseException | str) -> str:
+def failure_message(tomogram: str, exc: BaseException | str, label: str = "") -> str:
     """The problem without a leading '<tomogram>: ' (the report adds the file name)."""
     msg = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)
     if not isinstance(exc, (str, CryoPickerError, OSError)):
         msg = f"{type(exc).__name__}: {msg}"
-    for prefix in (f"{tomogram}: ", f"{os.path.abspath(tomogram)}: "):
+    for prefix in {f"{tomogram}: ", f"{os.path.abspath(tomogram)}: ", f"{label or tomogram}: "}:
         if msg.startswith(prefix):
             msg = msg[len(prefix):]
     return msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
@@ -387,7 +389,8 @@ def failure_message(tomogram: str, exc: BaseException | str) -> str:
 def predict_one(spec: TaskSpec) -> TaskResult:
     """Pick one tomogram and write its picks file(s) and record. Never raises."""
     t0 = time.monotonic()
-    result = TaskResult(spec.tomogram, spec.name, "failed")
+    label = spec.label or spec.tomogram
+    result = TaskResult(label, spec.name, "failed")
     try:
         threads, result.worker = torch_threads(spec.threads, spec.host_threads)
         import torch
@@ -419,7 +422,9 @@ def predict_one(spec: TaskSpec) -> TaskResult:
         t = picks.table
         rec = {
             "cryopicker_batch": RECORD_VERSION, "tomogram": spec.tomogram, "name": spec.name,
-            "settings": spec.settings, "outputs": result.outputs, "voxel_size": tomo.voxel_size,
+            "settings": spec.settings, "voxel_size": tomo.voxel_size,
+            # relative to the output folder, so the folder can be reached from anywhere
+            "outputs": [os.path.relpath(w, out.parent) for w in written],
             "shape": list(tomo.shape), "n_picks": result.n_picks, "counts": result.counts,
             "seconds": round(result.seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "picks": {"columns": [str(c) for c in t.columns],
@@ -430,7 +435,7 @@ def predict_one(spec: TaskSpec) -> TaskResult:
             tmp.write_text(json.dumps(rec) + "\n", encoding="utf-8")
         result.status = "done"
     except Exception as exc:  # one tomogram's failure is reported, never raised
-        result.error = failure_message(spec.tomogram, exc)
+        result.error = failure_message(spec.tomogram, exc, label)
     result.seconds = time.monotonic() - t0
     return result
 
@@ -525,7 +530,7 @@ def _run_on_dask(specs: list[TaskSpec], scheduler: str | None, workers: int | No
             try:
                 yield fut.result()
             except Exception as exc:  # the worker died (killed, out of memory) or the task was lost
-                yield TaskResult(spec.tomogram, spec.name, "failed",
+                yield TaskResult(spec.label or spec.tomogram, spec.name, "failed",
                                  error=f"the Dask task failed ({type(exc).__name__}: {exc})")
     finally:
         client.close()
@@ -609,8 +614,9 @@ def run_batch(
                 continue
             if why not in ("no record",):
                 log(f"{key}: redoing ({why})")
-        pending.append(TaskSpec(key, it.name, str(op), str(model), settings, device, threshold,
-                                threads_per_worker))
+        pending.append(TaskSpec(os.path.abspath(it.tomogram), it.name, os.path.abspath(op),
+                                os.path.abspath(model), settings, device, threshold, threads_per_worker,
+                                label=key))
     for r in results:
         if r.status == "skipped":
             log(f"{r.tomogram}: skipped, finished earlier ({r.n_picks} picks in "
