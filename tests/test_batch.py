@@ -70,6 +70,9 @@ def test_expand_globs_lists_and_folders(tmp_path):
     assert names(expand_tomograms([str(tmp_path / "*.mrc"), str(tmp_path / "a.mrc")])) == ["a.mrc", "b.mrc"]
     assert names(expand_tomograms([tmp_path / "list.txt"])) == ["b.mrc", "d.mrc", "missing.mrc"]
     assert names(expand_tomograms([tmp_path])) == ["a.mrc", "b.mrc", "c.rec"]
+    zarr = inputs_from_paths([tmp_path / "e.zarr", tmp_path / "a.mrc"])
+    assert [(i.name, i.problem is None) for i in zarr] == [("e", False), ("a", True)]
+    assert "OME-Zarr" in zarr[0].problem
     assert names(expand_tomograms([str(tmp_path / "**" / "*.mrc")])) == ["a.mrc", "b.mrc", "d.mrc"]
     with pytest.raises(BatchError, match="matches no tomogram"):
         expand_tomograms([str(tmp_path / "*.st")])

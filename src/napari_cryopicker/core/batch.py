@@ -140,10 +140,18 @@ def expand_tomograms(specs: Iterable[str | os.PathLike]) -> list[Path]:
     return sorted(unique.values(), key=lambda q: (q.name, str(q)))
 
 
+ZARR_PROBLEM = "is OME-Zarr, which cryopicker cannot read yet; export it as MRC ({mrc}) and pick that"
+
+
 def inputs_from_paths(paths: Sequence[Path]) -> list[BatchInput]:
     from .formats._common import tomo_name
 
-    return [BatchInput(Path(p), tomo_name(Path(p).name) or Path(p).stem) for p in paths]
+    out = []
+    for p in map(Path, paths):
+        zarr = p.suffix.lower() == ".zarr"
+        out.append(BatchInput(p, tomo_name(p.name) or p.stem,
+                              ZARR_PROBLEM.format(mrc=p.with_suffix(".mrc").name) if zarr else None))
+    return out
 
 
 # ------------------------------------------------------------------------------ copick
@@ -224,8 +232,7 @@ def copick_tomograms(config: str | os.PathLike, tomo_type: str | None = None,
                                                "--copick-tomogram TYPE"))
         elif cands:
             z = cands[0]
-            out.append(BatchInput(z, name, f"{z.name} is OME-Zarr, which cryopicker cannot read yet; "
-                                           f"export it as {z.with_suffix('.mrc').name} beside it"))
+            out.append(BatchInput(z, name, ZARR_PROBLEM.format(mrc=f"{z.with_suffix('.mrc').name} beside it")))
         else:
             what = f"no '{tomo_type}' tomogram" if tomo_type else "no tomogram"
             out.append(BatchInput(where, name, f"{what} under VoxelSpacing*/"))
