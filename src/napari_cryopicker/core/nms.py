@@ -45,17 +45,40 @@ class NMSParams:
     t_dist: float = 0.0    # min distance between picks of a class; 0 = 1.5 x radius
     cross_class_fraction: float = 1.0
     min_fill: float = 0.0  # min fraction of the class's TBall around a pick segmented as that class
+    bin: int = 0           # pooling/peak grid: 1 = every voxel, b = b^3 blocks; 0 = from the radius
 
     def resolved(self, radius: float) -> NMSParams:
         r = max(1.0, float(radius))
         k = self.kernel or max(3, int(round(r)) | 1)
         t_nms = self.t_nms or max(1, int(round(r * 0.5)))
         t_dist = self.t_dist or max(1.0, 1.5 * r)
+        b = self.bin or auto_bin(r)
         return NMSParams(self.t_seg, self.t_lm, k, self.n_pool, t_nms, t_dist, self.cross_class_fraction,
-                         self.min_fill)
+                         self.min_fill, b)
+
+    def coarse(self) -> tuple[int, int]:
+        """(kernel, t_nms) on the binned grid."""
+        b = max(1, self.bin)
+        if b == 1:
+            return self.kernel, self.t_nms
+        return max(3, int(round(self.kernel / b)) | 1), max(1, int(round(self.t_nms / b)))
 
     def halo(self) -> int:
-        return (self.kernel // 2) * self.n_pool + self.t_nms + 1
+        """Voxels of context a slab needs on each side (a multiple of the bin)."""
+        b = max(1, self.bin)
+        kc, tc = self.coarse()
+        h = ((kc // 2) * self.n_pool + tc + 1) * b + self.refine_radius()
+        return -(-h // b) * b
+
+    def refine_radius(self) -> int:
+        """Context (voxels) the full-resolution refinement of a coarse peak reads."""
+        return 0 if self.bin <= 1 else self.bin + (self.kernel // 2) * self.n_pool + 1
+
+
+def auto_bin(radius: float) -> int:
+    """Grid for pooling and peak finding: a particle of radius r keeps about 2+ blocks
+    across its radius (r < 4 stays at full resolution; at most 4^3 blocks)."""
+    return int(min(4, max(1, radius // 2)))
 
 
 def _smooth(s: np.ndarray, k: int, n: int) -> np.ndarray:
@@ -64,26 +87,88 @@ def _smooth(s: np.ndarray, k: int, n: int) -> np.ndarray:
     return s
 
 
+def bin_mean(s: np.ndarray, b: int) -> np.ndarray:
+    """Mean over b^3 blocks (zero padding at the far ends)."""
+    if b == 1:
+        return s
+    pad = [(0, (-n) % b) for n in s.shape]
+    if any(p[1] for p in pad):
+        s = np.pad(s, pad)
+    z, y, x = s.shape  # reduce the outer axes first: whole rows are added at a time
+    out = s.reshape(z // b, b, y, x).sum(axis=1, dtype=np.float32)
+    out = out.reshape(z // b, y // b, b, x).sum(axis=2)
+    out = out.reshape(z // b, y // b, x // b, b).sum(axis=3)
+    out *= np.float32(1.0 / b**3)
+    return out
+
+
+def _local_mean(score: np.ndarray, at: np.ndarray, k: int) -> np.ndarray:
+    """Mean of ``score`` in the k^3 cube (zero outside) around each integer position."""
+    h = k // 2
+    out = np.empty(len(at))
+    shp = score.shape
+    for i, (z, y, x) in enumerate(at):
+        sl = tuple(slice(max(0, c - h), min(n, c + h + 1)) for c, n in zip((z, y, x), shp))
+        out[i] = float(score[sl].sum(dtype=np.float64)) / k**3
+    return out
+
+
+def _refine(score: np.ndarray, centres: np.ndarray, params: NMSParams) -> np.ndarray:
+    """Move each coarse peak to the full-resolution peak near it: the fine mean-pooled
+    score is computed in a small box around the peak only, and its maximum within one
+    block of the coarse position is taken (a plateau gives its centroid)."""
+    b, k, n = params.bin, params.kernel, params.n_pool
+    R = params.refine_radius()
+    out = centres.copy()
+    shp = score.shape
+    for i, c in enumerate(np.floor(centres + 0.5).astype(np.int64)):
+        lo = np.maximum(c - R, 0)
+        hi = np.minimum(c + R + 1, shp)
+        sm = _smooth(score[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], k, n)
+        wlo = np.maximum(c - b - lo, 0)
+        whi = np.minimum(c + b + 1 - lo, sm.shape)
+        win = sm[wlo[0]:whi[0], wlo[1]:whi[1], wlo[2]:whi[2]]
+        if win.size == 0 or win.max() <= 0:
+            continue
+        at = np.argwhere(win == win.max())
+        out[i] = at.mean(axis=0) + wlo + lo
+    return out
+
+
 def find_peaks(score: np.ndarray, params: NMSParams) -> tuple[np.ndarray, np.ndarray]:
     """Peaks of one class's masked probability volume (already resolved params).
 
-    Returns (zyx float array (N, 3), scores (N,)). A peak's score is the mean masked
-    probability in a small cube (edge about half the kernel) around it.
+    Pooling and the local-maximum search run on the ``params.bin`` grid (b^3 block
+    means; every voxel when b is 1); a peak found on a coarse grid is refined to the
+    centroid of the full-resolution score around it. Returns (zyx float array (N, 3),
+    scores (N,)); a peak's score is the mean masked probability in a small cube (edge
+    about half the kernel) around it.
     """
     score = score.astype(np.float32, copy=False)
-    s = _smooth(score, params.kernel, params.n_pool)
-    size = 2 * params.t_nms + 1
-    mx = ndimage.maximum_filter(s, size=size, mode="constant", cval=0.0)
+    b = max(1, params.bin)
+    kc, tc = params.coarse()
+    s = _smooth(bin_mean(score, b), kc, params.n_pool)
+    mx = ndimage.maximum_filter(s, size=2 * tc + 1, mode="constant", cval=0.0)
     peaks = (s >= mx) & (s > 1e-6)
-    if not peaks.any():
+    flat = np.flatnonzero(peaks)
+    if not len(flat):
         return np.zeros((0, 3)), np.zeros(0)
+    # plateaus (equal neighbouring maxima) -> one pick at their centroid
     lab, n = ndimage.label(peaks, structure=np.ones((3, 3, 3), dtype=bool))
-    idx = np.arange(1, n + 1)
-    centres = np.asarray(ndimage.center_of_mass(peaks, lab, idx), dtype=float).reshape(-1, 3)
+    ids = lab.ravel()[flat]
+    coords = np.stack(np.unravel_index(flat, peaks.shape), axis=1).astype(float)
+    cnt = np.bincount(ids, minlength=n + 1)[1:]
+    centres = np.stack([np.bincount(ids, weights=coords[:, a], minlength=n + 1)[1:] for a in range(3)], 1)
+    centres /= cnt[:, None]
     k = max(3, (params.kernel // 2) | 1)
-    local = ndimage.uniform_filter(score, size=k, mode="constant", cval=0.0)
+    if b > 1:
+        centres = (centres + 0.5) * b - 0.5
+        # peaks far below the score threshold are not worth refining
+        at = np.clip(np.floor(centres + 0.5).astype(np.int64), 0, np.asarray(score.shape) - 1)
+        centres = centres[_local_mean(score, at, k) >= 0.5 * params.t_lm]
+        centres = _refine(score, centres, params)
     at = np.clip(np.floor(centres + 0.5).astype(np.int64), 0, np.asarray(score.shape) - 1)
-    vals = local[at[:, 0], at[:, 1], at[:, 2]].astype(float)
+    vals = _local_mean(score, at, k)
     ok = vals >= params.t_lm
     return centres[ok], vals[ok]
 
@@ -130,15 +215,17 @@ def mp_nms(
     scale = 1.0 / 255.0 if prob.dtype == np.uint8 else 1.0
     Z = label.shape[0]
     all_zyx, all_scores, all_names, all_fill = [], [], [], []
-    steps = max(1, -(-Z // slab)) * len(classes)
+    steps = sum(-(-Z // (-(-slab // b) * b)) for b in
+                (per_class[c.name].resolved(c.radius).bin for c in classes)) or 1
     step = 0
     for ci, cls in enumerate(classes, start=1):
         p = per_class[cls.name].resolved(cls.radius)
         h = p.halo()
+        step_z = -(-slab // p.bin) * p.bin  # slabs (and halos) on the bin grid
         found_zyx, found_s = [], []
-        for z0 in range(0, Z, slab):
+        for z0 in range(0, Z, step_z):
             progress.check()
-            z1 = min(Z, z0 + slab)
+            z1 = min(Z, z0 + step_z)
             a, b = max(0, z0 - h), min(Z, z1 + h)
             lab = np.asarray(label[a:b])
             m = lab == ci
