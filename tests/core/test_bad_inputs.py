@@ -379,3 +379,28 @@ def test_class_without_a_diameter_in_evaluate(tmp_path, capsys):
     picks.write_text("x,y,z,class\n1,2,3,b\n")
     line = cli_error(["evaluate", "--picks", picks, "--truth", truth, "--class", "a=5"], capsys)
     full(re.escape(str(picks)) + r": class\(es\) b have no diameter; add --class NAME=DIAMETER_VOXELS", line)
+
+
+def test_damaged_imod_models_fail_fast(tmp_path, capsys):
+    """imodmodel's own parser loops forever without the IEOF marker (found by the fuzzer)."""
+    import imodmodel
+    import pandas as pd
+
+    good = tmp_path / "good.mod"
+    imodmodel.write(pd.DataFrame({"object_id": [0, 0], "contour_id": [0, 0], "x": [1.5, 2.5], "y": [4.5, 5.5],
+                                  "z": [7.0, 8.0]}), good)
+    data = good.read_bytes()
+    assert data.endswith(b"IEOF")
+    cases = {
+        "no_end.mod": (data[:-4], r"is truncated or damaged \(no IEOF end marker\); re-save the model in IMOD"),
+        "huge.mod": (data.replace(b"CONT\x00\x00\x00\x02", b"CONT\x7f\xff\xff\xff"),
+                     r"is truncated or damaged \(a 'CONT' chunk runs past the end\); re-save the model in IMOD"),
+    }
+    for name, (content, message) in cases.items():
+        p = tmp_path / name
+        p.write_bytes(content)
+        with pytest.raises(PicksFormatError) as e:
+            read_picks(p)
+        full(re.escape(str(p)) + ": " + message, str(e.value))
+    full(re.escape(str(tmp_path / "no_end.mod")) + ": " + cases["no_end.mod"][1],
+         cli_error(["convert", tmp_path / "no_end.mod", tmp_path / "o.csv"], capsys))
