@@ -404,3 +404,83 @@ def test_damaged_imod_models_fail_fast(tmp_path, capsys):
         full(re.escape(str(p)) + ": " + message, str(e.value))
     full(re.escape(str(tmp_path / "no_end.mod")) + ": " + cases["no_end.mod"][1],
          cli_error(["convert", tmp_path / "no_end.mod", tmp_path / "o.csv"], capsys))
+
+
+# -- model files ---------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this calls ``Path.touch(marker)``: a file appears if the payload ever runs."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def _tiny_checkpoint():
+    import torch
+
+    from napari_cryopicker.core.model import Checkpoint, ModelConfig, ResUNet
+
+    mc = ModelConfig(n_classes=1, f_maps=(4, 8))
+    torch.manual_seed(0)
+    return Checkpoint(model=mc.to_dict(), state_dict=ResUNet(mc).state_dict(),
+                      classes=ClassTable([ParticleClass("a", 6)]), voxel_size=10.0)
+
+
+NOT_LOADED = r"not a cryopicker model, or it is corrupted or holds code that is not loaded for safety \(.*\)"
+DAMAGED = r"model file is damaged or inconsistent \(.*{}.*\)"
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch on the legacy pickle
+def test_tampered_checkpoints_are_refused_and_never_run(tmp_path, capsys):
+    import pickle
+
+    import torch
+
+    from napari_cryopicker.core.errors import ModelError
+    from napari_cryopicker.core.model import load_checkpoint
+
+    # the payload is live: plain unpickling runs it
+    probe = tmp_path / "probe-ran"
+    pickle.loads(pickle.dumps(_Payload(probe)))
+    assert probe.exists()
+
+    marker = tmp_path / "payload-ran"
+    good = _tiny_checkpoint().to_payload()
+    cases = {}
+    torch.save({**good, "extra": _Payload(marker)}, tmp_path / "inside.pt")
+    cases["inside.pt"] = NOT_LOADED
+    torch.save(_Payload(marker), tmp_path / "whole.pt")
+    cases["whole.pt"] = NOT_LOADED
+    with open(tmp_path / "legacy.pt", "wb") as f:  # a plain (non-zip) pickle
+        pickle.dump({"format": "napari-cryopicker-checkpoint", "x": _Payload(marker)}, f)
+    cases["legacy.pt"] = NOT_LOADED
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(5000))
+    cases["random.pt"] = NOT_LOADED
+    for key in ("state_dict", "model", "classes"):
+        torch.save({k: v for k, v in good.items() if k != key}, tmp_path / f"no_{key}.pt")
+        cases[f"no_{key}.pt"] = DAMAGED.format(re.escape(repr(key)))
+    torch.save({**good, "state_dict": dict(list(good["state_dict"].items())[1:])}, tmp_path / "no_weight.pt")
+    cases["no_weight.pt"] = DAMAGED.format("Missing key")
+    torch.save({**good, "version": 99}, tmp_path / "newer.pt")
+    cases["newer.pt"] = r"written by a newer napari-cryopicker; upgrade to load it"
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    cases["foreign.pt"] = r"not a napari-cryopicker model file \(no 'napari-cryopicker-checkpoint' tag\)"
+    for name, message in cases.items():
+        with pytest.raises(ModelError) as e:
+            load_checkpoint(tmp_path / name)
+        full(re.escape(str(tmp_path / name)) + ": " + message, str(e.value))
+    assert not marker.exists()
+    # from the command line: one plain line (no terminal colour codes, no line breaks)
+    t = write_tomogram(tmp_path / "t.mrc", np.zeros((8, 8, 8), np.float32), 10.0)
+    for name in ("inside.pt", "no_weight.pt"):
+        line = cli_error(["predict", "--model", tmp_path / name, "--tomogram", t, "--out", tmp_path / "o.csv"],
+                         capsys)
+        assert "\x1b" not in line
+        full(re.escape(str(tmp_path / name)) + ": " + cases[name], line)
+    assert not marker.exists()

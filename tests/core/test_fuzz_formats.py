@@ -80,7 +80,7 @@ FORMATS = [None, *FORMAT_NAMES]
 
 # -- random input ----------------------------------------------------------------------------
 
-@fuzz(300)
+@fuzz(250)
 @given(data=st.binary(max_size=3000), ext=st.sampled_from(EXTENSIONS), fmt=st.sampled_from(FORMATS),
        vs=st.sampled_from([None, 10.0]))
 def test_random_bytes(tmp_path, data, ext, fmt, vs):
@@ -108,7 +108,7 @@ LINES = st.lists(st.tuples(st.lists(TOKENS, max_size=12), st.sampled_from([",", 
                  max_size=25)
 
 
-@fuzz(300)
+@fuzz(250)
 @given(lines=LINES, ext=st.sampled_from(EXTENSIONS), fmt=st.sampled_from(FORMATS),
        vs=st.sampled_from([None, 10.0]))
 def test_token_soup(tmp_path, lines, ext, fmt, vs):
@@ -131,7 +131,7 @@ JSON_VALUES = st.recursive(
 )
 
 
-@fuzz(100)
+@fuzz(80)
 @given(doc=st.fixed_dictionaries(
     {"pickable_object_name": st.one_of(st.text(max_size=5), st.integers()),
      "points": st.one_of(JSON_VALUES, st.lists(st.fixed_dictionaries(
@@ -265,7 +265,7 @@ def mutate(data: bytes, m: tuple) -> bytes:
     return b"\n".join(lines)
 
 
-@fuzz(500)
+@fuzz(400)
 @given(label=st.sampled_from(SEED_LABELS), which=FRAC, mutations=st.lists(MUTATION, min_size=1, max_size=3),
        forced=st.booleans(), vs=st.sampled_from([None, VS]))
 def test_mutated_valid_files(tmp_path, seeds, label, which, mutations, forced, vs):
@@ -335,7 +335,7 @@ ROUND_TRIPS = [
 @pytest.mark.parametrize("fmt, name, atol, keeps_source, keeps_angles, one_tomogram", ROUND_TRIPS,
                          ids=[f"{r[0]}-{r[1]}" for r in ROUND_TRIPS])
 def test_round_trip(tmp_path, fmt, name, atol, keeps_source, keeps_angles, one_tomogram):
-    @fuzz(40)
+    @fuzz(30)
     @given(picks=random_picks(one_tomogram=one_tomogram), binning=st.sampled_from([1.0, 2.0, 4.0]))
     def run(picks, binning):
         COUNT[f"round trip {fmt}"] += 1
