@@ -50,6 +50,12 @@ def _truncated(p):
     p.write_bytes(data[:1024 + 100])  # header intact, data cut short
 
 
+def _empty_volume(p):
+    data = bytearray(write_tomogram(p, np.ones((4, 5, 6), np.float32), 5.0).read_bytes())
+    data[0:4] = np.int32(0).tobytes()  # nx = 0
+    p.write_bytes(bytes(data))
+
+
 TOMOGRAM_CASES = {
     "truncated": (_truncated, r"not a valid MRC file or truncated \(.+\); re-export it from your "
                               r"reconstruction program"),
@@ -66,6 +72,7 @@ TOMOGRAM_CASES = {
     "4D stack": (lambda p: mrcfile.new(p, data=np.zeros((2, 3, 4, 5), np.float32)).close(),
                  r"holds 4D data \(a stack of volumes\) of shape \(2, 3, 4, 5\); a tomogram must be a 3D volume "
                  r"\(z, y, x\)\. Open one tomogram, not a projection, tilt image or stack"),
+    "empty volume": (_empty_volume, r"holds an empty volume of shape \(4, 5, 0\); re-export the tomogram"),
     "directory": (lambda p: p.mkdir(), r"is a directory, not a tomogram file; give the \.mrc file inside it"),
     "missing": (lambda p: None, r"no such file"),
 }
