@@ -73,3 +73,107 @@ def test_segment_can_be_cancelled():
         segment(tomo, BoxFilterNet(1), 1, 8, PredictConfig(device="cpu", tile=16, margin=2),
                 torch.device("cpu"), (0.0, 1.0), progress=prog)
     assert len(seen) == 1
+
+
+class OOMAboveBatch(BoxFilterNet):
+    """Runs out of memory (as torch reports it) for batches larger than ``limit``."""
+
+    def __init__(self, h, limit):
+        super().__init__(h)
+        self.limit = limit
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(x)
+
+
+def test_out_of_memory_halves_the_batch_and_says_so():
+    from napari_cryopicker.core.errors import CryoPickerWarning
+
+    vol = np.random.default_rng(0).normal(size=(30, 40, 50)).astype(np.float32)
+    tomo = Tomogram(vol, 1.0)
+    cfg = PredictConfig(device="cpu", tile=16, margin=2, batch_size=8)
+    ref = segment(tomo, BoxFilterNet(1), 1, 8, PredictConfig(device="cpu", tile=16, margin=2, batch_size=2),
+                  torch.device("cpu"), (0.0, 1.0))
+    net = OOMAboveBatch(1, limit=2)
+    with pytest.warns(CryoPickerWarning, match="out of memory on cpu with 8 tiles of 16x16x16; going on "
+                                               "with batches of 4"):
+        got = segment(tomo, net, 1, 8, cfg, torch.device("cpu"), (0.0, 1.0))
+    assert net.seen[:3] == [8, 4, 2] and max(net.seen[3:]) == 2  # stays at the size that fitted
+    assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+
+
+def test_out_of_memory_for_one_tile_on_the_cpu_is_a_clear_error():
+    from napari_cryopicker.core.errors import CryoPickerError
+
+    tomo = Tomogram(np.random.default_rng(0).normal(size=(20, 20, 20)).astype(np.float32), 1.0)
+    cfg = PredictConfig(device="cpu", tile=16, margin=2, batch_size=1)
+    with pytest.raises(CryoPickerError, match=r"out of memory for one tile of 16x16x16 voxels on the CPU: "
+                                              r"use a smaller tile"):
+        segment(tomo, OOMAboveBatch(1, limit=0), 1, 8, cfg, torch.device("cpu"), (0.0, 1.0))
+
+
+def test_constant_tiles_are_background_without_running_the_network():
+    vol = np.zeros((24, 48, 48), np.float32)
+    vol[:, :, 24:] = np.random.default_rng(0).normal(size=(24, 48, 24))
+    net = OOMAboveBatch(1, limit=100)
+    cfg = PredictConfig(device="cpu", tile=24, margin=0, batch_size=1)
+    label, conf, _ = segment(Tomogram(vol, 1.0), net, 1, 8, cfg, torch.device("cpu"), (0.0, 1.0))
+    assert len(net.seen) == 2  # 4 tiles, the two all-zero ones skipped
+    assert (label[:, :, :24] == 0).all()
+    ran = segment(Tomogram(vol, 1.0), BoxFilterNet(1), 1, 8, PredictConfig(device="cpu", tile=24, margin=0,
+                  skip_empty=False), torch.device("cpu"), (0.0, 1.0))
+    assert np.array_equal(ran[0][:, :, 24:], label[:, :, 24:])
+
+
+def test_a_tomogram_bigger_than_the_output_budget_is_stitched_on_disk_with_bounded_memory(tmp_path):
+    """A 2 GiB sparse MRC (mostly empty, one noisy corner) is picked tile by tile in a
+    subprocess; its RAM (anonymous memory, sampled) stays below half the volume's size:
+    no float copy of the volume (8 GiB) and no in-RAM stitched result (4 GiB), only the
+    working set of one 192^3 tile."""
+    import subprocess
+    import sys
+    import textwrap
+
+    import mrcfile
+
+    path = tmp_path / "huge.mrc"
+    shape = (1024, 1024, 2048)  # int8: 2 GiB on disk, sparse
+    with mrcfile.new_mmap(str(path), shape=shape, mrc_mode=0, overwrite=True) as m:
+        m.voxel_size = 10.0
+        m.data[:64, :96, :96] = np.random.default_rng(0).integers(-60, 60, (64, 96, 96), dtype=np.int8)
+    assert path.stat().st_size >= 2 << 30
+    code = textwrap.dedent(f"""
+        import threading, time, torch
+        torch.set_num_threads(1)
+        peak = [0]
+        def watch():
+            while True:
+                for line in open("/proc/self/status"):
+                    if line.startswith("RssAnon:"):
+                        peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+                time.sleep(0.02)
+        threading.Thread(target=watch, daemon=True).start()
+        from napari_cryopicker.core.classes import ClassTable, ParticleClass
+        from napari_cryopicker.core.model import Checkpoint, ModelConfig, ResUNet
+        from napari_cryopicker.core.predict import PredictConfig, predict_picks
+        from napari_cryopicker.core.tomogram import open_tomogram
+        torch.manual_seed(0)
+        mc = ModelConfig(n_classes=1, f_maps=(4, 8))
+        ck = Checkpoint(model=mc.to_dict(), state_dict=ResUNet(mc).state_dict(),
+                        classes=ClassTable([ParticleClass("p", 9)]), voxel_size=10.0)
+        tomo = open_tomogram({str(path)!r})
+        base = peak[0]
+        res = predict_picks(tomo, ck, PredictConfig(device="cpu", tile=192, margin=8,
+                                                   max_ram_output=64 << 20))
+        time.sleep(0.1)
+        assert isinstance(res.label, __import__("numpy").memmap), type(res.label)
+        print("PEAK", peak[0] - base, len(res.picks))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    extra = int(out.stdout.split("PEAK")[1].split()[0])
+    assert extra < 1 << 30, f"picking a 2 GiB tomogram took {extra / 2**20:.0f} MiB of RAM"

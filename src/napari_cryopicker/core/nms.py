@@ -213,7 +213,9 @@ def mp_nms(
     progress = ensure(progress)
     per_class = _params_per_class(params, classes)
     scale = 1.0 / 255.0 if prob.dtype == np.uint8 else 1.0
-    Z = label.shape[0]
+    Z, Y, X = label.shape
+    # slabs of at most ~16 M voxels (a few hundred MB of work arrays) whatever the section
+    slab = int(max(1, min(slab, (16 << 20) // max(1, Y * X))))
     all_zyx, all_scores, all_names, all_fill = [], [], [], []
     steps = sum(-(-Z // (-(-slab // b) * b)) for b in
                 (per_class[c.name].resolved(c.radius).bin for c in classes)) or 1
@@ -227,13 +229,21 @@ def mp_nms(
             progress.check()
             z1 = min(Z, z0 + step_z)
             a, b = max(0, z0 - h), min(Z, z1 + h)
-            lab = np.asarray(label[a:b])
-            m = lab == ci
+            m = np.asarray(label[a:b]) == ci
             if m.any():
-                pr = np.asarray(prob[a:b], dtype=np.float32) * np.float32(scale)
-                s = np.where(m & (pr >= p.t_seg), pr, np.float32(0))
-                zyx, sc = find_peaks(s, p)
-                zyx[:, 0] += a
+                # only the part of the slab where the class is (plus the halo), on the bin grid
+                ys = np.flatnonzero(m.any(axis=(0, 2)))
+                xs = np.flatnonzero(m.any(axis=(0, 1)))
+                y0, x0 = (max(0, v[0] - h) // p.bin * p.bin for v in (ys, xs))
+                y1, x1 = min(Y, ys[-1] + 1 + h), min(X, xs[-1] + 1 + h)
+                m = m[:, y0:y1, x0:x1]
+                sc_ = np.array(prob[a:b, y0:y1, x0:x1], dtype=np.float32)  # a copy: edited below
+                if scale != 1.0:
+                    sc_ *= np.float32(scale)
+                sc_[~m | (sc_ < p.t_seg)] = 0.0
+                zyx, sc = find_peaks(sc_, p)
+                del sc_, m
+                zyx += np.array([a, y0, x0], dtype=float)
                 rz = np.floor(zyx[:, 0] + 0.5)
                 inside = (rz >= z0) & ((rz < z1) | (z1 == Z))
                 found_zyx.append(zyx[inside])

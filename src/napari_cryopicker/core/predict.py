@@ -11,13 +11,16 @@ probability (uint8, 0..255). MP-NMS (:mod:`.nms`) then runs over those in z-slab
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from .errors import CryoPickerError
+from .errors import CryoPickerError, CryoPickerWarning
 from .model import Checkpoint, resolve_device
 from .nms import NMSParams, mp_nms
 from .picks import Picks
@@ -32,6 +35,11 @@ class PredictConfig:
     margin: int = 12          # kept-centre margin p
     batch_size: int = 1
     amp: bool = True          # mixed precision on CUDA
+    skip_empty: bool = True   # tiles of constant value (outside the reconstruction) are background
+    # the stitched result (2 bytes per voxel) goes to an unlinked scratch file on disk instead
+    # of RAM when larger than this (bytes; None = a quarter of the machine's memory)
+    max_ram_output: int | None = None
+    scratch_dir: str | None = None
     nms: dict = field(default_factory=dict)  # overrides: {"default": {...}, "<class>": {...}}
     keep_probability: bool = False
 
@@ -63,14 +71,15 @@ def tile_starts(n: int, tile: int, margin: int) -> list[int]:
     return sorted(set(max(0, s) for s in starts))
 
 
-def read_block(data: np.ndarray, start, size) -> np.ndarray:
-    """data[start : start + size] with mirror padding where the block leaves the volume."""
+def read_block(data: np.ndarray, start, size, dtype=np.float32) -> np.ndarray:
+    """data[start : start + size] with mirror padding where the block leaves the volume
+    (as ``dtype``; None keeps the file's type)."""
     sl, pads = [], []
     for s, n, dim in zip(start, size, data.shape):
         a, b = max(0, s), min(dim, s + n)
         sl.append(slice(a, b))
         pads.append((a - s, s + n - b))
-    block = np.asarray(data[tuple(sl)], dtype=np.float32)
+    block = np.asarray(data[tuple(sl)], dtype=dtype)
     if any(p != (0, 0) for p in pads):
         mode = "reflect" if all(p[0] < d and p[1] < d for p, d in zip(pads, block.shape)) else "symmetric"
         try:
@@ -83,6 +92,71 @@ def read_block(data: np.ndarray, start, size) -> np.ndarray:
 def normalisation_for(tomo: Tomogram, ckpt: Checkpoint | None = None) -> tuple[float, float]:
     norm = (ckpt.normalisation if ckpt is not None else {}) or {}
     return robust_normalisation(tomo.data, norm.get("lo", 0.5), norm.get("hi", 99.5))
+
+
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 8 << 30
+
+
+def _zeros(shape, dtype, on_disk: bool, scratch_dir: str | None) -> np.ndarray:
+    """A zero array in RAM, or memory-mapped on an unlinked scratch file (freed when the
+    array is; pages never written cost neither RAM nor disk)."""
+    if not on_disk:
+        return np.zeros(shape, dtype=dtype)
+    fd, name = tempfile.mkstemp(prefix="cryopicker-", suffix=".scratch", dir=scratch_dir)
+    os.close(fd)
+    try:
+        return np.memmap(name, dtype=dtype, mode="w+", shape=tuple(shape))
+    finally:
+        os.unlink(name)
+
+
+def _is_oom(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg))
+
+
+def _forward(net, blocks: list[np.ndarray], device: torch.device, bs: int, amp: bool):
+    """Class probabilities of normalised blocks, ``bs`` at a time. Out of memory: halve the
+    batch, and on a GPU at batch 1 move to the CPU, saying so. Returns (probabilities on
+    the CPU, net, device, batch size to use from now on)."""
+    out = []
+    i = 0
+    while i < len(blocks):
+        chunk = blocks[i : i + bs]
+        try:
+            x = torch.from_numpy(np.stack(chunk)[:, None]).to(device).contiguous(
+                memory_format=torch.channels_last_3d)
+            use_amp = amp and device.type == "cuda"
+            amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = net(x)
+            out.append(torch.softmax(logits.float(), dim=1).cpu())
+            i += len(chunk)
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not _is_oom(e):
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            tile = "x".join(str(n) for n in chunk[0].shape)
+            if bs > 1:
+                bs //= 2
+                warnings.warn(f"out of memory on {device.type} with {len(chunk)} tiles of {tile}; "
+                              f"going on with batches of {bs}", CryoPickerWarning, stacklevel=3)
+            elif device.type != "cpu":
+                device = torch.device("cpu")
+                net = net.to(device)
+                warnings.warn(f"out of GPU memory even for one tile of {tile}; going on on the CPU "
+                              "(slower): a smaller tile size fits the GPU", CryoPickerWarning, stacklevel=3)
+            else:
+                raise CryoPickerError(
+                    f"out of memory for one tile of {tile} voxels on the CPU: use a smaller tile "
+                    "(PredictConfig.tile / --tile) or close other programs") from None
+    return torch.cat(out), net, device, bs
 
 
 @torch.inference_mode()
@@ -111,43 +185,51 @@ def segment(
     tshape = _tile_shape(shape, config.tile, m, multiple)
     starts = [tile_starts(n, t, m) for n, t in zip(shape, tshape)]
     jobs = [(z, y, x) for z in starts[0] for y in starts[1] for x in starts[2]]
-    label = np.zeros(shape, dtype=np.uint8)
-    conf = np.zeros(shape, dtype=np.uint8)
+    limit = config.max_ram_output if config.max_ram_output is not None else _physical_memory() // 4
+    on_disk = 2 * int(np.prod(shape)) > limit
+    label = _zeros(shape, np.uint8, on_disk, config.scratch_dir)  # tiles skipped as empty stay 0
+    conf = _zeros(shape, np.uint8, on_disk, config.scratch_dir)
     full = np.zeros((n_classes + 1, *shape), dtype=np.float16) if config.keep_probability else None
+    if full is not None:
+        full[0] = 1.0
     centre, scale = norm
-    use_amp = config.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
     net.eval()
-    bs = max(1, int(config.batch_size))
+    bs = step = max(1, int(config.batch_size))  # bs shrinks if the device runs out of memory
     done = 0
-    for b0 in range(0, len(jobs), bs):
+    for b0 in range(0, len(jobs), step):
         progress.check()
-        batch = jobs[b0 : b0 + bs]
-        blocks = []
+        batch = jobs[b0 : b0 + step]
+        todo, empty = [], []
         for st in batch:
-            blk = read_block(data, [o + s - m for o, s in zip(origin, st)], tshape)
+            blk = read_block(data, [o + s - m for o, s in zip(origin, st)], tshape, dtype=None)
+            # a constant block (outside the reconstruction, a sparse file's holes) is skipped
+            empty.append(config.skip_empty and blk.min() == blk.max() and np.isfinite(blk.flat[0]))
+            if empty[-1]:
+                continue
+            blk = blk.astype(np.float32, copy=False)
             if lowpass > 0:
                 blk = ndimage.gaussian_filter(blk, lowpass)
-            blocks.append(normalise(blk, centre, scale))
-        x = torch.from_numpy(np.stack(blocks)[:, None]).to(device).contiguous(
-            memory_format=torch.channels_last_3d)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            logits = net(x)
-        p = torch.softmax(logits.float(), dim=1)
-        pmax, lab = p.max(dim=1)
-        lab = lab.to(torch.uint8).cpu().numpy()
-        pq = (pmax * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
-        pfull = p.half().cpu().numpy() if full is not None else None
-        for i, st in enumerate(batch):
+            todo.append(normalise(blk, centre, scale))
+        if todo:
+            p, net, device, bs = _forward(net, todo, device, bs, config.amp)
+            pmax, lab = p.max(dim=1)
+            lab = lab.to(torch.uint8).cpu().numpy()
+            pq = (pmax * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+            pfull = p.half().cpu().numpy() if full is not None else None
+        ran = -1
+        for st, is_empty in zip(batch, empty):
+            if is_empty:  # nothing to pick in a constant block: background, certain
+                continue
+            ran += 1
             dst, src = [], []
             for s, n, t in zip(st, shape, tshape):
                 keep = min(t - 2 * m, n - s)
                 dst.append(slice(s, s + keep))
                 src.append(slice(m, m + keep))
-            label[tuple(dst)] = lab[i][tuple(src)]
-            conf[tuple(dst)] = pq[i][tuple(src)]
+            label[tuple(dst)] = lab[ran][tuple(src)]
+            conf[tuple(dst)] = pq[ran][tuple(src)]
             if full is not None:
-                full[(slice(None), *dst)] = pfull[i][(slice(None), *src)]
+                full[(slice(None), *dst)] = pfull[ran][(slice(None), *src)]
         done += len(batch)
         progress.update(done, len(jobs), "inference")
     return label, conf, full
