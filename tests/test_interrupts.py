@@ -99,18 +99,17 @@ def _loadable(model: Path):
     return ck
 
 
-def test_training_killed_at_random_moments_leaves_a_loadable_model(tmp_path):
-    rnd = random.Random(4)
+def test_training_killed_at_a_random_moment_leaves_a_loadable_model(tmp_path):
     model = tmp_path / "model.pt"
-    for kill in range(2):
-        child = Child(TRAIN, str(model))
-        child.wait_for(lambda ln: ln.startswith("epoch"))  # the first epoch is over: a model was saved
-        assert model.exists()
-        time.sleep(rnd.uniform(0.0, 1.0))  # tens of epochs (and saves) later
-        child.kill()
-        epochs = [int(ln.split()[1]) for ln in child.lines if ln.startswith("epoch")]
-        ck = _loadable(model)
-        assert ck.best_epoch <= epochs[-1] + 1
+    child = Child(TRAIN, str(model))
+    child.wait_for(lambda ln: ln.startswith("epoch"))  # the first epoch is over: a model was saved
+    assert model.exists()
+    time.sleep(random.Random(4).uniform(0.2, 1.0))  # tens of epochs (and saves) later
+    child.kill()
+    epochs = [int(ln.split()[1]) for ln in child.lines if ln.startswith("epoch")]
+    assert len(epochs) > 1
+    ck = _loadable(model)
+    assert ck.best_epoch <= epochs[-1] + 1
 
 
 def test_training_killed_in_the_middle_of_a_save_keeps_the_previous_model(tmp_path):
@@ -182,7 +181,7 @@ def test_autosave_killed_during_saves_is_absent_or_a_complete_earlier_version(tm
             time.sleep(rnd.uniform(1.0, 2.0))
         else:
             child.wait_for(lambda ln: ln.startswith("saved"))
-            time.sleep(rnd.uniform(0.0, 1.5))
+            time.sleep(rnd.uniform(0.0, 1.0))
         child.kill()
         saved = [int(ln.split()[1]) for ln in child.lines if ln.startswith("saved")]
         if not path.exists():

@@ -335,7 +335,7 @@ ROUND_TRIPS = [
 @pytest.mark.parametrize("fmt, name, atol, keeps_source, keeps_angles, one_tomogram", ROUND_TRIPS,
                          ids=[f"{r[0]}-{r[1]}" for r in ROUND_TRIPS])
 def test_round_trip(tmp_path, fmt, name, atol, keeps_source, keeps_angles, one_tomogram):
-    @fuzz(30)
+    @fuzz(20)
     @given(picks=random_picks(one_tomogram=one_tomogram), binning=st.sampled_from([1.0, 2.0, 4.0]))
     def run(picks, binning):
         COUNT[f"round trip {fmt}"] += 1
