@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from napari_cryopicker.cli import main
 from napari_cryopicker.core.model import load_checkpoint
