@@ -52,3 +52,26 @@ def test_the_plugin_does_not_import_torch_until_work_starts():
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_scripted_demo_trains_picks_and_saves_the_window(tmp_path, qapp, monkeypatch):
+    """`napari-cryopicker --demo --screenshot`: sample -> training -> picking -> picture."""
+    import napari
+
+    from napari_cryopicker._napari.session import get_session
+
+    seen = {}
+    real_close = napari.Viewer.close
+
+    def spy_close(self):  # what the window showed when the screenshot was taken
+        s = get_session(self, create=False)
+        seen["layers"] = [layer.name for layer in self.layers]
+        seen["history"] = list(s.checkpoint.history) if s is not None and s.checkpoint is not None else None
+        return real_close(self)
+
+    monkeypatch.setattr(napari.Viewer, "close", spy_close)
+    out = tmp_path / "demo.png"
+    assert main(["--demo", "--epochs", "1", "--time-limit", "4", "--device", "cpu", "--screenshot", str(out)]) == 0
+    assert out.exists() and out.stat().st_size > 10_000
+    assert seen["history"] and seen["history"][0]["epoch"] == 1  # a model was trained
+    assert any(n.startswith("picks: ") for n in seen["layers"]), seen
