@@ -224,10 +224,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's own message invites loading the file unsafely: name only what kind of failure
+        why = ("it holds Python objects, which are never loaded (they could run code)"
+               if "weights_only" in str(e) or "Unsupported global" in str(e) else type(e).__name__)
         raise ModelError(
             f"{p}: not a cryopicker model, or it is corrupted or holds code that is not "
-            f"loaded for safety ({first[:200]})"
+            f"loaded for safety ({why})"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_TAG:
         raise ModelError(f"{p}: not a napari-cryopicker model file (no '{CHECKPOINT_TAG}' tag)")
@@ -250,8 +252,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         ckpt.build("cpu")  # validates that weights fit the architecture
     except ModelError:
         raise
+    except KeyError as e:
+        raise ModelError(f"{p}: model file is damaged or inconsistent (missing {e})") from None
     except Exception as e:
-        raise ModelError(f"{p}: model file is damaged or inconsistent ({str(e)[:200]})") from None
+        what = " ".join(str(e).split()) or type(e).__name__  # one line
+        raise ModelError(f"{p}: model file is damaged or inconsistent ({what[:200]})") from None
     return ckpt
 
 
