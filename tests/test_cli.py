@@ -63,6 +63,16 @@ def test_train_predict_round_trip(simdir, tmp_path, capsys):
                  "--out", str(out), "--threshold", "0.0", "--device", "cpu"]) == 0
     assert out.exists()
     assert "picks" in capsys.readouterr().out
+    # smaller tiles in batches of two give the same picks
+    out2 = tmp_path / "picks2.star"
+    assert main(["predict", "--model", str(model), "--tomogram", str(simdir / "tomogram.mrc"),
+                 "--out", str(out2), "--threshold", "0.0", "--device", "cpu", "--tile", "48",
+                 "--batch-size", "2"]) == 0
+    import starfile
+
+    a, b = (starfile.read(p) for p in (out, out2))
+    a, b = (x["particles"] if isinstance(x, dict) else x for x in (a, b))
+    assert len(b) > 0 and abs(len(a) - len(b)) <= max(2, len(a) // 10)
 
 
 @pytest.mark.parametrize(

@@ -259,6 +259,10 @@ def cmd_predict(a) -> int:
     tomos = [Path(t) for t in a.tomogram]
     outs = _outputs_for(Path(a.out), tomos)
     cfg = PredictConfig(device=a.device)
+    if a.tile:
+        cfg.tile = a.tile
+    if a.batch_size:
+        cfg.batch_size = a.batch_size
     if a.threshold is not None:
         cfg.nms = {"default": {"t_lm": a.threshold}}
     for tp, op in zip(tomos, outs):
@@ -349,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="picks file (.csv .star .tbl .json); a folder for several")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--threshold", type=float, default=None, help="minimum pick score (overrides the model's)")
+    r.add_argument("--tile", type=int, default=None, metavar="N",
+                   help="inference tile edge in voxels (default 160; smaller needs less memory)")
+    r.add_argument("--batch-size", type=int, default=None, metavar="N", help="tiles per forward pass (default 1)")
     b = r.add_argument_group("batch (several tomograms as tasks on Dask; docs/cluster.md)")
     b.add_argument("--tomograms", action="append", default=[], metavar="GLOB_OR_LISTFILE",
                    help="tomograms by glob ('data/**/*.mrc', quoted), list file (one path a line) or folder")
