@@ -42,47 +42,52 @@ class LossPlot:
             self.widget = QLabel("")
         self.update([])
 
+    def _style(self) -> None:
+        ax, ax2 = self.ax, self.ax2
+        for a in (ax, ax2):
+            a.set_facecolor("#262930")
+            a.tick_params(colors="#d0d0d0", labelsize=7)
+            for sp in a.spines.values():
+                sp.set_color("#808080")
+        ax.set_xlabel("epoch", color="#d0d0d0", fontsize=7)
+        ax.set_ylabel("loss", color="#d0d0d0", fontsize=7)
+        ax2.set_ylabel("F1", color="#d0d0d0", fontsize=7)
+        ax2.set_ylim(0, 1)
+        (self.l_train,) = ax.plot([], [], "-o", ms=2, color="#56B4E9", label="train loss")
+        (self.l_val,) = ax.plot([], [], "-o", ms=2, color="#E69F00", label="val loss")
+        (self.l_f1,) = ax2.plot([], [], "--", color="#009E73", label="val F1")
+        leg = ax.legend([self.l_train, self.l_val, self.l_f1], ["train loss", "val loss", "val F1"],
+                        fontsize=6, loc="upper right", framealpha=0.3)
+        for t in leg.get_texts():
+            t.set_color("#d0d0d0")
+        self.empty_text = ax.text(0.5, 0.5, "losses appear here during training", ha="center", va="center",
+                                  color="#909090", fontsize=8, transform=ax.transAxes)
+
     def update(self, history: list[dict]) -> None:
         if self.figure is None:
             last = history[-1] if history else {}
             self.widget.setText(", ".join(f"{k}={v:.3g}" for k, v in last.items()
                                           if isinstance(v, (int, float))))
             return
-        ax, ax2 = self.ax, self.ax2
-        ax.clear()
-        ax2.clear()
-        for a in (ax, ax2):
-            a.set_facecolor("#262930")
-            a.tick_params(colors="#d0d0d0", labelsize=7)
-            for sp in a.spines.values():
-                sp.set_color("#808080")
+        # the artists are made once and only their data changes: clearing twinned axes on
+        # every epoch is slow and has hit matplotlib recursion errors
+        if not hasattr(self, "l_train"):
+            self._style()
         ep = [h.get("epoch", i + 1) for i, h in enumerate(history)]
 
         def series(key):
             pts = [(e, h[key]) for e, h in zip(ep, history) if h.get(key) is not None]
             return ([p[0] for p in pts], [p[1] for p in pts])
 
-        x, y = series("train_loss")
-        ax.plot(x, y, "-o", ms=2, color="#56B4E9", label="train loss")
-        x, y = series("val_loss")
-        if x:
-            ax.plot(x, y, "-o", ms=2, color="#E69F00", label="val loss")
-        x, y = series("val_f1")
-        if x:
-            ax2.plot(x, y, "--", color="#009E73", label="val F1")
-            ax2.set_ylim(0, 1)
-        ax.set_xlabel("epoch", color="#d0d0d0", fontsize=7)
-        ax.set_ylabel("loss", color="#d0d0d0", fontsize=7)
-        ax2.set_ylabel("F1", color="#d0d0d0", fontsize=7)
-        if history:
-            h1, l1 = ax.get_legend_handles_labels()
-            h2, l2 = ax2.get_legend_handles_labels()
-            leg = ax.legend(h1 + h2, l1 + l2, fontsize=6, loc="upper right", framealpha=0.3)
-            for t in leg.get_texts():
-                t.set_color("#d0d0d0")
-        else:
-            ax.text(0.5, 0.5, "losses appear here during training", ha="center", va="center",
-                    color="#909090", fontsize=8, transform=ax.transAxes)
+        self.l_train.set_data(*series("train_loss"))
+        self.l_val.set_data(*series("val_loss"))
+        self.l_f1.set_data(*series("val_f1"))
+        self.empty_text.set_visible(not history)
+        self.ax.relim()
+        self.ax.autoscale_view()
+        if ep:
+            lo, hi = min(ep), max(ep)
+            self.ax.set_xlim(lo - 0.5, hi + 0.5)
         self.canvas.draw_idle()
 
 
