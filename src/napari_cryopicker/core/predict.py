@@ -52,9 +52,15 @@ class PredictResult:
 
 
 def _tile_shape(shape, tile: int, margin: int, multiple: int) -> tuple[int, ...]:
+    """Per-axis tile edge: no larger than ``tile``, and as small as covers the axis with the
+    fewest tiles (200 voxels with tile 160 and margin 12 -> two tiles of 128, not of 160:
+    the overhead of computing voxels twice or past the edge drops from 2.5x to 1.8x on a
+    200 x 512 x 512 tomogram)."""
     out = []
     for n in shape:
-        want = min(tile, n + 2 * margin)
+        step = max(multiple, tile - 2 * margin)
+        k = max(1, math.ceil(n / step))
+        want = math.ceil(n / k) + 2 * margin
         want = int(math.ceil(want / multiple) * multiple)
         out.append(max(want, multiple, 2 * margin + multiple))
     return tuple(out)
