@@ -29,6 +29,8 @@ class MemWatch:
     def __init__(self, interval: float = 0.02):
         self.interval = interval
         self.peak: dict[str, float] = {}
+        self.phase = "main"  # samples are also attributed to the phase running when taken
+        self.phase_peak: dict[str, dict[str, float]] = {}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -39,9 +41,12 @@ class MemWatch:
 
     def sample(self) -> dict[str, float]:
         s = _status()
+        ph = self.phase_peak.setdefault(self.phase, {})
         for k, v in s.items():
             if v > self.peak.get(k, 0.0):
                 self.peak[k] = v
+            if v > ph.get(k, 0.0):
+                ph[k] = v
         return s
 
     def start(self) -> MemWatch:

@@ -130,33 +130,39 @@ def main() -> None:
         variants.append(("fp32 channels_last, BN folded", "cl", torch.float32, True))
     nets = {"cl": net.to(memory_format=torch.channels_last_3d), "plain": ResUNet(mc).eval()}
     nets["plain"].load_state_dict(net.state_dict())
-    ref = None
-    rows = []
-    for name, fmt, dt, fold in variants:
-        m = nets[fmt] if not fold else fold_bn(nets[fmt])
-        xx = x.contiguous(memory_format=torch.channels_last_3d) if fmt == "cl" else x
-        best = float("inf")
+    models = [nets[fmt] if not fold else fold_bn(nets[fmt]) for _, fmt, _, fold in variants]
+    inputs = [x.contiguous(memory_format=torch.channels_last_3d) if fmt == "cl" else x for _, fmt, _, _ in variants]
+
+    def run(i):
+        dt = variants[i][2]
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dt == torch.bfloat16):
-            out = m(xx)  # warm-up (oneDNN primitive creation, first-touch of buffers)
-            for _ in range(a.repeat):
-                t = time.perf_counter()
-                out = m(xx)
-                best = min(best, time.perf_counter() - t)
-            out = out.float().argmax(1)
-        agree = 1.0 if ref is None else float((out == ref).float().mean())
-        if ref is None:
-            ref = out
+            t = time.perf_counter()
+            out = models[i](inputs[i])
+            return time.perf_counter() - t, out
+
+    outs = [run(i)[1].float().argmax(1) for i in range(len(variants))]  # warm-up + arg-max for agreement
+    times = [[] for _ in variants]
+    for _ in range(a.repeat):  # round-robin: each round runs every variant once, and the matmul peak
+        p32 = max(p32, mm_peak(torch.float32, repeat=2))
+        for i in range(len(variants)):
+            times[i].append(run(i)[0])
+            print(f"#   {variants[i][0]}: {times[i][-1]:.2f} s", flush=True)
+    ref = outs[0]
+    rows = []
+    for i, (name, fmt, dt, fold) in enumerate(variants):
+        best = min(times[i])
+        agree = float((outs[i] == ref).float().mean())
         g = flop / best / 1e9
         rows.append([name, f"{best:.2f}", f"{vox / best / 1e6:.2f}", f"{g:.0f}", f"{g / p32:.0%}",
                      f"{g / (p16 if dt == torch.bfloat16 else p32):.0%}", f"{agree:.4f}"])
-        print(f"#   {name}: {best:.2f} s", flush=True)
     print()
     print(C.table(["variant", "s/tile", "Mvox/s", "GFLOP/s", "of fp32 mm peak", "of own-dtype peak",
                    "arg-max = fp32"], rows,
                   title=f"The default network on one {n}^3 tile ({vox / 1e6:.1f} Mvoxel, {flop / 1e9:.0f} GFLOP), "
-                        f"eager, {torch.get_num_threads()} threads, best of {a.repeat} after a warm-up"))
-    t_cl, t_plain = float(rows[0][1]), float(rows[1][1])
-    print(f"RATIO contiguous/channels_last = {t_plain / t_cl:.2f}x per tile")
+                        f"eager, {torch.get_num_threads()} threads, best of {a.repeat} rounds (round-robin) after a warm-up"))
+    paired = [b / c for b, c in zip(times[1], times[0])]
+    print(f"RATIO contiguous/channels_last per tile: best {min(times[1]) / min(times[0]):.2f}x, per round "
+          + ", ".join(f"{r:.2f}x" for r in paired) + f"; fp32 matmul peak (best over the run) {p32:.0f} GFLOP/s")
     if not fast16 and not a.no_variants:  # bf16 is emulated here: time it on a small tile only
         k = 32
         xs = torch.randn(1, 1, k, k, k).contiguous(memory_format=torch.channels_last_3d)

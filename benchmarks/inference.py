@@ -1,5 +1,5 @@
 """Inference throughput: `cryopicker predict` (sliding-window inference + MP-NMS + picks file)
-on a simulated 200x512x512 tomogram, against a plain baseline, each in a fresh process.
+on a simulated 200x512x512 tomogram, against a plain baseline timed in the same process.
 
 ours      the real code path of ``cryopicker predict``: ``open_tomogram`` (memory map),
           ``load_checkpoint``, ``predict_picks(tomo, ckpt, PredictConfig(device="cpu"))``
@@ -10,18 +10,25 @@ baseline  the plain way: the whole volume read into RAM as float32, the network 
           ``torch.no_grad``, the *same* tiling (tile 160, margin 12, mirror padding) and
           stitching, then the same ``mp_nms`` and ``write_picks``.
 
-The split of the time comes from timing wrappers around module functions that
+Timing (noise-robust): one fresh process runs 'ours' and, from predict's progress
+callback after each of ours' tiles, a baseline tile (every tile with
+``--baseline-tiles 0``, else that many tiles evenly spread; default 8 — all tiles have
+the same shape, so the cost per tile is the same and the baseline's inference time is
+extrapolated from the paired per-tile ratio). Ours and baseline tiles alternate, so a
+change in the machine's load hits both alike; the callback's time is taken out of
+ours. The split of ours' time comes from timing wrappers around module functions that
 ``predict_picks`` looks up at call time (``normalisation_for``, ``read_block``,
-``mp_nms``); they add microseconds. Both variants run in fresh subprocesses launched
-back to back by this script (so their peak memory is separable), and the ratios are
-computed here; each child also measures the machine's current matmul speed at its start
-and end, so a variant slowed down by other jobs on the machine shows up.
+``mp_nms``). The baseline's MP-NMS and picks writing run in the same process after
+ours, on the same map (or, with ``--baseline-tiles 0``, on its own map, and its picks are
+compared with ours).
 
-By default the baseline runs only ``--baseline-tiles 8`` of the tiles (evenly spread; all
-tiles have the same shape, so the cost per tile is the same) and its inference time is
-extrapolated to all tiles; its MP-NMS then runs on the label map 'ours' produced (saved
-to the cache). ``--baseline-tiles 0`` runs the whole baseline and checks that its picks
-equal ours. Page cache: the tomogram was just written or read, so reads are from RAM.
+Memory (separable): ours' peak is the peak while ours' phases ran in that process
+(samples of /proc/self/status every 20 ms, attributed to the phase running); the
+baseline's peak comes from a second fresh process that loads the whole volume, runs two
+tiles, fills its stitched output (with ours' map: as touched as after a full run), then
+runs MP-NMS and writes the picks: everything a full baseline run holds at its peak. That
+process also times the baseline's whole-volume read. Page cache: the tomogram was just
+written or read, so reads come from RAM, not disk.
 
     nice -n 10 .venv/bin/python benchmarks/inference.py [--shape 200x512x512] [--model M.pt]
 """
@@ -40,15 +47,12 @@ import warnings
 import _common as C  # noqa: E402  (sets sys.path)
 
 
-# ----------------------------------------------------------------------------- children
 class Timers:
     def __init__(self):
         self.t: dict[str, float] = {}
-        self.n: dict[str, int] = {}
 
     def add(self, key: str, dt: float) -> None:
         self.t[key] = self.t.get(key, 0.0) + dt
-        self.n[key] = self.n.get(key, 0) + 1
 
     def wrap(self, key: str, fn):
         def inner(*a, **k):
@@ -70,7 +74,61 @@ def _tiling(shape, tile: int, margin: int, multiple: int):
     return tshape, jobs
 
 
+class Baseline:
+    """The plain way, one tile at a time: contiguous fp32 network under no_grad."""
+
+    def __init__(self, ckpt, data, shape, tile: int, norm, keep_output: bool, margin: int = 12):
+        import numpy as np
+
+        self.net = ckpt.build("cpu").eval()  # default contiguous layout
+        self.data, self.shape, self.m = data, tuple(shape), margin
+        self.tshape, self.jobs = _tiling(shape, tile, margin, ckpt.model_config.multiple)
+        self.centre, self.scale = norm
+        if keep_output:
+            self.label = np.zeros(self.shape, np.uint8)
+            self.conf = np.zeros(self.shape, np.uint8)
+        else:  # sampled: stitch into a scratch buffer (same copying cost, no full-size output)
+            self.label = self.conf = None
+        self.T = Timers()
+
+    def tile(self, j: int) -> float:
+        import numpy as np
+        import torch
+
+        from napari_cryopicker.core.predict import read_block
+        from napari_cryopicker.core.tomogram import normalise
+
+        st, m = self.jobs[j], self.m
+        t0 = time.perf_counter()
+        blk = read_block(self.data, [s - m for s in st], self.tshape)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            blk = normalise(blk, self.centre, self.scale)
+            p = torch.softmax(self.net(torch.from_numpy(blk)[None, None]), dim=1)
+            pmax, lab = p.max(dim=1)
+            lab = lab.to(torch.uint8).numpy()[0]
+            pq = (pmax * 255.0 + 0.5).to(torch.uint8).numpy()[0]
+        dst, src = [], []
+        for s, n, tt in zip(st, self.shape, self.tshape):
+            keep = min(tt - 2 * m, n - s)
+            dst.append(slice(s, s + keep))
+            src.append(slice(m, m + keep))
+        if self.label is not None:
+            self.label[tuple(dst)] = lab[tuple(src)]
+            self.conf[tuple(dst)] = pq[tuple(src)]
+        else:
+            np.copyto(np.empty_like(lab[tuple(src)]), lab[tuple(src)])
+            np.copyto(np.empty_like(pq[tuple(src)]), pq[tuple(src)])
+        t2 = time.perf_counter()
+        self.T.add("tile_read", t1 - t0)
+        self.T.add("network", t2 - t1)
+        return t2 - t0
+
+
+# ----------------------------------------------------------------------------- children
 def child_ours(a) -> dict:
+    """Ours (the real predict path) in this fresh process; with --interleave, baseline
+    tiles alternate with ours' tiles (from predict's progress callback)."""
     import numpy as np
     import torch
 
@@ -78,28 +136,23 @@ def child_ours(a) -> dict:
     from napari_cryopicker.core import predict as P
     from napari_cryopicker.core.formats import write_picks
     from napari_cryopicker.core.progress import Progress
-    from napari_cryopicker.core.tomogram import open_tomogram
+    from napari_cryopicker.core.tomogram import open_tomogram, robust_normalisation
 
     mw = MemWatch().start()
+    mw.phase = "ours"
     calib0 = C.calibrate()
     T = Timers()
     P.normalisation_for = T.wrap("norm", P.normalisation_for)
     P.read_block = T.wrap("tile_read", P.read_block)
     nms_args = {}
-    real_nms = T.wrap("nms", P.mp_nms)
+    orig_nms = P.mp_nms
+    real_nms = T.wrap("nms", orig_nms)
 
     def nms_capture(label, prob, *args, **kw):
-        nms_args["label"], nms_args["prob"] = label, prob
+        nms_args.update(label=label, prob=prob, args=args, kw=kw)
         return real_nms(label, prob, *args, **kw)
 
     P.mp_nms = nms_capture
-    tile_times = []
-
-    def cb(done, total, msg):
-        if msg == "inference":
-            tile_times.append(time.perf_counter())
-
-    t_all = time.perf_counter()
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -108,118 +161,132 @@ def child_ours(a) -> dict:
     t = time.perf_counter()
     ckpt, desc = C.resolve_model(a.model)
     T.add("model", time.perf_counter() - t)
+
+    base = None
+    selected: set[int] = set()
+    if a.interleave:
+        nm = ckpt.normalisation or {}
+        norm = robust_normalisation(tomo.data, nm.get("lo", 0.5), nm.get("hi", 99.5))
+        t = time.perf_counter()
+        base = Baseline(ckpt, tomo.data, tomo.shape, a.tile, norm, keep_output=a.interleave < 0)
+        t_base_model = time.perf_counter() - t
+        n = len(base.jobs)
+        k = n if a.interleave < 0 else min(n, a.interleave)
+        selected = set(np.unique(np.linspace(0, n - 1, k).round().astype(int)).tolist())
+
+    ours_tile, base_tile, pairs = [], [], []
+    state = {"last": 0.0, "cb": 0.0}
+
+    def cb(done, total, msg):
+        if msg != "inference":
+            return
+        now = time.perf_counter()
+        ours_tile.append(now - state["last"])
+        j = done - 1
+        if j in selected:
+            mw.sample()
+            mw.phase = "baseline"
+            bt = base.tile(j)
+            mw.sample()
+            mw.phase = "ours"
+            base_tile.append(bt)
+            pairs.append((ours_tile[-1], bt))
+        state["last"] = time.perf_counter()
+        state["cb"] += state["last"] - now
+
     cfg = P.PredictConfig(device="cpu", tile=a.tile, batch_size=a.batch_size)
     t = time.perf_counter()
+    state["last"] = t
     res = P.predict_picks(tomo, ckpt, cfg, progress=Progress(callback=cb))
-    T.add("predict", time.perf_counter() - t)
-    mid = mw.sample()
+    T.add("predict", time.perf_counter() - t - state["cb"])
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         write_picks(res.picks, os.path.join(d, "picks.csv"), voxel_size=tomo.voxel_size,
                     tomogram_shape=tomo.shape, tomogram=tomo.name)
         T.add("write", time.perf_counter() - t)
-    total = time.perf_counter() - t_all
+    mw.sample()
+    ours_peak = dict(mw.phase_peak.get("ours", {}))
+    t_ours = sum(T.t[k] for k in ("open", "model", "predict", "write"))
+    tt = dict(T.t)
+    # ours' network + stitching time: the tiles' intervals less the wrapped parts
+    tt["network"] = sum(ours_tile) - tt.get("norm", 0) - tt.get("tile_read", 0)
+    tt["other"] = tt.pop("predict") - sum(ours_tile) - tt.get("nms", 0)
+    out = {"model": desc, "threads": torch.get_num_threads(), "voxels": float(math.prod(tomo.shape)),
+           "n_tiles": len(ours_tile), "tile_s": float(np.median(ours_tile[1:] if len(ours_tile) > 2 else ours_tile)),
+           "ours": {"times": tt, "total": t_ours, "peak_anon_mb": ours_peak.get("RssAnon"),
+                    "peak_rss_mb": ours_peak.get("VmRSS"), "n_picks": len(res.picks)}}
+
+    if base is not None:  # the baseline's MP-NMS and writing, same process, same map
+        mw.phase = "baseline-nms"
+        if base.label is not None:
+            label, conf = base.label, base.conf
+        else:
+            label, conf = nms_args["label"], nms_args["prob"]
+        t = time.perf_counter()
+        bp = orig_nms(label, conf, *nms_args["args"], **nms_args["kw"])
+        b_nms = time.perf_counter() - t
+        with tempfile.TemporaryDirectory() as d:
+            t = time.perf_counter()
+            write_picks(bp, os.path.join(d, "picks.csv"), voxel_size=tomo.voxel_size, tomogram_shape=tomo.shape,
+                        tomogram=tomo.name)
+            b_write = time.perf_counter() - t
+        f = len(base.jobs) / len(base_tile)
+        bt = dict(base.T.t)
+        out["baseline"] = {"times": {"model": t_base_model, "tile_read": bt["tile_read"] * f,
+                                     "network": bt["network"] * f, "nms": b_nms, "write": b_write},
+                           "tiles_run": len(base_tile), "sampled": len(base_tile) < len(base.jobs),
+                           "tile_s": float(np.median(base_tile[1:] if len(base_tile) > 2 else base_tile)),
+                           "n_picks": len(bp)}
+        out["pairs"] = pairs
+        if base.label is not None and a.truth:
+            out["baseline"]["f1"] = _f1(bp, a)
+            po, pb = np.sort(res.picks.zyx, 0), np.sort(bp.zyx, 0)
+            out["same_picks"] = bool(len(po) == len(pb) and np.allclose(po, pb, atol=1e-3))
     peak = mw.stop()
-    calib1 = C.calibrate()
-    if a.save_map:  # the MP-NMS input, for the sampled baseline's MP-NMS (not timed)
+    out["calib"] = [calib0, C.calibrate()]
+    out["process_peak_anon_mb"] = peak.get("RssAnon")
+    if a.truth:
+        out["ours"]["f1"] = _f1(res.picks, a)
+    if a.save_map:  # the MP-NMS input, for the baseline's memory process (not timed)
         np.save(a.save_map + ".label.npy", nms_args["label"])
         np.save(a.save_map + ".conf.npy", nms_args["prob"])
-    out = _summary(T, total, tomo.shape, peak, calib0, calib1, len(res.picks))
-    tt = T.t["predict"] - T.t.get("norm", 0) - T.t.get("nms", 0)
-    out.update(model=desc, n_tiles=len(tile_times), rss_after_predict_mb=mid.get("VmRSS"),
-               tile_s=float(np.median(np.diff(tile_times))) if len(tile_times) > 2 else tt / max(1, len(tile_times)),
-               threads=torch.get_num_threads())
-    if a.truth:
-        out["f1"] = _f1(res.picks, a)
-        out["picks"] = res.picks.zyx.tolist() if a.keep_picks else None
     return out
 
 
-def child_baseline(a) -> dict:
+def child_baseline_memory(a) -> dict:
+    """A fresh process holding what a full baseline run holds at its peak; times the
+    whole-volume read and the normalisation statistics on the in-RAM volume."""
     import mrcfile
     import numpy as np
-    import torch
 
     from _memwatch import MemWatch
     from napari_cryopicker.core.formats import write_picks
     from napari_cryopicker.core.nms import mp_nms
-    from napari_cryopicker.core.predict import merged_nms_params, read_block
-    from napari_cryopicker.core.tomogram import normalise, robust_normalisation
+    from napari_cryopicker.core.predict import merged_nms_params
+    from napari_cryopicker.core.tomogram import robust_normalisation
 
     mw = MemWatch().start()
-    calib0 = C.calibrate()
     T = Timers()
-    t_all = time.perf_counter()
     t = time.perf_counter()
     with mrcfile.open(a.tomo, mode="r", permissive=True) as m:
         vol = np.array(m.data, dtype=np.float32)  # the whole volume in RAM
         vs = float(m.voxel_size.x)
     T.add("open", time.perf_counter() - t)
+    ckpt, _ = C.resolve_model(a.model)
+    nm = ckpt.normalisation or {}
     t = time.perf_counter()
-    ckpt, desc = C.resolve_model(a.model)
-    net = ckpt.build("cpu").eval()  # default contiguous layout
-    T.add("model", time.perf_counter() - t)
-    mc = ckpt.model_config
-    t = time.perf_counter()
-    norm = ckpt.normalisation or {}
-    centre, scale = robust_normalisation(vol, norm.get("lo", 0.5), norm.get("hi", 99.5))
+    norm = robust_normalisation(vol, nm.get("lo", 0.5), nm.get("hi", 99.5))
     T.add("norm", time.perf_counter() - t)
-    shape = vol.shape
-    mg = 12
-    tshape, jobs = _tiling(shape, a.tile, mg, mc.multiple)
-    n_run = len(jobs) if a.baseline_tiles <= 0 else min(len(jobs), a.baseline_tiles)
-    pick = np.unique(np.linspace(0, len(jobs) - 1, n_run).round().astype(int))
-    label = np.zeros(shape, np.uint8)
-    conf = np.zeros(shape, np.uint8)
-    tile_s = []
-    with torch.no_grad():
-        for j in pick:
-            st = jobs[j]
-            t = time.perf_counter()
-            blk = normalise(read_block(vol, [s - mg for s in st], tshape), centre, scale)
-            t1 = time.perf_counter()
-            T.add("tile_read", t1 - t)
-            p = torch.softmax(net(torch.from_numpy(blk)[None, None]), dim=1)
-            pmax, lab = p.max(dim=1)
-            lab = lab.to(torch.uint8).numpy()[0]
-            pq = (pmax * 255.0 + 0.5).to(torch.uint8).numpy()[0]
-            dst, src = [], []
-            for s, n, tt in zip(st, shape, tshape):
-                keep = min(tt - 2 * mg, n - s)
-                dst.append(slice(s, s + keep))
-                src.append(slice(mg, mg + keep))
-            label[tuple(dst)] = lab[tuple(src)]
-            conf[tuple(dst)] = pq[tuple(src)]
-            T.add("network", time.perf_counter() - t1)
-            tile_s.append(time.perf_counter() - t)
-    sampled = len(pick) < len(jobs)
-    if sampled:  # extrapolate the per-tile costs to every tile
-        f = len(jobs) / len(pick)
-        T.t["tile_read"] *= f
-        T.t["network"] *= f
-        label = np.load(a.save_map + ".label.npy")  # ours' MP-NMS input (the same map)
-        conf = np.load(a.save_map + ".conf.npy")
-    params = merged_nms_params(ckpt, {})
-    t = time.perf_counter()
-    picks = mp_nms(label, conf, ckpt.classes, params or None, tomogram=os.path.splitext(os.path.basename(a.tomo))[0],
-                   voxel_size=vs)
-    T.add("nms", time.perf_counter() - t)
+    base = Baseline(ckpt, vol, vol.shape, a.tile, norm, keep_output=True)
+    for j in sorted({0, len(base.jobs) // 2}):
+        base.tile(j)
+    np.copyto(base.label, np.load(a.save_map + ".label.npy"))  # as touched as after all tiles
+    np.copyto(base.conf, np.load(a.save_map + ".conf.npy"))
+    picks = mp_nms(base.label, base.conf, ckpt.classes, merged_nms_params(ckpt, {}) or None, voxel_size=vs)
     with tempfile.TemporaryDirectory() as d:
-        t = time.perf_counter()
-        write_picks(picks, os.path.join(d, "picks.csv"), voxel_size=vs, tomogram_shape=shape, tomogram="tomogram")
-        T.add("write", time.perf_counter() - t)
-    total = time.perf_counter() - t_all
-    if sampled:
-        total += (T.t["tile_read"] + T.t["network"]) * (1 - 1 / f)
+        write_picks(picks, os.path.join(d, "picks.csv"), voxel_size=vs, tomogram_shape=vol.shape)
     peak = mw.stop()
-    calib1 = C.calibrate()
-    out = _summary(T, total, shape, peak, calib0, calib1, len(picks))
-    out.update(model=desc, n_tiles=len(jobs), tiles_run=int(len(pick)), sampled=sampled,
-               tile_s=float(np.median(tile_s)), threads=torch.get_num_threads())
-    if a.truth and not sampled:
-        out["f1"] = _f1(picks, a)
-        out["picks"] = picks.zyx.tolist() if a.keep_picks else None
-    return out
+    return {"times": T.t, "peak_anon_mb": peak.get("RssAnon"), "peak_rss_mb": C.peak_rss_mb()}
 
 
 def _f1(picks, a) -> float:
@@ -229,46 +296,26 @@ def _f1(picks, a) -> float:
     return evaluate(picks.with_tomogram("tomogram"), truth, classes).overall.f1
 
 
-def _summary(T: Timers, total, shape, peak, calib0, calib1, n_picks) -> dict:
-    t = dict(T.t)
-    if "predict" in t:  # ours: the network time is what predict spent outside the wrapped parts
-        t["network"] = t.pop("predict") - t.get("norm", 0) - t.get("tile_read", 0) - t.get("nms", 0)
-    vox = float(math.prod(shape))
-    return {"times": t, "total": total, "voxels": vox, "mvox_s": vox / 1e6 / total,
-            "peak_rss_mb": C.peak_rss_mb(), "peak_anon_mb": peak.get("RssAnon"),
-            "peak_file_mb": peak.get("RssFile"), "calib": [calib0, calib1], "n_picks": n_picks}
-
-
 # ----------------------------------------------------------------------------- driver
-def run_variant(variant: str, tomo, a, extra: list[str] | None = None) -> dict:
-    argv = [os.path.abspath(__file__), "--child", variant, "--tomo", str(tomo), "--tile", str(a.tile),
-            "--baseline-tiles", str(a.baseline_tiles), "--seed", str(a.seed), "--batch-size", str(a.batch_size)]
-    if a.model:
-        argv += ["--model", a.model]
-    return C.run_child(argv + (extra or []))
+HEAD = ["variant", "open s", "model s", "norm s", "tile reads s", "network+stitch s", "MP-NMS s", "write s",
+        "total s", "Mvox/s", "s/tile", "peak anon MB", "peak RSS MB"]
 
 
-def row(name: str, r: dict) -> list:
-    t = r["times"]
-    return [name, f"{t.get('open', 0):.1f}", f"{t.get('model', 0):.2f}", f"{t.get('norm', 0):.2f}",
+def row(name: str, v: dict, voxels: float) -> list:
+    t = v["times"]
+    return [name, f"{t.get('open', 0):.2f}", f"{t.get('model', 0):.2f}", f"{t.get('norm', 0):.2f}",
             f"{t.get('tile_read', 0):.1f}", f"{t.get('network', 0):.1f}", f"{t.get('nms', 0):.1f}",
-            f"{t.get('write', 0):.2f}", f"{r['total']:.1f}", f"{r['mvox_s']:.3f}", f"{r['tile_s']:.2f}",
-            f"{r['peak_rss_mb']:.0f}", f"{r['peak_anon_mb']:.0f}", f"{r['calib'][0]:.0f}/{r['calib'][1]:.0f}"]
-
-
-HEAD = ["variant", "open s", "model s", "norm s", "tile reads s", "network s", "MP-NMS s", "write s", "total s",
-        "Mvox/s", "s/tile", "peak RSS MB", "peak anon MB", "GFLOP/s calib"]
+            f"{t.get('write', 0):.2f}", f"{v['total']:.1f}", f"{voxels / 1e6 / v['total']:.3f}", f"{v['tile_s']:.2f}",
+            f"{v['peak_anon_mb']:.0f}", f"{v['peak_rss_mb']:.0f}"]
 
 
 def tiling_table(shape, multiple: int, margin: int = 12) -> str:
-    import math as m
-
     rows = []
-    vox = m.prod(shape)
+    vox = math.prod(shape)
     for tile in (96, 128, 160, 192, 224, 256, 288):
         tshape, jobs = _tiling(shape, tile, margin, multiple)
-        proc = len(jobs) * m.prod(tshape)
-        act = 16 * 4 * m.prod(tshape) / 2**20  # one first-level activation (16 ch fp32)
+        proc = len(jobs) * math.prod(tshape)
+        act = 16 * 4 * math.prod(tshape) / 2**20  # one first-level activation (16 ch fp32)
         rows.append([tile, "x".join(map(str, tshape)), len(jobs), f"{proc / 1e6:.0f}", f"{proc / vox:.2f}",
                      f"{act:.0f}"])
     return C.table(["tile", "tile shape", "tiles", "Mvox run", "run/output", "MB per 16-ch act."], rows,
@@ -284,17 +331,17 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=1, help="PredictConfig.batch_size for 'ours'")
     ap.add_argument("--baseline-tiles", type=int, default=8,
-                    help="tiles the baseline really runs (extrapolated to all); 0 = all (slow)")
+                    help="baseline tiles interleaved with ours' (extrapolated to all); 0 = every tile (slower)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--seed", type=int, default=2000)
-    ap.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["ours", "baseline-memory"], help=argparse.SUPPRESS)
+    ap.add_argument("--interleave", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--tomo", help=argparse.SUPPRESS)
     ap.add_argument("--truth", help=argparse.SUPPRESS)
     ap.add_argument("--save-map", help=argparse.SUPPRESS)
-    ap.add_argument("--keep-picks", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        C.emit((child_ours if a.child == "ours" else child_baseline)(a))
+        C.emit(child_ours(a) if a.child == "ours" else child_baseline_memory(a))
         return
 
     shape = C.parse_shape(a.shape)
@@ -308,43 +355,54 @@ def main() -> None:
     print(f"# tiling: {len(jobs)} tiles of {C.shape_str(tshape)} (margin 12) = "
           f"{len(jobs) * math.prod(tshape) / math.prod(shape):.2f}x the output voxels")
     mapbase = str(C.CACHE / f"map_{C.shape_str(shape)}_s{a.seed}")
-    full = a.baseline_tiles <= 0 or a.baseline_tiles >= len(jobs)
-    extra = ["--truth", json.dumps(list(shape)), "--save-map", mapbase] + (["--keep-picks"] if full else [])
-    print("# running 'ours' (fresh process) ...", flush=True)
-    ours = run_variant("ours", tomo, a, extra)
-    rows = [row("ours", ours)]
-    base = None
-    if not a.skip_baseline:
-        print(f"# running the baseline (fresh process, {'all' if full else a.baseline_tiles} tiles) ...", flush=True)
-        base = run_variant("baseline", tomo, a, extra)
-        rows.append(row("baseline" + (" (extrap.)" if base.get("sampled") else ""), base))
-    print()
-    print(C.table(HEAD, rows, title=f"cryopicker predict on {C.shape_str(shape)} ({ours['voxels'] / 1e6:.1f} Mvoxel), "
-                                    f"{ours['threads']} threads, CPU"))
-    print(f"ours: {ours['n_picks']} picks, F1 vs truth {ours.get('f1', float('nan')):.3f}; "
-          f"peak anon - 2 B/voxel stitched output = {ours['peak_anon_mb'] - 2 * ours['voxels'] / 2**20:.0f} MB")
+    inter = 0 if a.skip_baseline else (-1 if a.baseline_tiles <= 0 else a.baseline_tiles)
+    common = ["--tomo", str(tomo), "--tile", str(a.tile), "--seed", str(a.seed), "--save-map", mapbase]
+    if a.model:
+        common += ["--model", a.model]
+    print(f"# process 1: ours (real predict path) with {'no' if not inter else 'all' if inter < 0 else inter} "
+          "baseline tiles interleaved ...", flush=True)
+    r = C.run_child([os.path.abspath(__file__), "--child", "ours", "--interleave", str(inter), "--batch-size",
+                     str(a.batch_size), "--truth", json.dumps(list(shape))] + common)
+    ours, vox = r["ours"], r["voxels"]
+    ours["tile_s"] = r["tile_s"]
+    rows = [row("ours", ours, vox)]
+    base = r.get("baseline")
     if base is not None:
+        print("# process 2: the baseline's memory (whole volume in RAM, 2 tiles, full output, MP-NMS) ...", flush=True)
+        mem = C.run_child([os.path.abspath(__file__), "--child", "baseline-memory"] + common)
+        base["times"].update(open=mem["times"]["open"], norm=mem["times"]["norm"])
+        base["total"] = sum(base["times"].values())
+        base["peak_anon_mb"], base["peak_rss_mb"] = mem["peak_anon_mb"], mem["peak_rss_mb"]
+        rows.append(row("baseline" + (" (extrap.)" if base["sampled"] else ""), base, vox))
+    print()
+    print(C.table(HEAD, rows, title=f"cryopicker predict on {C.shape_str(shape)} ({vox / 1e6:.1f} Mvoxel), "
+                                    f"{r['threads']} threads, CPU; machine speed (fp32 matmul) "
+                                    f"{r['calib'][0]:.0f} -> {r['calib'][1]:.0f} GFLOP/s during the run"))
+    print(f"ours: {ours['n_picks']} picks, F1 vs truth {ours.get('f1', float('nan')):.3f}; 'other' time in predict "
+          f"(net build, between the last tile and MP-NMS) {ours['times'].get('other', 0):.2f} s; "
+          f"peak anon - 2 B/voxel stitched output = {ours['peak_anon_mb'] - 2 * vox / 2**20:.0f} MB")
+    if base is not None:
+        pairs = r["pairs"]
+        po, pb = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
         tb, to = base["times"], ours["times"]
-        inf_b = tb["tile_read"] + tb["network"]
-        inf_o = to["tile_read"] + to["network"]
-        print(f"RATIO baseline/ours: whole predict {base['total'] / ours['total']:.2f}x, inference "
-              f"(tile reads + network) {inf_b / inf_o:.2f}x, per tile {base['tile_s'] / ours['tile_s']:.2f}x, "
-              f"peak anon memory {base['peak_anon_mb'] / ours['peak_anon_mb']:.2f}x")
-        if base.get("sampled"):
-            print(f"(baseline ran {base['tiles_run']} of {base['n_tiles']} tiles; its tile and network times are "
-                  "extrapolated, its MP-NMS ran on ours' label map)")
-        elif "picks" in base and ours.get("picks") is not None:
-            import numpy as np
-
-            po, pb = np.asarray(ours["picks"]), np.asarray(base["picks"])
-            same = len(po) == len(pb) and (len(po) == 0 or np.allclose(np.sort(po, 0), np.sort(pb, 0), atol=1e-3))
-            print(f"baseline picks {'equal' if same else 'DIFFER from'} ours ({len(pb)} vs {len(po)}); "
-                  f"baseline F1 {base.get('f1', float('nan')):.3f}")
+        print(f"RATIO baseline/ours (same process, {len(pairs)} interleaved tile pairs): per tile {pb / po:.2f}x; "
+              f"inference (tile reads + network) {(tb['tile_read'] + tb['network']) / (to['tile_read'] + to['network']):.2f}x; "
+              f"whole predict {base['total'] / ours['total']:.2f}x; peak anon memory "
+              f"{base['peak_anon_mb'] / ours['peak_anon_mb']:.2f}x")
+        print("   tile pairs (ours s, baseline s): " + ", ".join(f"({p[0]:.1f}, {p[1]:.1f})" for p in pairs[:12])
+              + (" ..." if len(pairs) > 12 else ""))
+        if base["sampled"]:
+            print(f"(the baseline ran {base['tiles_run']} of {r['n_tiles']} tiles; its tile-read and network times are "
+                  "extrapolated; its MP-NMS ran on ours' map; its read/normalisation times and peak memory come "
+                  "from process 2)")
+        else:
+            print(f"baseline picks {'EQUAL' if r.get('same_picks') else 'DIFFER from'} ours ({base['n_picks']} vs "
+                  f"{ours['n_picks']}); baseline F1 {base.get('f1', float('nan')):.3f}")
     tot, nms = ours["total"], ours["times"]["nms"]
     note = "" if shape == (200, 512, 512) else f" [measured on {C.shape_str(shape)}, not the target's size]"
     print(f"targets (200x512x512, 2 cores){note}: whole predict <= 60 s: "
           f"{'MET' if tot <= 60 else 'NOT MET'} ({tot:.0f} s); >= 3x the baseline: "
-          + (f"{'MET' if base and base['total'] / tot >= 3 else 'NOT MET'} ({base['total'] / tot:.2f}x)" if base else "n/a")
+          + (f"{'MET' if base['total'] / tot >= 3 else 'NOT MET'} ({base['total'] / tot:.2f}x)" if base else "n/a")
           + f"; MP-NMS < 5 s: {'MET' if nms < 5 else 'NOT MET'} ({nms:.1f} s)")
     print()
     print(tiling_table(shape, ckpt.model_config.multiple))

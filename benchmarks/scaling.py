@@ -73,20 +73,29 @@ def main() -> None:
 
     mult = ckpt.model_config.multiple
     results = []
-    for shape in sizes:
+
+    def run(shape):
         tomo = tomogram_of(shape)
         tshape, jobs = _tiling(shape, a.tile, 12, mult)
         argv = [os.path.join(C.HERE, "inference.py"), "--child", "ours", "--tomo", str(tomo), "--tile", str(a.tile)]
         if a.model:
             argv += ["--model", a.model]
         print(f"# {C.shape_str(shape)}: {len(jobs)} tiles of {C.shape_str(tshape)} (fresh process) ...", flush=True)
-        r = C.run_child(argv)
+        out = C.run_child(argv)
+        r = out["ours"]
+        r.update(voxels=out["voxels"], calib=out["calib"], threads=out["threads"])
         r["shape"], r["tshape"], r["tiles"] = shape, tshape, len(jobs)
         r["run_vox"] = len(jobs) * math.prod(tshape)
-        results.append(r)
         print(f"#   {r['total']:.1f} s, peak anon {r['peak_anon_mb']:.0f} MB", flush=True)
+        return r
+
+    for shape in sizes:
+        results.append(run(shape))
+    again = run(sizes[0]) if len(sizes) > 1 else None  # the smallest again: did the machine's load drift?
     base = results[0]
     per0 = base["total"] / base["voxels"]
+    if again is not None:  # the reference per-voxel time: the mean of the two runs of the smallest
+        per0 = 0.5 * (per0 + again["total"] / again["voxels"])
     rows = []
     for r in results:
         mv = r["voxels"] / 1e6
@@ -104,11 +113,13 @@ def main() -> None:
                    "infer s/Mvox run", "per-vox vs smallest", "NMS ms/Mvox", "peak RSS MB", "peak anon MB",
                    "2 B/vox MB", "anon - 2 B/vox", "GFLOP/s calib"], rows,
                   title=f"cryopicker predict against tomogram size ({results[0]['threads']} threads, tile {a.tile})"))
-    full = [r for r in results if r["tshape"] == results[-1]["tshape"] or min(r["tshape"]) >= a.tile]
-    if len(full) >= 2:
-        w = [r["peak_anon_mb"] - 2 * r["voxels"] / 2**20 for r in full]
-        print(f"memory: for the sizes with full {a.tile}-voxel tiles, peak anon - 2 B/voxel = "
-              + ", ".join(f"{x:.0f}" for x in w) + " MB (flat = bounded by the tile working set + stitched output)")
+    print("memory: peak anon - 2 B/voxel (stitched output) per size = "
+          + ", ".join(f"{r['peak_anon_mb'] - 2 * r['voxels'] / 2**20:.0f} MB (tile {C.shape_str(r['tshape'])})"
+                      for r in results)
+          + f"; the tile, and with it the working set, is capped at {a.tile}^3 whatever the tomogram's size")
+    if again is not None:
+        print(f"the smallest size ran first and last: {base['total']:.2f} s and {again['total']:.2f} s "
+              f"(machine speed {base['calib'][0]:.0f} and {again['calib'][0]:.0f} GFLOP/s); the reference is their mean")
     ratio = (results[-1]["total"] / results[-1]["voxels"]) / per0
     print(f"RATIO per-voxel time largest/smallest = {ratio:.2f} (1.0 = flat); per Mvoxel the network ran on: "
           + ", ".join(f"{(r['times'].get('network', 0) + r['times'].get('tile_read', 0)) / (r['run_vox'] / 1e6):.2f} s"
