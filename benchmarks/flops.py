@@ -8,9 +8,13 @@ peak that inference achieves, all measured in this process.
 3. The network on one tile (default 160^3) in eager fp32 channels_last_3d (as predict
    runs it): achieved FLOP/s = 2 x MACs/voxel x voxels / seconds; fraction of the
    measured fp32 peak. For comparison, on the same tile: the plain contiguous layout
-   (the inference baseline), bf16 autocast, and BatchNorm folded into the convolutions
-   (what-if variants, not what predict does today; their arg-max agreement with fp32 is
-   printed).
+   (the inference baseline), bf16 autocast (only where the CPU has native bf16), BatchNorm
+   folded into the convolutions, and glibc told to keep freed memory in the heap
+   (``mallopt(M_MMAP_THRESHOLD=1 GiB, M_TRIM_THRESHOLD=2 GiB)``: big tensors are then not
+   mmap-ed and page-faulted afresh for every layer of every tile); the last three are
+   what-if variants, not what predict does today; their arg-max agreement with fp32 is
+   printed. Variants run round-robin; user/system CPU seconds and minor page faults per
+   forward pass (getrusage) show where the system time goes.
 4. Where the time goes: torch.profiler self-CPU time by operator on one smaller tile
    (``--profile-tile``, default 96^3).
 
@@ -21,10 +25,19 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import os
+import resource
 import time
 
 import _common as C  # noqa: E402  (sets sys.path)
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+try:
+    libc = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc
+    libc = None
 
 
 def mm_peak(dtype, n=4096, repeat=5) -> float:
@@ -128,6 +141,8 @@ def main() -> None:
         if fast16:
             variants.append(("bf16 autocast channels_last", "cl", torch.bfloat16, False))
         variants.append(("fp32 channels_last, BN folded", "cl", torch.float32, True))
+        if libc is not None:
+            variants.append(("fp32 channels_last, heap kept (mallopt)", "cl", torch.float32, False))
     nets = {"cl": net.to(memory_format=torch.channels_last_3d), "plain": ResUNet(mc).eval()}
     nets["plain"].load_state_dict(net.state_dict())
     models = [nets[fmt] if not fold else fold_bn(nets[fmt]) for _, fmt, _, fold in variants]
@@ -135,13 +150,27 @@ def main() -> None:
 
     def run(i):
         dt = variants[i][2]
+        keep = "mallopt" in variants[i][0]
+        if keep:  # glibc: serve big blocks from the heap and keep freed memory (no page faults)
+            libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+            libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dt == torch.bfloat16):
             t = time.perf_counter()
             out = models[i](inputs[i])
-            return time.perf_counter() - t, out
+            wall = time.perf_counter() - t
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        if keep:  # back to glibc's defaults for the other variants
+            libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+            libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+        usage[i].append((r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt))
+        return wall, out
+
+    usage = [[] for _ in variants]
 
     outs = [run(i)[1].float().argmax(1) for i in range(len(variants))]  # warm-up + arg-max for agreement
     times = [[] for _ in variants]
+    usage = [[] for _ in variants]
     for _ in range(a.repeat):  # round-robin: each round runs every variant once, and the matmul peak
         p32 = max(p32, mm_peak(torch.float32, repeat=2))
         for i in range(len(variants)):
@@ -153,16 +182,22 @@ def main() -> None:
         best = min(times[i])
         agree = float((outs[i] == ref).float().mean())
         g = flop / best / 1e9
+        u = np.median(np.asarray(usage[i]), axis=0)
         rows.append([name, f"{best:.2f}", f"{vox / best / 1e6:.2f}", f"{g:.0f}", f"{g / p32:.0%}",
-                     f"{g / (p16 if dt == torch.bfloat16 else p32):.0%}", f"{agree:.4f}"])
+                     f"{g / (p16 if dt == torch.bfloat16 else p32):.0%}", f"{u[0]:.1f}", f"{u[1]:.1f}",
+                     f"{u[2] / 1e3:.0f}k", f"{agree:.4f}"])
     print()
     print(C.table(["variant", "s/tile", "Mvox/s", "GFLOP/s", "of fp32 mm peak", "of own-dtype peak",
-                   "arg-max = fp32"], rows,
+                   "user s", "sys s", "page faults", "arg-max = fp32"], rows,
                   title=f"The default network on one {n}^3 tile ({vox / 1e6:.1f} Mvoxel, {flop / 1e9:.0f} GFLOP), "
                         f"eager, {torch.get_num_threads()} threads, best of {a.repeat} rounds (round-robin) after a warm-up"))
     paired = [b / c for b, c in zip(times[1], times[0])]
     print(f"RATIO contiguous/channels_last per tile: best {min(times[1]) / min(times[0]):.2f}x, per round "
           + ", ".join(f"{r:.2f}x" for r in paired) + f"; fp32 matmul peak (best over the run) {p32:.0f} GFLOP/s")
+    for i in range(2, len(variants)):
+        r = [c / v for c, v in zip(times[0], times[i])]
+        print(f"RATIO predict's forward / '{variants[i][0]}' per tile (same rounds): "
+              + ", ".join(f"{x:.2f}x" for x in r) + f" -> the what-if is {np.median(r):.2f}x faster")
     if not fast16 and not a.no_variants:  # bf16 is emulated here: time it on a small tile only
         k = 32
         xs = torch.randn(1, 1, k, k, k).contiguous(memory_format=torch.channels_last_3d)
