@@ -491,3 +491,14 @@ def test_tampered_checkpoints_are_refused_and_never_run(tmp_path, capsys):
         assert "\x1b" not in line
         full(re.escape(str(tmp_path / name)) + ": " + cases[name], line)
     assert not marker.exists()
+
+
+def test_stopgap_reader_without_data_blocks_is_a_format_error(tmp_path):
+    """Found by the fuzzer: a mutated motivelist whose STAR parse gave no blocks raised StopIteration."""
+    from napari_cryopicker.core.errors import PicksFormatError
+    from napari_cryopicker.core.formats import stopgap
+    from napari_cryopicker.core.formats._common import ReadOptions
+
+    path = tmp_path / "m.star"
+    with pytest.raises(PicksFormatError, match=r"m\.star: holds no STAR data block; is this a STOPGAP motivelist\?"):
+        stopgap.read(path, ReadOptions(), blocks={})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import PicksFormatError
 from ..picks import Picks
 from . import _star as S
 from ._angles import zxz_to_relion
@@ -22,6 +23,8 @@ SHIFT = ["x_shift", "y_shift", "z_shift"]
 
 def read(path: Path, opts: ReadOptions, blocks: dict | None = None) -> Picks:
     blocks = S.read_blocks(path) if blocks is None else blocks
+    if not blocks:
+        raise PicksFormatError(f"{path}: holds no STAR data block; is this a STOPGAP motivelist?")
     df = blocks.get("stopgap_motivelist", next(iter(blocks.values())))
     S.require(path, df, ORIG, "STOPGAP motivelist")
     xyz = S.floats(path, df, ORIG) + S.optional(path, df, SHIFT) - 1.0
