@@ -17,8 +17,10 @@ auto       (default) model when a checkpoint exists, else synthetic. ``both`` ru
 Methods (per class ``c``; every method sees the same voxels: ``label == c`` and
 probability >= ``t_seg`` (0.5), the mask MP-NMS uses):
 
-MP-NMS     ``core.nms.mp_nms`` with the model's tuned per-class settings (``merged_nms_params``)
-           or, for the synthetic map, the training defaults (kernel from the radius).
+MP-NMS     ``core.nms.mp_nms`` with the model's tuned per-class settings (``merged_nms_params``:
+           score threshold and fill filter tuned on validation) or, for the synthetic map, the
+           training defaults (kernel from the radius) with ``min_fill`` 0.1 (the analogue of
+           the others' size filter).
 mean-shift scikit-learn ``MeanShift(bandwidth=radius, bin_seeding=True, n_jobs=1)`` on the
            voxel coordinates, as DeepFinder does; a cluster's centre is the pick.
 components ``scipy.ndimage.label`` (6-connectivity) + ``center_of_mass``.
@@ -97,7 +99,9 @@ def synthetic_map(shape, seed, noise):
     e = np.exp(8.0 * (st - st.max(0, keepdims=True)))
     p = 1.0 / e.sum(0)
     conf = (p * 255 + 0.5).astype(np.uint8)
-    params = {"default": {}, **nms_defaults(classes, TrainConfig())}
+    # the training defaults (kernel from the radius), and the same 10 % size filter as the
+    # other two methods get: min_fill 0.1 of the class's TBall around a pick
+    params = {"default": {}, **{k: {**v, "min_fill": 0.1} for k, v in nms_defaults(classes, TrainConfig()).items()}}
     desc = (f"SYNTHETIC map from the truth picks (TBall labels, blur 1.5, noise sd {noise}, seed {seed}) "
             f"of the simulated {C.shape_str(shape)} tomogram")
     return label, conf, truth, classes, params, desc
@@ -234,7 +238,8 @@ def bench(source: str, a) -> None:
         print(f"mean-shift clustered {npts} points in {t_ms_run:.1f} s (whole map, not extrapolated)")
     f_n, f_m = reps["MP-NMS (crop)" if crop else "MP-NMS"].overall.f1, reps["mean-shift"].overall.f1
     print(f"RATIO time mean-shift / MP-NMS = {t_ms / t_nms:.1f}x, components / MP-NMS = {t_cc / t_nms:.2f}x; "
-          f"F1 MP-NMS {f_n:.3f} vs mean-shift {f_m:.3f} vs components {reps['components'].overall.f1:.3f}")
+          f"F1 MP-NMS {f_n:.3f} vs mean-shift {f_m:.3f} vs components "
+          f"{reps['components (crop)' if crop else 'components'].overall.f1:.3f}" + (" (in the crop)" if crop else ""))
     big = 200 * 512 * 512
     print(f"per voxel: MP-NMS {t_nms / vox * 1e9:.0f} ns -> {t_nms / vox * big:.1f} s for 200x512x512 if linear; "
           f"mean-shift {t_ms / vox * 1e9:.0f} ns -> {t_ms / vox * big:.0f} s (extrapolated)")
