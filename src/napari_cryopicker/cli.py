@@ -252,8 +252,11 @@ def cmd_predict(a) -> int:
     if _batch_requested(a):
         return _predict_batch(a)
     from .core.formats import write_picks
+    from .core.memory import keep_freed_memory
     from .core.model import load_checkpoint
     from .core.predict import PredictConfig, predict_picks
+
+    keep_freed_memory()  # tiles reuse freed activations instead of page-faulting fresh memory
 
     ckpt = load_checkpoint(a.model)
     tomos = [Path(t) for t in a.tomogram]
@@ -279,8 +282,10 @@ def cmd_predict(a) -> int:
 
 
 def cmd_demo(a) -> int:
+    from .core.memory import keep_freed_memory
     from .demo import run_demo
 
+    keep_freed_memory()
     return run_demo(out=Path(a.out), time_limit=a.time_limit, seed=a.seed, per_class=a.per_class,
                     device=a.device)
 

@@ -403,9 +403,11 @@ def predict_one(spec: TaskSpec) -> TaskResult:
         import torch
 
         from .formats import write_picks
+        from .memory import keep_freed_memory
         from .predict import PredictConfig, predict_picks
         from .tomogram import open_tomogram
 
+        keep_freed_memory()  # a worker process picks tomogram after tomogram
         if threads:
             torch.set_num_threads(threads)
             result.threads = threads
