@@ -34,9 +34,16 @@ gui: $(VENV)/.installed
 	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] || [ "$$(uname)" = "Darwin" ]; then \
 	  $(VENV)/bin/napari-cryopicker; \
 	else \
-	  echo "No screen here: running the scripted GUI demo on a virtual X server (screenshot: $(SCREENSHOT))"; \
-	  $(MAKE) --no-print-directory sysdeps && \
-	  QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" $(VENV)/bin/napari-cryopicker --demo --screenshot $(SCREENSHOT); \
+	  $(MAKE) --no-print-directory sysdeps; \
+	  if command -v xvfb-run >/dev/null; then \
+	    echo "No screen here: running the scripted GUI demo on a virtual X server (screenshot: $(SCREENSHOT))"; \
+	    QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" $(VENV)/bin/napari-cryopicker --demo --screenshot $(SCREENSHOT); \
+	  else \
+	    echo "No screen and no xvfb-run here (the virtual X server is installed only when make runs as root;"; \
+	    echo "as root: apt-get install xvfb xauth libxcb-cursor0 libxkbcommon-x11-0 libegl1 ...; see README)."; \
+	    echo "Running the same loop without a window instead: cryopicker demo"; \
+	    $(VENV)/bin/cryopicker demo; \
+	  fi; \
 	fi
 
 ## Headless display packages for Qt/napari under Xvfb (Debian; only when run as root).
