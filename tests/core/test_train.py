@@ -116,3 +116,39 @@ def test_trained_model_finds_particles_in_an_unseen_tomogram(tmp_path):
     rep = evaluate(res.picks.with_tomogram("t"), test_sim.picks.with_tomogram("t"), test_sim.classes)
     assert rep.per_class["ribosome"].recall >= 0.75, rep.per_class
     assert rep.overall.precision >= 0.5, rep.overall
+
+
+def test_sparse_picks_leave_unpicked_blobs_out_of_the_loss():
+    from napari_cryopicker.core.labels import IGNORE
+    from napari_cryopicker.core.train import NEGATIVE, _ignore_unpicked_blobs
+
+    shape = (1, 24, 24, 24)
+    target = np.zeros(shape, np.int64)
+    target[0, 3:8, 3:8, 3:8] = 1                       # a picked particle's ball
+    target[0, 3:8, 15:20, 15:20] = NEGATIVE             # a rejected pick's ball
+    pred = np.zeros(shape, np.int64)
+    pred[0, 2:9, 2:9, 2:9] = 1                          # the network's blob on the pick (bigger)
+    pred[0, 14:19, 14:19, 14:19] = 1                    # a blob on a particle nobody picked
+    pred[0, 4:7, 16:19, 16:19] = 1                      # a blob on the rejected pick
+    logits = torch.nn.functional.one_hot(torch.from_numpy(pred), 2).permute(0, 4, 1, 2, 3).float()
+    t = torch.from_numpy(target)
+
+    y, frac = _ignore_unpicked_blobs(logits, t, active=False)
+    assert frac == 0.0 and not (y == NEGATIVE).any() and not (y == IGNORE).any()
+    assert (y.numpy()[0, 3:8, 15:20, 15:20] == 0).all()
+
+    y, frac = _ignore_unpicked_blobs(logits, t, active=True)
+    y = y.numpy()[0]
+    assert (y[14:19, 14:19, 14:19] == IGNORE).all()     # not taught as background
+    assert y[13, 16, 16] == IGNORE and y[11, 16, 16] == 0  # with a one-voxel rim only
+    assert (y[3:8, 3:8, 3:8] == 1).all()                # the pick keeps its label ...
+    assert (y[2, 2:9, 2:9] == 0).all()                  # ... and its blob's rim stays background
+    assert (y[3:8, 15:20, 15:20] == 0).all()            # rejected stays background
+    assert frac == pytest.approx(((y == IGNORE).sum()) / y.size)
+
+
+def test_sparse_training_runs_and_records_what_it_left_out(small_sim):
+    tomo, sim = small_sim
+    cfg = TrainConfig(**{**TINY, "epochs": 2}, sparse=True, sparse_warmup=0.0)
+    ck = train_model([tomo], [sim.picks], sim.classes, cfg)
+    assert all("left_out" in r and 0.0 <= r["left_out"] < 1.0 for r in ck.history)

@@ -72,6 +72,7 @@ def make_labels(
     diameter: float | dict[str, float] | None = None,
     origin: Sequence[int] = (0, 0, 0),
     background: int = 0,
+    rejected: int = 0,
 ) -> np.ndarray:
     """A uint8 label volume of ``shape``: 0 background, k for class ``classes[k-1]``.
 
@@ -81,6 +82,8 @@ def make_labels(
     index, so labels for a crop can be made without a full-size volume.
     ``background`` fills voxels no particle covers (use :data:`IGNORE` for crops where
     unlabelled voxels should not count as background).
+    ``rejected`` is the label of the balls of rejected picks (explicit background, 0 unless
+    the caller wants to tell them apart from plain background).
     """
     shape = tuple(int(s) for s in shape)
     labels = np.full(shape, background, dtype=np.uint8)
@@ -90,9 +93,9 @@ def make_labels(
     t = picks.table
     centres = np.rint(picks.zyx).astype(np.int64) - np.asarray(origin, dtype=np.int64)[None, :]
     names = t["class_name"].to_numpy()
-    rejected = (t["source"] == "rejected").to_numpy()
+    is_rejected = (t["source"] == "rejected").to_numpy()
     shp = np.asarray(shape)
-    unknown = sorted({n for n, rej in zip(names, rejected) if not rej and n not in classes})
+    unknown = sorted({n for n, rej in zip(names, is_rejected) if not rej and n not in classes})
     if unknown:
         raise KeyError(
             f"picks use class(es) {', '.join(unknown)} that are not in the class table "
@@ -108,8 +111,8 @@ def make_labels(
             return classes[name].diameter
         return max(classes.diameters, default=7.0)
 
-    for c, name, rej in zip(centres, names, rejected):
-        label = 0 if rej else classes.label_of(name)
+    for c, name, rej in zip(centres, names, is_rejected):
+        label = rejected if rej else classes.label_of(name)
         d = diameter_of(name)
         offs, dist2 = shape_offsets(float(d), mode)
         pos = offs + c[None, :]

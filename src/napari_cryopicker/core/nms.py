@@ -13,7 +13,8 @@ For each class ``c`` with radius ``r`` (voxels):
    it (the class probability near the centre); picks scoring below ``t_lm`` are dropped,
    and so are picks whose class fills less than ``min_fill`` of the class's truncated
    ball around them (a distractor the network half-believes; the fraction is kept in the
-   picks' ``fill`` column).
+   picks' ``fill`` column). The ball is the training labels' (``fill_diameter``), which
+   is what the network learnt to segment.
 4. Two picks of a class closer than ``t_dist`` (default 1.5 radii) keep only the higher score (a KD-tree,
    highest score first — not DeepETPicker's O(N^2) loop). Picks of different classes
    closer than ``cross_class_fraction`` x the smaller radius keep the higher score.
@@ -46,6 +47,7 @@ class NMSParams:
     cross_class_fraction: float = 1.0
     min_fill: float = 0.0  # min fraction of the class's TBall around a pick segmented as that class
     bin: int = 0           # pooling/peak grid: 1 = every voxel, b = b^3 blocks; 0 = from the radius
+    fill_diameter: float = 0.0  # ball of the min_fill test (the training label's); 0 = the class diameter
 
     def resolved(self, radius: float) -> NMSParams:
         r = max(1.0, float(radius))
@@ -54,7 +56,7 @@ class NMSParams:
         t_dist = self.t_dist or max(1.0, 1.5 * r)
         b = self.bin or auto_bin(r)
         return NMSParams(self.t_seg, self.t_lm, k, self.n_pool, t_nms, t_dist, self.cross_class_fraction,
-                         self.min_fill, b)
+                         self.min_fill, b, self.fill_diameter)
 
     def coarse(self) -> tuple[int, int]:
         """(kernel, t_nms) on the binned grid."""
@@ -341,7 +343,7 @@ def mp_nms(
             sc = np.concatenate(found_s)
             keep = suppress(zyx, sc, p.t_dist)
             zyx, sc = zyx[keep], sc[keep]
-            fill = fill_fraction(label, zyx, ci, cls.diameter)
+            fill = fill_fraction(label, zyx, ci, p.fill_diameter or cls.diameter)
             ok = fill >= p.min_fill
             all_zyx.append(zyx[ok])
             all_scores.append(sc[ok])

@@ -63,6 +63,8 @@ class TrainConfig:
     amp: bool = True                         # mixed precision on CUDA
     tune_thresholds: bool = True             # pick MP-NMS t_lm per class on validation
     checkpoint_path: str | None = None       # save the best model here (atomically) after each better epoch
+    sparse: bool = False                     # not every particle is picked: see _ignore_unpicked_blobs
+    sparse_warmup: float = 0.25              # share of training before unpicked blobs are left out
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -188,13 +190,49 @@ def _read_crop(v: _Volume, start, crop, lowpass: float) -> np.ndarray:
     return normalise(blk, v.centre, v.scale)
 
 
-def _crop_labels(v: _Volume, start, crop, classes, config: TrainConfig) -> np.ndarray:
+NEGATIVE = IGNORE - 1  # training-time mark of a rejected pick's ball (background that must stay so)
+
+
+def _crop_labels(v: _Volume, start, crop, classes, config: TrainConfig, negatives: int = 0) -> np.ndarray:
     diam = label_diameters(classes, config)
     rmax = max(diam.values())
     lo = np.asarray(start) - rmax
     hi = np.asarray(start) + np.asarray(crop) + rmax
     m = np.all((v.zyx >= lo) & (v.zyx < hi), axis=1) if len(v.zyx) else np.zeros(0, bool)
-    return make_labels(crop, v.picks._subset(m), classes, config.label_mode, diam, origin=start)
+    return make_labels(crop, v.picks._subset(m), classes, config.label_mode, diam, origin=start,
+                       rejected=negatives)
+
+
+def _ignore_unpicked_blobs(logits: torch.Tensor, target: torch.Tensor, active: bool) -> tuple[torch.Tensor, float]:
+    """Sparse annotation: a user who clicked 40 of 150 ribosomes did not say the other 110
+    are background. Once the network has learnt the classes (``active``), every connected
+    blob it segments that touches no picked particle and no rejected pick is left out of
+    the loss (with a one-voxel rim), instead of being taught as background. Blobs touching
+    a pick keep their labels, so the label shape is still learnt; rejected picks
+    (:data:`NEGATIVE` in ``target``) stay background. Returns the target and the share of
+    voxels left out."""
+    neg = target == NEGATIVE
+    target = target.masked_fill(neg, 0)
+    if not active:
+        return target, 0.0
+    pred = logits.detach().argmax(1).cpu().numpy()
+    y = target.cpu().numpy()
+    negn = neg.cpu().numpy()
+    out = y.copy()
+    for i in range(len(y)):
+        fg = pred[i] > 0
+        if not fg.any():
+            continue
+        comp, n = ndimage.label(fg)
+        keep = np.zeros(n + 1, bool)
+        keep[np.unique(comp[((y[i] > 0) & (y[i] != IGNORE)) | negn[i]])] = True
+        keep[0] = True
+        free = ~keep[comp]
+        if free.any():
+            free = ndimage.binary_dilation(free) & (y[i] == 0) & ~negn[i]
+            out[i][free] = IGNORE
+    left_out = float(np.mean((out == IGNORE) & (y != IGNORE)))
+    return torch.from_numpy(out).to(target.device), left_out
 
 
 def label_diameters(classes: ClassTable, config: TrainConfig) -> dict[str, float]:
@@ -208,9 +246,9 @@ def label_diameters(classes: ClassTable, config: TrainConfig) -> dict[str, float
 
 
 def nms_defaults(classes: ClassTable, config: TrainConfig) -> dict[str, dict]:
-    """MP-NMS settings that fit the labels: mean-filter size from the label radius."""
+    """MP-NMS settings that fit the labels: mean-filter size and fill ball from the label's."""
     diam = label_diameters(classes, config)
-    return {name: {"kernel": max(3, int(round(d / 2)) | 1)} for name, d in diam.items()}
+    return {name: {"kernel": max(3, int(round(d / 2)) | 1), "fill_diameter": float(d)} for name, d in diam.items()}
 
 
 def _sample(v: _Volume, rng: np.random.Generator, crop, config: TrainConfig) -> list[int]:
@@ -367,7 +405,10 @@ def validate(net, vols, classes, config, device, crop, n_classes, weights, multi
         def pref(k):  # on ties prefer the default score threshold and the loosest fill
             return -abs(k[0] - NMSParams().t_lm), -k[1]
 
-        best_t[c.name] = max(sc, key=lambda k: (fbeta(*_pr(*sc[k]), 1.0), *pref(k)))
+        # (with sparse picks the held-out truth is incomplete, so its "false" picks are partly
+        # unpicked particles: there the threshold maximises the recall-weighted F-alpha too)
+        ship_beta = config.f_alpha if config.sparse else 1.0
+        best_t[c.name] = max(sc, key=lambda k: (fbeta(*_pr(*sc[k]), ship_beta), *pref(k)))
         t_alpha = max(sc, key=lambda k: (fbeta(*_pr(*sc[k]), config.f_alpha), *pref(k)))
         a, b, d = sc[t_alpha]
         tp, fp, fn = tp + a, fp + b, fn + d
@@ -532,7 +573,7 @@ def train_model(
     for epoch in range(config.epochs):
         net.train()
         t_ep = time.monotonic()
-        ep_losses = []
+        ep_losses, ep_left_out = [], []
         try:
             for _ in range(config.steps_per_epoch):
                 progress.check()
@@ -541,7 +582,7 @@ def train_model(
                     v = vols[rng.integers(len(vols))]
                     st = _sample(v, rng, crop, config)
                     x = _read_crop(v, st, crop, config.lowpass)
-                    y = _crop_labels(v, st, crop, classes, config)
+                    y = _crop_labels(v, st, crop, classes, config, negatives=NEGATIVE if config.sparse else 0)
                     if config.augment:
                         x, y = _augment(x, y, rng)
                     xs.append(x)
@@ -553,6 +594,9 @@ def train_model(
                     g["lr"] = lr_at(frac_done())
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     logits = net(xb)
+                if config.sparse:
+                    yb, left_out = _ignore_unpicked_blobs(logits, yb, frac_done() >= config.sparse_warmup)
+                    ep_left_out.append(left_out)
                 loss = loss_fn(logits, yb, n_classes, weights, config)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -574,6 +618,8 @@ def train_model(
             "val_f1": None,
             "lr": lr_at(frac_done()),
         }
+        if config.sparse:
+            record["left_out"] = float(np.mean(ep_left_out)) if ep_left_out else 0.0
         last = (epoch == config.epochs - 1) or cancelled or (
             config.time_limit is not None and time.monotonic() - t_start + val_seconds > config.time_limit
         )
