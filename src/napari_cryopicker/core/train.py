@@ -44,7 +44,7 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     label_mode: str = "tball"
     diameter: float | None = None           # one label diameter for every class (paper: 7)
-    label_scale: float = 1.0                # else label diameter = label_scale x class diameter
+    label_scale: float = 0.5                # else label diameter = label_scale x class diameter
     min_label_diameter: float = 7.0
     f_maps: tuple[int, ...] = (16, 32, 48, 64)
     coord_conv: bool = False
