@@ -55,9 +55,12 @@ def test_train_predict_round_trip(simdir, tmp_path, capsys):
     model = tmp_path / "m.pt"
     rc = main(["train", "--tomogram", str(simdir / "tomogram.mrc"), "--picks", str(simdir / "picks.csv"),
                "--class", "ribosome=25", "--class", "shell=13", "--class", "barrel=18", "--class", "blob=9",
-               "--out", str(model), "--epochs", "1", "--patch", "32", "--device", "cpu"])
+               "--out", str(model), "--epochs", "1", "--patch", "32", "--device", "cpu", "--no-sparse"])
     assert rc == 0 and model.exists()
     assert "epoch   1" in capsys.readouterr().out
+    from napari_cryopicker.core.model import load_checkpoint
+
+    assert load_checkpoint(model).train_config["sparse"] is False
     out = tmp_path / "picks.star"
     assert main(["predict", "--model", str(model), "--tomogram", str(simdir / "tomogram.mrc"),
                  "--out", str(out), "--threshold", "0.0", "--device", "cpu"]) == 0

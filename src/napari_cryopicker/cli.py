@@ -177,6 +177,8 @@ def cmd_train(a) -> int:
                       checkpoint_path=str(a.out))
     if a.patch:
         cfg.patch = a.patch
+    if a.sparse is not None:
+        cfg.sparse = a.sparse
     prog, bar = _bar()
 
     def on_epoch(r):
@@ -349,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", default=None, metavar="MODEL.pt", help="fine-tune from this model")
     t.add_argument("--patch", type=int, default=None, help="training crop edge (voxels)")
+    t.add_argument("--sparse", action=argparse.BooleanOptionalAction, default=None,
+                   help="only some of the particles in the tomograms are picked: blobs the network finds away "
+                        "from every pick are not taught as background (the default); "
+                        "--no-sparse when every particle is picked")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("predict", help="pick particles with a trained model")

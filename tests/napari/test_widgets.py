@@ -116,6 +116,11 @@ def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):
     w.epochs.setValue(500)
     w.device.setCurrentText("cpu")
     assert picked.train_settings["epochs"] == 500
+    assert w.sparse.isChecked()  # a few clicks among many particles: unpicked ones are not background
+    w.sparse.setChecked(False)
+    assert run.config_values()["sparse"] is False
+    w.sparse.setChecked(True)
+    assert run.config_values()["sparse"] is True
     w.btn_train.click()
     assert run.running and w.btn_stop.isEnabled() and not w.btn_train.isEnabled()
     qtbot.waitUntil(lambda: len(run.history) >= 2, timeout=60000)
@@ -125,6 +130,7 @@ def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):
     ck = picked.checkpoint
     assert ck is not None and ck.classes.names == ["blob"]
     assert 2 <= len(ck.history) < 500  # stopped early, best checkpoint kept
+    assert ck.train_config["sparse"] is True and all("left_out" in r for r in ck.history)
     assert w.btn_train.isEnabled() and w.btn_save.isEnabled()
     assert "Model for blob" in w.summary.text()
     lines = w.plot.ax.get_lines()

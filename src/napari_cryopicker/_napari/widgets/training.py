@@ -120,6 +120,14 @@ class TrainingWidget(PanelBase):
         self.seed.setRange(0, 2**31 - 1)
         self.seed.setValue(int(st.get("seed", 0)))
         form.addRow("seed", self.seed)
+        self.sparse = QCheckBox("only some particles are picked")
+        self.sparse.setToolTip(
+            "On: particles you have not picked are not taught as background (blobs the network finds "
+            "away from every pick are left out of the loss). Off: every particle in the picked "
+            "tomograms is picked, so everything else is background."
+        )
+        self.sparse.setChecked(bool(st.get("sparse", True)))
+        lay.addWidget(self.sparse)
         self.fine_tune = QCheckBox("fine-tune the current model (else from scratch)")
         lay.addWidget(self.fine_tune)
         row = QHBoxLayout()
@@ -150,6 +158,7 @@ class TrainingWidget(PanelBase):
             w.valueChanged.connect(self._settings)
         self.minutes.valueChanged.connect(self._settings)
         self.device.currentTextChanged.connect(self._settings)
+        self.sparse.toggled.connect(self._settings)
         self.btn_train.clicked.connect(self.train)
         self.btn_stop.clicked.connect(self.stop)
         self.btn_save.clicked.connect(self._save)
@@ -166,6 +175,7 @@ class TrainingWidget(PanelBase):
         st["time_limit"] = self.minutes.value() * 60.0 or None
         st["device"] = self.device.currentText()
         st["seed"] = self.seed.value()
+        st["sparse"] = self.sparse.isChecked()
 
     @reports_errors
     def train(self, *_):
