@@ -138,12 +138,11 @@ def child_ours(a) -> dict:
     from napari_cryopicker.core.progress import Progress
     from napari_cryopicker.core.tomogram import open_tomogram, robust_normalisation
 
-    if a.mallopt:  # WHAT-IF: glibc keeps freed memory in the heap (see flops.py); not what predict does
-        import ctypes
+    if not a.no_mallopt:  # as `cryopicker predict` does (core/memory.py); process-wide, so the
+        # baseline tiles interleaved in this process get the same allocator
+        from napari_cryopicker.core.memory import keep_freed_memory
 
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: blocks up to 1 GiB come from the heap
-        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: never give the heap back
+        keep_freed_memory()
     mw = MemWatch().start()
     mw.phase = "ours"
     calib0 = C.calibrate()
@@ -339,9 +338,9 @@ def main() -> None:
     ap.add_argument("--baseline-tiles", type=int, default=8,
                     help="baseline tiles interleaved with ours' (extrapolated to all); 0 = every tile (slower)")
     ap.add_argument("--skip-baseline", action="store_true")
-    ap.add_argument("--mallopt", action="store_true",
-                    help="WHAT-IF: run 'ours' with glibc keeping freed memory in the heap (mallopt), to measure "
-                         "the page-fault cost; not what cryopicker predict does")
+    ap.add_argument("--no-mallopt", action="store_true",
+                    help="run without the glibc heap setting that cryopicker predict makes (core/memory.py), "
+                         "to measure what it gains")
     ap.add_argument("--seed", type=int, default=2000)
     ap.add_argument("--child", choices=["ours", "baseline-memory"], help=argparse.SUPPRESS)
     ap.add_argument("--interleave", type=int, default=0, help=argparse.SUPPRESS)
@@ -371,10 +370,10 @@ def main() -> None:
     print(f"# process 1: ours (real predict path) with {'no' if not inter else 'all' if inter < 0 else inter} "
           "baseline tiles interleaved ...", flush=True)
     r = C.run_child([os.path.abspath(__file__), "--child", "ours", "--interleave", str(inter), "--batch-size",
-                     str(a.batch_size), "--truth", json.dumps(list(shape))] + common + (["--mallopt"] if a.mallopt else []))
+                     str(a.batch_size), "--truth", json.dumps(list(shape))] + common + (["--no-mallopt"] if a.no_mallopt else []))
     ours, vox = r["ours"], r["voxels"]
     ours["tile_s"] = r["tile_s"]
-    rows = [row("ours" + (" + mallopt (WHAT-IF)" if a.mallopt else ""), ours, vox)]
+    rows = [row("ours" + (" without the heap setting" if a.no_mallopt else ""), ours, vox)]
     base = r.get("baseline")
     if base is not None:
         print("# process 2: the baseline's memory (whole volume in RAM, 2 tiles, full output, MP-NMS) ...", flush=True)
