@@ -25,6 +25,7 @@ result equals the whole-volume computation while memory stays bounded by the sla
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,18 +91,19 @@ def _smooth(s: np.ndarray, k: int, n: int) -> np.ndarray:
 
 
 def bin_mean(s: np.ndarray, b: int) -> np.ndarray:
-    """Mean over b^3 blocks (zero padding at the far ends)."""
+    """Mean over b^3 blocks (zero padding at the far ends), as float32. uint8 input is
+    summed in uint16 (exact for b <= 4), which halves the memory traffic."""
     if b == 1:
-        return s
+        return s.astype(np.float32, copy=False)
     pad = [(0, (-n) % b) for n in s.shape]
     if any(p[1] for p in pad):
         s = np.pad(s, pad)
     z, y, x = s.shape  # reduce the outer axes first: whole rows are added at a time
-    out = s.reshape(z // b, b, y, x).sum(axis=1, dtype=np.float32)
-    out = out.reshape(z // b, y // b, b, x).sum(axis=2)
-    out = out.reshape(z // b, y // b, x // b, b).sum(axis=3)
-    out *= np.float32(1.0 / b**3)
-    return out
+    acc = np.uint16 if s.dtype == np.uint8 and b**3 * 255 < 2**16 else np.float32
+    out = s.reshape(z // b, b, y, x).sum(axis=1, dtype=acc)
+    out = out.reshape(z // b, y // b, b, x).sum(axis=2, dtype=acc)
+    out = out.reshape(z // b, y // b, x // b, b).sum(axis=3, dtype=acc)
+    return out.astype(np.float32) * np.float32(1.0 / b**3)
 
 
 def _gather_mean(vol: np.ndarray, at: np.ndarray, offs: np.ndarray, denom: float | None = None,
@@ -223,7 +225,7 @@ def _refine(score: np.ndarray, centres: np.ndarray, params: NMSParams, chunk: in
     return out
 
 
-def find_peaks(score: np.ndarray, params: NMSParams) -> tuple[np.ndarray, np.ndarray]:
+def find_peaks(score: np.ndarray, params: NMSParams, unit: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Peaks of one class's masked probability volume (already resolved params).
 
     Pooling and the local-maximum search run on the ``params.bin`` grid (b^3 block
@@ -232,10 +234,14 @@ def find_peaks(score: np.ndarray, params: NMSParams) -> tuple[np.ndarray, np.nda
     scores (N,)); a peak's score is the mean masked probability in a small cube (edge
     about half the kernel) around it.
     """
-    score = score.astype(np.float32, copy=False)
     b = max(1, params.bin)
+    if score.dtype != np.uint8 or b == 1:  # uint8 scores (x unit) stay compact on a coarse grid
+        score = score.astype(np.float32, copy=False)
+        if unit != 1.0:
+            score = score * np.float32(unit)
+        unit = 1.0
     kc, tc = params.coarse()
-    s = _smooth(bin_mean(score, b), kc, params.n_pool)
+    s = _smooth(bin_mean(score, b) * np.float32(unit) if unit != 1.0 else bin_mean(score, b), kc, params.n_pool)
     mx = ndimage.maximum_filter(s, size=2 * tc + 1, mode="constant", cval=0.0)
     peaks = (s >= mx) & (s > 1e-6)
     flat = np.flatnonzero(peaks)
@@ -253,10 +259,10 @@ def find_peaks(score: np.ndarray, params: NMSParams) -> tuple[np.ndarray, np.nda
         centres = (centres + 0.5) * b - 0.5
         # peaks far below the score threshold are not worth refining
         at = np.clip(np.floor(centres + 0.5).astype(np.int64), 0, np.asarray(score.shape) - 1)
-        centres = centres[_local_mean(score, at, k) >= 0.5 * params.t_lm]
+        centres = centres[_local_mean(score, at, k) * unit >= 0.5 * params.t_lm]
         centres = _refine(score, centres, params)
     at = np.clip(np.floor(centres + 0.5).astype(np.int64), 0, np.asarray(score.shape) - 1)
-    vals = _local_mean(score, at, k)
+    vals = _local_mean(score, at, k) * unit
     ok = vals >= params.t_lm
     return centres[ok], vals[ok]
 
@@ -325,11 +331,13 @@ def mp_nms(
                 y0, x0 = (max(0, v[0] - h) // p.bin * p.bin for v in (ys, xs))
                 y1, x1 = min(Y, ys[-1] + 1 + h), min(X, xs[-1] + 1 + h)
                 m = m[:, y0:y1, x0:x1]
-                sc_ = np.array(prob[a:b, y0:y1, x0:x1], dtype=np.float32)  # a copy: edited below
-                if scale != 1.0:
-                    sc_ *= np.float32(scale)
-                sc_[~m | (sc_ < p.t_seg)] = 0.0
-                zyx, sc = find_peaks(sc_, p)
+                pr = np.asarray(prob[a:b, y0:y1, x0:x1])
+                if pr.dtype == np.uint8:  # stays one byte per voxel: p >= t_seg <=> byte >= t_seg * 255
+                    m &= pr >= np.uint8(min(255, max(0, math.ceil(p.t_seg * 255 - 1e-6))))
+                    sc_ = np.where(m, pr, np.uint8(0))
+                else:
+                    sc_ = np.where(m & (pr * np.float32(scale) >= p.t_seg), pr * np.float32(scale), np.float32(0))
+                zyx, sc = find_peaks(sc_, p, unit=scale if pr.dtype == np.uint8 else 1.0)
                 del sc_, m
                 zyx += np.array([a, y0, x0], dtype=float)
                 rz = np.floor(zyx[:, 0] + 0.5)
