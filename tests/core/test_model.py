@@ -71,3 +71,24 @@ def test_foreign_and_tampered_checkpoints_are_rejected(tmp_path):
         load_checkpoint(trunc)
     with pytest.raises(ModelError, match="directory"):
         load_checkpoint(tmp_path)
+
+
+def test_folding_batch_norm_keeps_the_output():
+    from napari_cryopicker.core.model import ModelConfig, ResUNet, fold_batchnorm
+
+    torch.manual_seed(0)
+    net = ResUNet(ModelConfig(n_classes=2, f_maps=(4, 8, 12)))
+    for m in net.modules():  # non-trivial running statistics and affine parameters
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    net.eval()
+    x = torch.randn(2, 1, 16, 24, 16)
+    with torch.no_grad():
+        ref = net(x)
+        folded = fold_batchnorm(net)
+        got = folded(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)

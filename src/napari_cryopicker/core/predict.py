@@ -21,7 +21,7 @@ import torch
 from scipy import ndimage
 
 from .errors import CryoPickerError, CryoPickerWarning
-from .model import Checkpoint, resolve_device
+from .model import Checkpoint, fold_batchnorm, resolve_device
 from .nms import NMSParams, mp_nms
 from .picks import Picks
 from .progress import Progress, ensure
@@ -273,7 +273,7 @@ def predict_picks(
             f"model's {checkpoint.voxel_size:.3g} A; bin or rescale the tomogram to the model's voxel "
             "size, or train a model at this voxel size"
         )
-    net = checkpoint.build(device).to(memory_format=torch.channels_last_3d)
+    net = fold_batchnorm(checkpoint.build(device)).to(memory_format=torch.channels_last_3d)
     mc = checkpoint.model_config
     norm = normalisation_for(tomogram, checkpoint)
     lowpass = float((checkpoint.normalisation or {}).get("lowpass", 0.0) or 0.0)
