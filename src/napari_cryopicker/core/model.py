@@ -35,7 +35,7 @@ COORD_SCALE = 32.0  # coordinate channels are (index - centre) / COORD_SCALE vox
 @dataclass
 class ModelConfig:
     n_classes: int = 1
-    f_maps: tuple[int, ...] = (16, 32, 48, 64)
+    f_maps: tuple[int, ...] = (8, 16, 32, 48)
     in_channels: int = 1
     coord_conv: bool = True
     pyramid: bool = True

@@ -46,7 +46,7 @@ class TrainConfig:
     diameter: float | None = None           # one label diameter for every class (paper: 7)
     label_scale: float = 0.5                # else label diameter = label_scale x class diameter
     min_label_diameter: float = 7.0
-    f_maps: tuple[int, ...] = (16, 32, 48, 64)
+    f_maps: tuple[int, ...] = (8, 16, 32, 48)
     coord_conv: bool = False
     pyramid: bool = True
     positive_fraction: float = 0.75          # crops centred on a labelled particle
