@@ -123,6 +123,13 @@ def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):
     assert run.config_values()["sparse"] is True
     w.btn_train.click()
     assert run.running and w.btn_stop.isEnabled() and not w.btn_train.isEnabled()
+    # napari's animated "in progress" label is slowed (each frame repaints the window)
+    from qtpy.QtWidgets import QLabel
+
+    from napari_cryopicker._napari.workers import BUSY_ANIMATION_SPEED
+
+    movies = [lb.movie() for lb in w.window().findChildren(QLabel) if lb.movie() is not None]
+    assert movies and all(m.speed() == BUSY_ANIMATION_SPEED for m in movies)
     qtbot.waitUntil(lambda: len(run.history) >= 2, timeout=60000)
     w.btn_stop.click()
     qtbot.waitUntil(lambda: not run.running, timeout=60000)

@@ -3,7 +3,7 @@
     napari-cryopicker [TOMOGRAM.mrc ...] [--demo] [--screenshot OUT.png]
 
 ``--demo`` opens the simulated sample with a few picks per class, trains for a short time
-budget (``--time-limit``, 150 s by default: enough on a laptop CPU for picks of several
+budget (``--time-limit``, 300 s by default: enough on a laptop CPU for picks of several
 classes), picks and shows the predicted picks. ``--screenshot OUT.png`` saves a picture of the whole
 window (after the demo, if given) and exits with status 0.
 """
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 # the demo trains with the engine's defaults for a short wall-clock budget; validating
 # every other epoch leaves more of the budget to training
 DEMO_TRAIN = {"val_every": 2}
-DEMO_TIME_LIMIT = 150.0
+DEMO_TIME_LIMIT = 300.0
 
 
 def build_parser() -> argparse.ArgumentParser:
