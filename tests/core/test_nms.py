@@ -16,14 +16,18 @@ def synthetic_maps(shape, picks, classes, seed=0):
     return label, np.clip(prob, 0, 1)
 
 
+def jittered_grid(axes, names, rng):
+    """Picks at a grid of centres (each jittered by up to 2 voxels), classes cycled by ``names(i)``."""
+    g = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    zyx = g + rng.integers(-2, 3, g.shape)
+    return Picks.from_zyx(zyx, class_name=[names(i) for i in range(len(zyx))])
+
+
 def test_finds_every_particle_once_at_its_centre():
     rng = np.random.default_rng(1)
     classes = ClassTable([ParticleClass("big", 15), ParticleClass("small", 7)])
     # well-separated centres on a jittered grid
-    g = np.stack(np.meshgrid([12, 34, 56], [12, 34, 56], [12, 34, 56, 78], indexing="ij"), -1).reshape(-1, 3)
-    zyx = g + rng.integers(-2, 3, g.shape)
-    names = ["big" if i % 2 else "small" for i in range(len(zyx))]
-    truth = Picks.from_zyx(zyx, class_name=names)
+    truth = jittered_grid(([12, 34, 56], [12, 34, 56], [12, 34, 56, 78]), lambda i: "big" if i % 2 else "small", rng)
     label, prob = synthetic_maps((70, 70, 90), truth, classes)
     got = mp_nms(label, prob, classes, slab=16)
     assert len(got) == len(truth)
@@ -132,10 +136,7 @@ def test_refinement_equals_smoothing_the_whole_volume():
 def test_coarse_grid_finds_the_same_picks_as_full_resolution():
     rng = np.random.default_rng(6)
     classes = ClassTable([ParticleClass("big", 17), ParticleClass("mid", 11)])
-    g = np.stack(np.meshgrid([9, 30, 51], [9, 32, 55], [9, 32, 55, 78], indexing="ij"), -1).reshape(-1, 3)
-    zyx = g + rng.integers(-2, 3, g.shape)
-    names = ["big" if i % 3 else "mid" for i in range(len(zyx))]
-    truth = Picks.from_zyx(zyx, class_name=names)
+    truth = jittered_grid(([9, 30, 51], [9, 32, 55], [9, 32, 55, 78]), lambda i: "big" if i % 3 else "mid", rng)
     label, prob = synthetic_maps((60, 64, 88), truth, classes, seed=6)
     fine = mp_nms(label, prob, classes, params=NMSParams(bin=1))
     coarse = mp_nms(label, prob, classes)  # auto: bin 4 for "big", 2 for "mid"

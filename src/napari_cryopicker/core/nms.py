@@ -241,7 +241,10 @@ def find_peaks(score: np.ndarray, params: NMSParams, unit: float = 1.0) -> tuple
             score = score * np.float32(unit)
         unit = 1.0
     kc, tc = params.coarse()
-    s = _smooth(bin_mean(score, b) * np.float32(unit) if unit != 1.0 else bin_mean(score, b), kc, params.n_pool)
+    coarse = bin_mean(score, b)
+    if unit != 1.0:
+        coarse *= np.float32(unit)
+    s = _smooth(coarse, kc, params.n_pool)
     mx = ndimage.maximum_filter(s, size=2 * tc + 1, mode="constant", cval=0.0)
     peaks = (s >= mx) & (s > 1e-6)
     flat = np.flatnonzero(peaks)
@@ -335,8 +338,8 @@ def mp_nms(
                 if pr.dtype == np.uint8:  # stays one byte per voxel: p >= t_seg <=> byte >= t_seg * 255
                     m &= pr >= np.uint8(min(255, max(0, math.ceil(p.t_seg * 255 - 1e-6))))
                     sc_ = np.where(m, pr, np.uint8(0))
-                else:
-                    sc_ = np.where(m & (pr * np.float32(scale) >= p.t_seg), pr * np.float32(scale), np.float32(0))
+                else:  # float probabilities (scale is 1)
+                    sc_ = np.where(m & (pr >= p.t_seg), pr, 0).astype(np.float32, copy=False)
                 zyx, sc = find_peaks(sc_, p, unit=scale if pr.dtype == np.uint8 else 1.0)
                 del sc_, m
                 zyx += np.array([a, y0, x0], dtype=float)
