@@ -92,3 +92,38 @@ def test_folding_batch_norm_keeps_the_output():
         got = folded(x)
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("coord_conv", [False, True])
+def test_prepared_for_inference_gives_the_same_output(coord_conv):
+    import copy
+
+    from napari_cryopicker.core import model as M
+
+    torch.manual_seed(1)
+    net = M.ResUNet(M.ModelConfig(n_classes=3, f_maps=(4, 8, 12, 16), coord_conv=coord_conv))
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    x = torch.randn(1, 1, 24, 32, 16)
+    with torch.no_grad():
+        ref = net(x)
+        fast = M.prepare_for_inference(copy.deepcopy(net), "cpu")
+        got = fast(x.contiguous(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    direct = [m for m in fast.modules() if isinstance(m, M._OneDNNConv3d)]
+    if M._onednn_usable():  # every 3x3x3 convolution, the 1-channel first one included
+        assert len(direct) == 2 * (4 + 3) and fast.enc[0][0].conv1 in direct
+    else:
+        assert not direct
+
+
+def test_direct_onednn_path_can_be_turned_off(monkeypatch):
+    from napari_cryopicker.core import model as M
+
+    monkeypatch.setattr(M, "_ONEDNN_OK", None)
+    monkeypatch.setenv("CRYOPICKER_ONEDNN", "0")
+    net = M.prepare_for_inference(M.ResUNet(M.ModelConfig(n_classes=1, f_maps=(4, 8))), "cpu")
+    assert not any(isinstance(m, M._OneDNNConv3d) for m in net.modules())

@@ -21,7 +21,7 @@ import torch
 from scipy import ndimage
 
 from .errors import CryoPickerError, CryoPickerWarning
-from .model import Checkpoint, fold_batchnorm, resolve_device
+from .model import Checkpoint, prepare_for_inference, resolve_device
 from .nms import NMSParams, mp_nms
 from .picks import Picks
 from .progress import Progress, ensure
@@ -126,8 +126,9 @@ def _is_oom(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg))
 
 
-def _forward(net, blocks: list[np.ndarray], device: torch.device, bs: int, amp: bool):
-    """Class probabilities of normalised blocks, ``bs`` at a time. Out of memory: halve the
+def _forward(net, blocks: list[np.ndarray], device: torch.device, bs: int, amp: bool, keep=None):
+    """Class probabilities of normalised blocks, ``bs`` at a time, of the ``keep`` part
+    (spatial slices; the softmax runs on nothing else). Out of memory: halve the
     batch, and on a GPU at batch 1 move to the CPU, saying so. Returns (probabilities on
     the CPU, net, device, batch size to use from now on)."""
     out = []
@@ -141,6 +142,8 @@ def _forward(net, blocks: list[np.ndarray], device: torch.device, bs: int, amp: 
             amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = net(x)
+            if keep is not None:
+                logits = logits[(slice(None), slice(None), *keep)]
             out.append(torch.softmax(logits.float(), dim=1).cpu())
             i += len(chunk)
         except (torch.OutOfMemoryError, RuntimeError) as e:
@@ -217,7 +220,9 @@ def segment(
                 blk = ndimage.gaussian_filter(blk, lowpass)
             todo.append(normalise(blk, centre, scale))
         if todo:
-            p, net, device, bs = _forward(net, todo, device, bs, config.amp)
+            # only each tile's centre is kept: [m, t - m) along every axis
+            kept = tuple(slice(m, t - m) for t in tshape)
+            p, net, device, bs = _forward(net, todo, device, bs, config.amp, keep=kept)
             pmax, lab = p.max(dim=1)
             lab = lab.to(torch.uint8).cpu().numpy()
             pq = (pmax * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
@@ -231,7 +236,7 @@ def segment(
             for s, n, t in zip(st, shape, tshape):
                 keep = min(t - 2 * m, n - s)
                 dst.append(slice(s, s + keep))
-                src.append(slice(m, m + keep))
+                src.append(slice(0, keep))  # p holds the centres only
             label[tuple(dst)] = lab[ran][tuple(src)]
             conf[tuple(dst)] = pq[ran][tuple(src)]
             if full is not None:
@@ -273,7 +278,7 @@ def predict_picks(
             f"model's {checkpoint.voxel_size:.3g} A; bin or rescale the tomogram to the model's voxel "
             "size, or train a model at this voxel size"
         )
-    net = fold_batchnorm(checkpoint.build(device)).to(memory_format=torch.channels_last_3d)
+    net = prepare_for_inference(checkpoint.build(device), device)
     mc = checkpoint.model_config
     norm = normalisation_for(tomogram, checkpoint)
     lowpass = float((checkpoint.normalisation or {}).get("lowpass", 0.0) or 0.0)
