@@ -5,22 +5,31 @@ ours      the real code path of ``cryopicker predict``: ``open_tomogram`` (memor
           ``load_checkpoint``, ``predict_picks(tomo, ckpt, PredictConfig(device="cpu"))``
           (channels_last_3d network, tiles read one at a time from the memory map,
           stitched into uint8 label + uint8 probability, then ``mp_nms``), ``write_picks``.
-baseline  the plain way: the whole volume read into RAM as float32, the network in fp32
-          with the default contiguous (NCDHW) layout, one patch at a time under
-          ``torch.no_grad``, the *same* tiling (tile 160, margin 12, mirror padding) and
-          stitching, then the same ``mp_nms`` and ``write_picks``.
+plain     the baseline the targets are measured against, the plain way: the whole volume
+          read into RAM as float32, the same network in fp32 with the default contiguous
+          (NCDHW) layout, one patch at a time under ``torch.no_grad``, patches as DeepETPicker
+          cuts them (72^3 blocks, pad 12: only the central 48^3 kept; 605 blocks for
+          200x512x512, 4.3x the output voxels), then the same ``mp_nms`` and ``write_picks``.
+plain, ours' tiling
+          the same, but on predict's own tiling (tile 160, margin 12): isolates what the
+          memory layout and the batch-norm folding gain, apart from the tiling.
+DeepETPicker-like
+          DeepETPicker's network size (f_maps 24/48/72/108, random weights: speed does not
+          depend on them) on its 72^3/12 blocks, fp32, contiguous, one block at a time: what
+          DeepETPicker's own code costs per tomogram on these cores, less its Python overhead.
 
 Timing (noise-robust): one fresh process runs 'ours' and, from predict's progress
-callback after each of ours' tiles, a baseline tile (every tile with
-``--baseline-tiles 0``, else that many tiles evenly spread; default 8 — all tiles have
-the same shape, so the cost per tile is the same and the baseline's inference time is
-extrapolated from the paired per-tile ratio). Ours and baseline tiles alternate, so a
-change in the machine's load hits both alike; the callback's time is taken out of
-ours. The split of ours' time comes from timing wrappers around module functions that
-``predict_picks`` looks up at call time (``normalisation_for``, ``read_block``,
-``mp_nms``). The baseline's MP-NMS and picks writing run in the same process after
-ours, on the same map (or, with ``--baseline-tiles 0``, on its own map, and its picks are
-compared with ours).
+callback after each of ours' tiles, some baseline tiles (``--baseline-tiles``,
+``--same-tiling-tiles``, ``--deepetpicker-tiles`` of each, spread evenly over the run;
+every tile of one variant has one shape, so its whole-run time is extrapolated from the
+mean per tile). Ours' and the baselines' tiles alternate, so a change in the machine's
+load hits all alike; the callback's time is taken out of ours. The split of ours' time
+comes from timing wrappers around module functions that ``predict_picks`` looks up at
+call time (``normalisation_for``, ``read_block``, ``mp_nms``). The baselines' MP-NMS and
+picks writing run once in the same process after ours, on the same map (or, with
+``--baseline-tiles 0``, on the plain baseline's own map, whose F1 is then printed).
+The glibc heap setting ``cryopicker predict`` makes (core/memory.py) is process-wide, so
+the baselines get it too (``--no-mallopt`` turns it off for all).
 
 Memory (separable): ours' peak is the peak while ours' phases ran in that process
 (samples of /proc/self/status every 20 ms, attributed to the phase running); the
@@ -74,15 +83,39 @@ def _tiling(shape, tile: int, margin: int, multiple: int):
     return tshape, jobs
 
 
-class Baseline:
-    """The plain way, one tile at a time: contiguous fp32 network under no_grad."""
+def _cube_tiling(shape, block: int, pad: int):
+    """DeepETPicker's overlap-tile: cubic blocks of ``block`` voxels every ``block - 2 pad``
+    voxels along each axis (the last block may run past the edge and is padded); only each
+    block's centre is kept. 72/12 on 200x512x512: 5 x 11 x 11 = 605 blocks."""
+    step = block - 2 * pad
+    starts = [list(range(0, n, step)) for n in shape]
+    return (block,) * 3, [(z, y, x) for z in starts[0] for y in starts[1] for x in starts[2]]
 
-    def __init__(self, ckpt, data, shape, tile: int, norm, keep_output: bool, margin: int = 12):
+
+#: DeepETPicker's published defaults: f_maps 24/48/72/108, 72^3 blocks, pad 12
+DEEPETPICKER_F_MAPS = (24, 48, 72, 108)
+DEEPETPICKER_BLOCK, DEEPETPICKER_PAD = 72, 12
+
+
+class Baseline:
+    """The plain way, one tile at a time: contiguous fp32 network under no_grad.
+
+    ``tiling``: ``"ours"`` (predict's tiling for ``tile``; isolates what the layout and the
+    batch-norm folding gain) or ``(block, pad)`` cubic blocks as DeepETPicker tiles.
+    ``net``: the checkpoint's network (default) or any module taking (1, 1, z, y, x)."""
+
+    def __init__(self, ckpt, data, shape, tile: int, norm, keep_output: bool, margin: int = 12,
+                 tiling="ours", net=None):
         import numpy as np
 
-        self.net = ckpt.build("cpu").eval()  # default contiguous layout
-        self.data, self.shape, self.m = data, tuple(shape), margin
-        self.tshape, self.jobs = _tiling(shape, tile, margin, ckpt.model_config.multiple)
+        self.net = (net if net is not None else ckpt.build("cpu")).eval()  # default contiguous layout
+        self.data, self.shape = data, tuple(shape)
+        if tiling == "ours":
+            self.m = margin
+            self.tshape, self.jobs = _tiling(shape, tile, margin, ckpt.model_config.multiple)
+        else:
+            self.m = tiling[1]
+            self.tshape, self.jobs = _cube_tiling(shape, *tiling)
         self.centre, self.scale = norm
         if keep_output:
             self.label = np.zeros(self.shape, np.uint8)
@@ -90,6 +123,7 @@ class Baseline:
         else:  # sampled: stitch into a scratch buffer (same copying cost, no full-size output)
             self.label = self.conf = None
         self.T = Timers()
+        self.tile_times: list[float] = []
 
     def tile(self, j: int) -> float:
         import numpy as np
@@ -122,13 +156,19 @@ class Baseline:
         t2 = time.perf_counter()
         self.T.add("tile_read", t1 - t0)
         self.T.add("network", t2 - t1)
+        self.tile_times.append(t2 - t0)
         return t2 - t0
+
+    def extrapolated(self) -> dict:
+        """Tile-read and network seconds for all tiles, from the tiles run (one shape)."""
+        f = len(self.jobs) / max(1, len(self.tile_times))
+        return {k: v * f for k, v in self.T.t.items()}
 
 
 # ----------------------------------------------------------------------------- children
 def child_ours(a) -> dict:
-    """Ours (the real predict path) in this fresh process; with --interleave, baseline
-    tiles alternate with ours' tiles (from predict's progress callback)."""
+    """Ours (the real predict path) in this fresh process; the baselines' tiles run between
+    ours' tiles (from predict's progress callback), spread evenly over the run."""
     import numpy as np
     import torch
 
@@ -167,19 +207,40 @@ def child_ours(a) -> dict:
     ckpt, desc = C.resolve_model(a.model)
     T.add("model", time.perf_counter() - t)
 
-    base = None
-    selected: set[int] = set()
-    if a.interleave:
+    cfg = P.PredictConfig(device="cpu", tile=a.tile, batch_size=a.batch_size)
+    n_ours = len(_tiling(tomo.shape, a.tile, cfg.margin, ckpt.model_config.multiple)[1])
+    bases: dict[str, Baseline] = {}
+    schedule: dict[int, list[tuple[str, int]]] = {}  # ours' tile -> baseline tiles to run after it
+    t_base_model = 0.0
+    wanted = {"plain": a.baseline_tiles, "plain, ours' tiling": a.same_tiling_tiles,
+              "DeepETPicker-like": a.deepetpicker_tiles}
+    if any(v != 0 for v in wanted.values()):
+        from napari_cryopicker.core.model import ModelConfig, ResUNet
+
         nm = ckpt.normalisation or {}
         norm = robust_normalisation(tomo.data, nm.get("lo", 0.5), nm.get("hi", 99.5))
-        t = time.perf_counter()
-        base = Baseline(ckpt, tomo.data, tomo.shape, a.tile, norm, keep_output=a.interleave < 0)
-        t_base_model = time.perf_counter() - t
-        n = len(base.jobs)
-        k = n if a.interleave < 0 else min(n, a.interleave)
-        selected = set(np.unique(np.linspace(0, n - 1, k).round().astype(int)).tolist())
+        cube = (DEEPETPICKER_BLOCK, DEEPETPICKER_PAD)
+        for name, k in wanted.items():
+            if k == 0:
+                continue
+            t = time.perf_counter()
+            if name == "DeepETPicker-like":  # its network size (speed does not depend on the weights)
+                torch.manual_seed(0)
+                dnet = ResUNet(ModelConfig(n_classes=len(ckpt.classes), f_maps=DEEPETPICKER_F_MAPS))
+                b = Baseline(ckpt, tomo.data, tomo.shape, a.tile, norm, False, tiling=cube, net=dnet)
+            else:
+                full = name == "plain" and k < 0
+                b = Baseline(ckpt, tomo.data, tomo.shape, a.tile, norm, keep_output=full,
+                             tiling=cube if name == "plain" else "ours")
+            if name == "plain":
+                t_base_model = time.perf_counter() - t
+            bases[name] = b
+            n = len(b.jobs)
+            picks_j = np.unique(np.linspace(0, n - 1, n if k < 0 else min(n, k)).round().astype(int))
+            for i, j in enumerate(picks_j):  # spread evenly over ours' tiles
+                schedule.setdefault(int(i * n_ours // len(picks_j)), []).append((name, int(j)))
 
-    ours_tile, base_tile, pairs = [], [], []
+    ours_tile = []
     state = {"last": 0.0, "cb": 0.0}
 
     def cb(done, total, msg):
@@ -187,19 +248,17 @@ def child_ours(a) -> dict:
             return
         now = time.perf_counter()
         ours_tile.append(now - state["last"])
-        j = done - 1
-        if j in selected:
+        jobs = schedule.get(done - 1, [])
+        if jobs:
             mw.sample()
             mw.phase = "baseline"
-            bt = base.tile(j)
+            for name, j in jobs:
+                bases[name].tile(j)
             mw.sample()
             mw.phase = "ours"
-            base_tile.append(bt)
-            pairs.append((ours_tile[-1], bt))
         state["last"] = time.perf_counter()
         state["cb"] += state["last"] - now
 
-    cfg = P.PredictConfig(device="cpu", tile=a.tile, batch_size=a.batch_size)
     t = time.perf_counter()
     state["last"] = t
     res = P.predict_picks(tomo, ckpt, cfg, progress=Progress(callback=cb))
@@ -221,10 +280,11 @@ def child_ours(a) -> dict:
            "ours": {"times": tt, "total": t_ours, "peak_anon_mb": ours_peak.get("RssAnon"),
                     "peak_rss_mb": ours_peak.get("VmRSS"), "n_picks": len(res.picks)}}
 
-    if base is not None:  # the baseline's MP-NMS and writing, same process, same map
+    if bases:  # the baselines' MP-NMS and writing (all the same), same process, same map
         mw.phase = "baseline-nms"
-        if base.label is not None:
-            label, conf = base.label, base.conf
+        plain = bases.get("plain")
+        if plain is not None and plain.label is not None:
+            label, conf = plain.label, plain.conf
         else:
             label, conf = nms_args["label"], nms_args["prob"]
         t = time.perf_counter()
@@ -235,18 +295,18 @@ def child_ours(a) -> dict:
             write_picks(bp, os.path.join(d, "picks.csv"), voxel_size=tomo.voxel_size, tomogram_shape=tomo.shape,
                         tomogram=tomo.name)
             b_write = time.perf_counter() - t
-        f = len(base.jobs) / len(base_tile)
-        bt = dict(base.T.t)
-        out["baseline"] = {"times": {"model": t_base_model, "tile_read": bt["tile_read"] * f,
-                                     "network": bt["network"] * f, "nms": b_nms, "write": b_write},
-                           "tiles_run": len(base_tile), "sampled": len(base_tile) < len(base.jobs),
-                           "tile_s": float(np.median(base_tile[1:] if len(base_tile) > 2 else base_tile)),
-                           "n_picks": len(bp)}
-        out["pairs"] = pairs
-        if base.label is not None and a.truth:
-            out["baseline"]["f1"] = _f1(bp, a)
-            po, pb = np.sort(res.picks.zyx, 0), np.sort(bp.zyx, 0)
-            out["same_picks"] = bool(len(po) == len(pb) and np.allclose(po, pb, atol=1e-3))
+        out["baselines"] = {}
+        for name, b in bases.items():
+            ex = b.extrapolated()
+            out["baselines"][name] = {
+                "times": {"model": t_base_model, "tile_read": ex["tile_read"], "network": ex["network"],
+                          "nms": b_nms, "write": b_write},
+                "tiles_run": len(b.tile_times), "n_tiles": len(b.jobs), "tile_shape": list(b.tshape),
+                "sampled": len(b.tile_times) < len(b.jobs),
+                "tile_s": float(np.median(b.tile_times[1:] if len(b.tile_times) > 2 else b.tile_times)),
+                "n_picks": len(bp)}
+        if plain is not None and plain.label is not None and a.truth:
+            out["baselines"]["plain"]["f1"] = _f1(bp, a)
     peak = mw.stop()
     out["calib"] = [calib0, C.calibrate()]
     out["process_peak_anon_mb"] = peak.get("RssAnon")
@@ -282,7 +342,8 @@ def child_baseline_memory(a) -> dict:
     t = time.perf_counter()
     norm = robust_normalisation(vol, nm.get("lo", 0.5), nm.get("hi", 99.5))
     T.add("norm", time.perf_counter() - t)
-    base = Baseline(ckpt, vol, vol.shape, a.tile, norm, keep_output=True)
+    base = Baseline(ckpt, vol, vol.shape, a.tile, norm, keep_output=True,
+                    tiling=(DEEPETPICKER_BLOCK, DEEPETPICKER_PAD))
     for j in sorted({0, len(base.jobs) // 2}):
         base.tile(j)
     np.copyto(base.label, np.load(a.save_map + ".label.npy"))  # as touched as after all tiles
@@ -335,15 +396,19 @@ def main() -> None:
                     "demo_out/model.pt, else a random-init default network)")
     ap.add_argument("--tile", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=1, help="PredictConfig.batch_size for 'ours'")
-    ap.add_argument("--baseline-tiles", type=int, default=8,
-                    help="baseline tiles interleaved with ours' (extrapolated to all); 0 = every tile (slower)")
-    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--baseline-tiles", type=int, default=32,
+                    help="tiles of the plain baseline interleaved with ours' (extrapolated to all its tiles); "
+                         "0 = every tile (slower; its picks and F1 are then its own)")
+    ap.add_argument("--same-tiling-tiles", type=int, default=8,
+                    help="tiles of the plain baseline on ours' tiling (-1 = skip)")
+    ap.add_argument("--deepetpicker-tiles", type=int, default=4,
+                    help="tiles of the DeepETPicker-like run (-1 = skip)")
+    ap.add_argument("--skip-baseline", action="store_true", help="time ours only")
     ap.add_argument("--no-mallopt", action="store_true",
                     help="run without the glibc heap setting that cryopicker predict makes (core/memory.py), "
                          "to measure what it gains")
     ap.add_argument("--seed", type=int, default=2000)
     ap.add_argument("--child", choices=["ours", "baseline-memory"], help=argparse.SUPPRESS)
-    ap.add_argument("--interleave", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--tomo", help=argparse.SUPPRESS)
     ap.add_argument("--truth", help=argparse.SUPPRESS)
     ap.add_argument("--save-map", help=argparse.SUPPRESS)
@@ -360,57 +425,69 @@ def main() -> None:
     ckpt, desc = C.resolve_model(a.model)
     print(f"# model: {desc}")
     tshape, jobs = _tiling(shape, a.tile, 12, ckpt.model_config.multiple)
-    print(f"# tiling: {len(jobs)} tiles of {C.shape_str(tshape)} (margin 12) = "
+    print(f"# ours' tiling: {len(jobs)} tiles of {C.shape_str(tshape)} (margin 12) = "
           f"{len(jobs) * math.prod(tshape) / math.prod(shape):.2f}x the output voxels")
+    cshape, cjobs = _cube_tiling(shape, DEEPETPICKER_BLOCK, DEEPETPICKER_PAD)
+    print(f"# DeepETPicker's tiling (the plain baselines): {len(cjobs)} blocks of {C.shape_str(cshape)} "
+          f"(pad {DEEPETPICKER_PAD}) = {len(cjobs) * math.prod(cshape) / math.prod(shape):.2f}x the output voxels")
     mapbase = str(C.CACHE / f"map_{C.shape_str(shape)}_s{a.seed}")
-    inter = 0 if a.skip_baseline else (-1 if a.baseline_tiles <= 0 else a.baseline_tiles)
+    if a.skip_baseline:
+        nb, ns, nd = 0, 0, 0
+    else:
+        nb = -1 if a.baseline_tiles <= 0 else a.baseline_tiles
+        ns = 0 if a.same_tiling_tiles < 0 else (a.same_tiling_tiles or -1)
+        nd = 0 if a.deepetpicker_tiles < 0 else (a.deepetpicker_tiles or -1)
     common = ["--tomo", str(tomo), "--tile", str(a.tile), "--seed", str(a.seed), "--save-map", mapbase]
     if a.model:
         common += ["--model", a.model]
-    print(f"# process 1: ours (real predict path) with {'no' if not inter else 'all' if inter < 0 else inter} "
-          "baseline tiles interleaved ...", flush=True)
-    r = C.run_child([os.path.abspath(__file__), "--child", "ours", "--interleave", str(inter), "--batch-size",
-                     str(a.batch_size), "--truth", json.dumps(list(shape))] + common + (["--no-mallopt"] if a.no_mallopt else []))
+    print("# process 1: ours (the real predict path) with baseline tiles interleaved ...", flush=True)
+    r = C.run_child([os.path.abspath(__file__), "--child", "ours", "--baseline-tiles", str(nb),
+                     "--same-tiling-tiles", str(ns), "--deepetpicker-tiles", str(nd), "--batch-size",
+                     str(a.batch_size), "--truth", json.dumps(list(shape))] + common
+                    + (["--no-mallopt"] if a.no_mallopt else []))
     ours, vox = r["ours"], r["voxels"]
     ours["tile_s"] = r["tile_s"]
     rows = [row("ours" + (" without the heap setting" if a.no_mallopt else ""), ours, vox)]
-    base = r.get("baseline")
-    if base is not None:
-        print("# process 2: the baseline's memory (whole volume in RAM, 2 tiles, full output, MP-NMS) ...", flush=True)
+    bases = r.get("baselines", {})
+    if bases:
+        print("# process 2: the plain baseline's memory (whole volume in RAM, 2 blocks, full output, MP-NMS) ...",
+              flush=True)
         mem = C.run_child([os.path.abspath(__file__), "--child", "baseline-memory"] + common)
-        base["times"].update(open=mem["times"]["open"], norm=mem["times"]["norm"])
-        base["total"] = sum(base["times"].values())
-        base["peak_anon_mb"], base["peak_rss_mb"] = mem["peak_anon_mb"], mem["peak_rss_mb"]
-        rows.append(row("baseline" + (" (extrap.)" if base["sampled"] else ""), base, vox))
+        for name, b in bases.items():
+            b["times"].update(open=mem["times"]["open"], norm=mem["times"]["norm"])
+            b["total"] = sum(b["times"].values())
+            b["peak_anon_mb"], b["peak_rss_mb"] = ((mem["peak_anon_mb"], mem["peak_rss_mb"]) if name == "plain"
+                                                   else (float("nan"), float("nan")))
+            rows.append(row(name + (" (extrap.)" if b["sampled"] else ""), b, vox))
     print()
     print(C.table(HEAD, rows, title=f"cryopicker predict on {C.shape_str(shape)} ({vox / 1e6:.1f} Mvoxel), "
                                     f"{r['threads']} threads, CPU; machine speed (fp32 matmul) "
                                     f"{r['calib'][0]:.0f} -> {r['calib'][1]:.0f} GFLOP/s during the run"))
-    print(f"ours: {ours['n_picks']} picks, F1 vs truth {ours.get('f1', float('nan')):.3f}; 'other' time in predict "
-          f"(net build, between the last tile and MP-NMS) {ours['times'].get('other', 0):.2f} s; "
-          f"peak anon - 2 B/voxel stitched output = {ours['peak_anon_mb'] - 2 * vox / 2**20:.0f} MB")
-    if base is not None:
-        pairs = r["pairs"]
-        po, pb = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
-        tb, to = base["times"], ours["times"]
-        print(f"RATIO baseline/ours (same process, {len(pairs)} interleaved tile pairs): per tile {pb / po:.2f}x; "
-              f"inference (tile reads + network) {(tb['tile_read'] + tb['network']) / (to['tile_read'] + to['network']):.2f}x; "
-              f"whole predict {base['total'] / ours['total']:.2f}x; peak anon memory "
-              f"{base['peak_anon_mb'] / ours['peak_anon_mb']:.2f}x")
-        print("   tile pairs (ours s, baseline s): " + ", ".join(f"({p[0]:.1f}, {p[1]:.1f})" for p in pairs[:12])
-              + (" ..." if len(pairs) > 12 else ""))
-        if base["sampled"]:
-            print(f"(the baseline ran {base['tiles_run']} of {r['n_tiles']} tiles; its tile-read and network times are "
-                  "extrapolated; its MP-NMS ran on ours' map; its read/normalisation times and peak memory come "
-                  "from process 2)")
-        else:
-            print(f"baseline picks {'EQUAL' if r.get('same_picks') else 'DIFFER from'} ours ({base['n_picks']} vs "
-                  f"{ours['n_picks']}); baseline F1 {base.get('f1', float('nan')):.3f}")
+    print(f"ours: {r['n_tiles']} tiles, {ours['n_picks']} picks, F1 vs truth {ours.get('f1', float('nan')):.3f}; "
+          f"'other' time in predict (net build, between the last tile and MP-NMS) "
+          f"{ours['times'].get('other', 0):.2f} s; peak anon - 2 B/voxel stitched output = "
+          f"{ours['peak_anon_mb'] - 2 * vox / 2**20:.0f} MB")
+    to = ours["times"]
+    for name, b in bases.items():
+        tb = b["times"]
+        print(f"RATIO {name}/ours (same process, {b['tiles_run']} of its {b['n_tiles']} tiles of "
+              f"{C.shape_str(b['tile_shape'])} interleaved with ours'): inference (tile reads + network) "
+              f"{(tb['tile_read'] + tb['network']) / (to['tile_read'] + to['network']):.2f}x; whole predict "
+              f"{b['total'] / ours['total']:.2f}x"
+              + (f"; peak anon memory {b['peak_anon_mb'] / ours['peak_anon_mb']:.2f}x" if name == "plain" else ""))
+    plain = bases.get("plain")
+    if plain is not None and "f1" in plain:
+        print(f"plain baseline's own map: {plain['n_picks']} picks, F1 {plain.get('f1', float('nan')):.3f}")
+    elif bases:
+        print("(sampled baselines: tile-read and network times extrapolated from the tiles run; MP-NMS and writing "
+              "ran on ours' map; reading and normalisation times and the plain baseline's peak memory come from "
+              "process 2; the DeepETPicker-like row uses its network size with random weights)")
     tot, nms = ours["total"], ours["times"]["nms"]
     note = "" if shape == (200, 512, 512) else f" [measured on {C.shape_str(shape)}, not the target's size]"
+    ratio = plain["total"] / tot if plain else None
     print(f"targets (200x512x512, 2 cores){note}: whole predict <= 60 s: "
-          f"{'MET' if tot <= 60 else 'NOT MET'} ({tot:.0f} s); >= 3x the baseline: "
-          + (f"{'MET' if base['total'] / tot >= 3 else 'NOT MET'} ({base['total'] / tot:.2f}x)" if base else "n/a")
+          f"{'MET' if tot <= 60 else 'NOT MET'} ({tot:.0f} s); >= 3x the plain baseline: "
+          + (f"{'MET' if ratio >= 3 else 'NOT MET'} ({ratio:.2f}x)" if ratio else "n/a")
           + f"; MP-NMS < 5 s: {'MET' if nms < 5 else 'NOT MET'} ({nms:.1f} s)")
     print()
     print(tiling_table(shape, ckpt.model_config.multiple))
