@@ -152,3 +152,28 @@ def test_sparse_training_runs_and_records_what_it_left_out(small_sim):
     cfg = TrainConfig(**{**TINY, "epochs": 2}, sparse=True, sparse_warmup=0.0)
     ck = train_model([tomo], [sim.picks], sim.classes, cfg)
     assert all("left_out" in r and 0.0 <= r["left_out"] < 1.0 for r in ck.history)
+
+
+def _kept_epoch(keys, tolerance):
+    from napari_cryopicker.core.train import TrainState, _better
+
+    state = TrainState()
+    for epoch, key in enumerate(keys, 1):
+        if _better(key, state, tolerance):
+            state.best_key, state.best_epoch = key, epoch
+    return state.best_epoch
+
+
+def test_best_epoch_prefers_lower_loss_on_a_plateau_of_the_validation_score():
+    # (F-alpha, -validation loss) per epoch: the score plateaus from epoch 3 while the loss falls
+    keys = [(0.40, -1.10), (0.60, -1.00), (0.747, -0.95), (0.74, -0.88), (0.739, -0.79), (0.73, -0.80)]
+    assert _kept_epoch(keys, 0.03) == 5           # within 0.03 of the best score, lowest loss
+    assert _kept_epoch(keys, 0.0) == 3            # strict maximum: the first lucky epoch
+    # a clearly higher score wins even at a higher loss; a clearly lower one never does
+    assert _kept_epoch([(0.5, -0.5), (0.6, -0.9)], 0.03) == 2
+    assert _kept_epoch([(0.8, -0.9), (0.7, -0.1)], 0.03) == 1
+    # the tolerance is measured from the best score seen, so the kept score cannot drift down
+    assert _kept_epoch([(0.80, -0.9), (0.78, -0.8), (0.76, -0.7), (0.74, -0.6)], 0.03) == 2
+    # without validation the key is (-inf, -training loss): the lowest training loss wins
+    inf = float("inf")
+    assert _kept_epoch([(-inf, -1.0), (-inf, -0.5), (-inf, -0.7)], 0.03) == 2

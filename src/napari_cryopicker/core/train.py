@@ -54,6 +54,7 @@ class TrainConfig:
     val_fraction: float = 0.15               # share of each tomogram held out (a slab)
     val_every: int = 1
     f_alpha: float = 3.0                     # validation score: F-beta with beta = alpha
+    select_tolerance: float = 0.03           # F-alpha this close to the best counts as as good: lower loss wins
     ce_weight: float = 1.0
     dice_weight: float = 1.0
     label_smoothing: float = 0.0
@@ -96,6 +97,7 @@ class TrainState:
     best_state: dict | None = None
     best_epoch: int | None = None
     best_key: tuple = (-math.inf, -math.inf)
+    top_score: float = -math.inf  # the best validation F-alpha seen
     best_score: float | None = None
     best_nms: dict = field(default_factory=dict)
 
@@ -635,7 +637,7 @@ def train_model(
             key = (-math.inf, -record["train_loss"]) if not has_val else None
         record["seconds"] = time.monotonic() - t_ep
         state.history.append(record)
-        if key is not None and key > state.best_key:
+        if key is not None and _better(key, state, config.select_tolerance):
             state.best_key = key
             state.best_state = _copy_state(net)
             state.best_epoch = record["epoch"]
@@ -658,6 +660,22 @@ def train_model(
         state.best_state = _copy_state(net)
         state.best_epoch = state.history[-1]["epoch"] if state.history else None
     return _checkpoint(state, mcfg, classes, vs, config)
+
+
+def _better(key: tuple, state: TrainState, tolerance: float) -> bool:
+    """Is the epoch with ``key`` = (validation F-alpha, -validation loss) the new best?
+
+    F-alpha on a few dozen held-out picks moves in steps of one pick (~0.01-0.03) and
+    plateaus while the loss still falls; a strict maximum would keep the first lucky epoch
+    of the plateau, often a half-trained one (seen: epoch 13 of 25 kept with sparse picks,
+    F-alpha 0.747 against 0.739 at epoch 22, whose loss was 17 % lower). So an epoch wins
+    by a clearly higher F-alpha, or by a lower loss at an F-alpha within ``tolerance`` of
+    the best seen. Without validation, key = (-inf, -training loss): lowest loss wins."""
+    f = key[0]
+    state.top_score = max(state.top_score, f)
+    if state.best_epoch is None or f > state.best_key[0] + tolerance:
+        return True
+    return f >= state.top_score - tolerance and key[1] > state.best_key[1]
 
 
 def _checkpoint(state: TrainState, mcfg: ModelConfig, classes: ClassTable, vs, config: TrainConfig) -> Checkpoint:
