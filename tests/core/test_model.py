@@ -116,8 +116,9 @@ def test_prepared_for_inference_gives_the_same_output(coord_conv):
     direct = [m for m in fast.modules() if isinstance(m, M._OneDNNConv3d)]
     if M._onednn_usable():  # every 3x3x3 convolution, the 1-channel first one included
         assert len(direct) == 2 * (4 + 3) and fast.enc[0][0].conv1 in direct
+        assert fast.onednn_pool  # the pooling too
     else:
-        assert not direct
+        assert not direct and not fast.onednn_pool
 
 
 def test_direct_onednn_path_can_be_turned_off(monkeypatch):
@@ -126,4 +127,4 @@ def test_direct_onednn_path_can_be_turned_off(monkeypatch):
     monkeypatch.setattr(M, "_ONEDNN_OK", None)
     monkeypatch.setenv("CRYOPICKER_ONEDNN", "0")
     net = M.prepare_for_inference(M.ResUNet(M.ModelConfig(n_classes=1, f_maps=(4, 8))), "cpu")
-    assert not any(isinstance(m, M._OneDNNConv3d) for m in net.modules())
+    assert not any(isinstance(m, M._OneDNNConv3d) for m in net.modules()) and not net.onednn_pool

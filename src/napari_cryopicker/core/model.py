@@ -102,6 +102,19 @@ class ResUNet(nn.Module):
             self.up.append(nn.ConvTranspose3d(f[i + 1], f[i], 2, stride=2))
             self.dec.append(ResBlock(f[i], f[i]))
         self.head = nn.Conv3d(f[0], config.n_classes + 1, 1)
+        self.onednn_pool = False  # set by prepare_for_inference
+
+    def _down(self, x: torch.Tensor) -> torch.Tensor:
+        """2x average pooling. With ``onednn_pool`` (inference on the CPU) as a depthwise
+        2x2x2 convolution of weight 1/8 run by oneDNN: the same numbers, but PyTorch's own
+        3D pooling of channels-last tensors converts them to and fro (8 channels at
+        128x152x152: 258 -> 17 ms on one core)."""
+        if self.onednn_pool and x.device.type == "cpu" and x.dtype == torch.float32:
+            c = x.shape[1]
+            w = torch.full((c, 1, 2, 2, 2), 0.125, dtype=x.dtype)
+            return torch.ops.aten.mkldnn_convolution(
+                x.contiguous(memory_format=torch.channels_last_3d), w, None, [0, 0, 0], [2, 2, 2], [1, 1, 1], c)
+        return F.avg_pool3d(x, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -115,9 +128,9 @@ class ResUNet(nn.Module):
         skips = []
         for i, block in enumerate(self.enc):
             if i > 0:
-                x = F.avg_pool3d(x, 2)
+                x = self._down(x)
                 if cfg.pyramid:
-                    img = F.avg_pool3d(img, 2)
+                    img = self._down(img)
                     x = torch.cat([x, img], dim=1)
             x = block(x)
             skips.append(x)
@@ -191,8 +204,8 @@ def _onednn_usable() -> bool:
 def prepare_for_inference(net: ResUNet, device: str | torch.device = "cpu") -> ResUNet:
     """The fastest way this machine runs ``net`` for prediction (same output): batch norm
     folded (:func:`fold_batchnorm`), channels-last memory layout, and on the CPU every 3x3x3
-    convolution run by oneDNN directly (:class:`_OneDNNConv3d`). Eval mode; do not train
-    the result."""
+    convolution and the average pooling run by oneDNN directly (:class:`_OneDNNConv3d`,
+    :meth:`ResUNet._down`). Eval mode; do not train the result."""
     net = fold_batchnorm(net).to(memory_format=torch.channels_last_3d)
     if torch.device(device).type == "cpu" and _onednn_usable():
         for module in list(net.modules()):
@@ -200,6 +213,7 @@ def prepare_for_inference(net: ResUNet, device: str | torch.device = "cpu") -> R
                 if (type(child) is nn.Conv3d and child.kernel_size != (1, 1, 1)
                         and child.padding_mode == "zeros" and not isinstance(child.padding, str)):
                     setattr(module, name, _OneDNNConv3d(child))
+        net.onednn_pool = True
     return net
 
 
