@@ -5,16 +5,17 @@ peak that inference achieves, all measured in this process.
 2. Machine peak, measured here: the best of several ``torch.mm`` of 4096x4096 fp32
    (2 n^3 FLOP each), and the same in bf16; plus the nominal peak from the CPU flags and
    clock (FMA width x 2 pipes x cores x GHz) as a cross-check.
-3. The network on one tile (default 160^3) in eager fp32 channels_last_3d (as predict
-   runs it): achieved FLOP/s = 2 x MACs/voxel x voxels / seconds; fraction of the
-   measured fp32 peak. For comparison, on the same tile: the plain contiguous layout
-   (the inference baseline), bf16 autocast (only where the CPU has native bf16), BatchNorm
-   folded into the convolutions, and glibc told to keep freed memory in the heap
-   (``mallopt(M_MMAP_THRESHOLD=1 GiB, M_TRIM_THRESHOLD=2 GiB)``: big tensors are then not
-   mmap-ed and page-faulted afresh for every layer of every tile); the last three are
-   what-if variants, not what predict does today; their arg-max agreement with fp32 is
-   printed. Variants run round-robin; user/system CPU seconds and minor page faults per
-   forward pass (getrusage) show where the system time goes.
+3. The network on one tile (default 160^3), eager fp32, as predict runs it
+   (``model.prepare_for_inference``: batch norm folded, channels_last_3d, 3x3x3
+   convolutions and pooling run by oneDNN directly): achieved FLOP/s = 2 x MACs/voxel x
+   voxels / seconds; fraction of the measured fp32 peak. For comparison, on the same
+   tile: the plain contiguous layout (the inference baseline), channels_last alone (what
+   predict did before), bf16 autocast (only where the CPU has native bf16), and glibc told
+   to keep freed memory in the heap (``mallopt(M_MMAP_THRESHOLD=1 GiB, M_TRIM_THRESHOLD=2
+   GiB)``, as ``cryopicker predict`` does; this script leaves it off elsewhere); their
+   arg-max agreement with predict's forward is printed. Variants run round-robin;
+   user/system CPU seconds and minor page faults per forward pass (getrusage) show where
+   the system time goes.
 4. Where the time goes: torch.profiler self-CPU time by operator on one smaller tile
    (``--profile-tile``, default 96^3).
 
@@ -73,25 +74,6 @@ def nominal_peak() -> tuple[float, str]:
                   f"bf16 dot-product instructions (avx512_bf16): {'yes' if bf16 else 'NO'}")
 
 
-def fold_bn(net):
-    """A copy of an eval-mode net with every BatchNorm folded into the preceding conv."""
-    import torch
-
-    from napari_cryopicker.core.model import ResBlock
-
-    net = copy.deepcopy(net).eval()
-    for m in net.modules():
-        if isinstance(m, ResBlock):
-            for conv, bn in ((m.conv1, "bn1"), (m.conv2, "bn2")):
-                b = getattr(m, bn)
-                s = b.weight / torch.sqrt(b.running_var + b.eps)
-                with torch.no_grad():
-                    conv.weight.mul_(s.view(-1, 1, 1, 1, 1))
-                    conv.bias = torch.nn.Parameter(b.bias - b.running_mean * s)
-                setattr(m, bn, torch.nn.Identity())
-    return net
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tile", type=int, default=160)
@@ -135,22 +117,26 @@ def main() -> None:
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 1, n, n, n), dtype=np.float32))
     vox = n**3
     flop = 2 * macs * vox
-    variants = [("fp32 channels_last (predict)", "cl", torch.float32, False),
+    from napari_cryopicker.core.model import prepare_for_inference
+
+    # name, model key, dtype, keep the heap (mallopt) for this variant
+    variants = [("fp32, predict's forward", "predict", torch.float32, False),
                 ("fp32 contiguous (baseline)", "plain", torch.float32, False)]
     if not a.no_variants:
+        variants.append(("fp32 channels_last only", "cl", torch.float32, False))
         if fast16:
-            variants.append(("bf16 autocast channels_last", "cl", torch.bfloat16, False))
-        variants.append(("fp32 channels_last, BN folded", "cl", torch.float32, True))
+            variants.append(("bf16 autocast, predict's forward", "predict", torch.bfloat16, False))
         if libc is not None:
-            variants.append(("fp32 channels_last, heap kept (mallopt)", "cl", torch.float32, False))
-    nets = {"cl": net.to(memory_format=torch.channels_last_3d), "plain": ResUNet(mc).eval()}
+            variants.append(("fp32, predict's forward, heap kept (mallopt)", "predict", torch.float32, True))
+    nets = {"cl": copy.deepcopy(net).to(memory_format=torch.channels_last_3d), "plain": ResUNet(mc).eval()}
     nets["plain"].load_state_dict(net.state_dict())
-    models = [nets[fmt] if not fold else fold_bn(nets[fmt]) for _, fmt, _, fold in variants]
-    inputs = [x.contiguous(memory_format=torch.channels_last_3d) if fmt == "cl" else x for _, fmt, _, _ in variants]
+    nets["predict"] = prepare_for_inference(copy.deepcopy(net), "cpu")  # BN folded, channels_last, oneDNN
+    models = [nets[key] for _, key, _, _ in variants]
+    inputs = [x if key == "plain" else x.contiguous(memory_format=torch.channels_last_3d)
+              for _, key, _, _ in variants]
 
     def run(i):
-        dt = variants[i][2]
-        keep = "mallopt" in variants[i][0]
+        dt, keep = variants[i][2], variants[i][3]
         if keep:  # glibc: serve big blocks from the heap and keep freed memory (no page faults)
             libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
             libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
@@ -178,7 +164,7 @@ def main() -> None:
             print(f"#   {variants[i][0]}: {times[i][-1]:.2f} s", flush=True)
     ref = outs[0]
     rows = []
-    for i, (name, fmt, dt, fold) in enumerate(variants):
+    for i, (name, _, dt, _) in enumerate(variants):
         best = min(times[i])
         agree = float((outs[i] == ref).float().mean())
         g = flop / best / 1e9
@@ -192,21 +178,21 @@ def main() -> None:
                   title=f"The default network on one {n}^3 tile ({vox / 1e6:.1f} Mvoxel, {flop / 1e9:.0f} GFLOP), "
                         f"eager, {torch.get_num_threads()} threads, best of {a.repeat} rounds (round-robin) after a warm-up"))
     paired = [b / c for b, c in zip(times[1], times[0])]
-    print(f"RATIO contiguous/channels_last per tile: best {min(times[1]) / min(times[0]):.2f}x, per round "
+    print(f"RATIO contiguous (baseline) / predict's forward per tile: best {min(times[1]) / min(times[0]):.2f}x, per round "
           + ", ".join(f"{r:.2f}x" for r in paired) + f"; fp32 matmul peak (best over the run) {p32:.0f} GFLOP/s")
     for i in range(2, len(variants)):
         r = [c / v for c, v in zip(times[0], times[i])]
         print(f"RATIO predict's forward / '{variants[i][0]}' per tile (same rounds): "
-              + ", ".join(f"{x:.2f}x" for x in r) + f" -> the what-if is {np.median(r):.2f}x faster")
+              + ", ".join(f"{x:.2f}x" for x in r) + f" -> median {np.median(r):.2f}x (> 1: the what-if is faster)")
     if not fast16 and not a.no_variants:  # bf16 is emulated here: time it on a small tile only
         k = 32
         xs = torch.randn(1, 1, k, k, k).contiguous(memory_format=torch.channels_last_3d)
         ts = {}
         for dt in (torch.float32, torch.bfloat16):
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dt == torch.bfloat16):
-                nets["cl"](xs)
+                nets["predict"](xs)
                 t = time.perf_counter()
-                nets["cl"](xs)
+                nets["predict"](xs)
                 ts[dt] = time.perf_counter() - t
         print(f"bf16 autocast on a {k}^3 tile: {ts[torch.bfloat16]:.2f} s vs fp32 {ts[torch.float32]:.2f} s "
               f"({ts[torch.bfloat16] / ts[torch.float32]:.1f}x slower): no native bf16 on this CPU, so predict "
@@ -218,9 +204,9 @@ def main() -> None:
     k = a.profile_tile
     xp = torch.randn(1, 1, k, k, k).contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
-        nets["cl"](xp)
+        nets["predict"](xp)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            nets["cl"](xp)
+            nets["predict"](xp)
     groups: dict[str, float] = {}
     total = 0.0
     for ev in prof.key_averages():
@@ -232,7 +218,7 @@ def main() -> None:
     rows = [[g, f"{v / 1e6:.2f}", f"{v / total:.0%}"] for g, v in sorted(groups.items(), key=lambda kv: -kv[1])[:10]]
     print()
     print(C.table(["operator", "self CPU s", "share"], rows,
-                  title=f"Where the time goes: fp32 channels_last forward on a {k}^3 tile (torch.profiler)"))
+                  title=f"Where the time goes: predict's fp32 forward on a {k}^3 tile (torch.profiler)"))
 
 
 if __name__ == "__main__":
