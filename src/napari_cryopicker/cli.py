@@ -353,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patch", type=int, default=None, help="training crop edge (voxels)")
     t.add_argument("--sparse", action=argparse.BooleanOptionalAction, default=None,
                    help="only some of the particles in the tomograms are picked: blobs the network finds away "
-                        "from every pick are not taught as background (the default); "
-                        "--no-sparse when every particle is picked")
+                        "from every pick are not taught as background (off by default: measured, plain "
+                        "training did as well or better even with 40 of 113 particles picked)")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("predict", help="pick particles with a trained model")

@@ -116,7 +116,9 @@ def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):
     w.epochs.setValue(500)
     w.device.setCurrentText("cpu")
     assert picked.train_settings["epochs"] == 500
-    assert w.sparse.isChecked()  # a few clicks among many particles: unpicked ones are not background
+    assert not w.sparse.isChecked()  # off by default (docs/method.md: measured)
+    w.sparse.setChecked(True)
+    assert run.config_values()["sparse"] is True
     w.sparse.setChecked(False)
     assert run.config_values()["sparse"] is False
     w.sparse.setChecked(True)

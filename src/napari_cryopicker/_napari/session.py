@@ -219,9 +219,9 @@ class PickingSession:
         self.autosave_path: Path | None = None
         self.last_autosave_error: str | None = None
         # settings shared by the Training and Correct & retrain widgets
-        # sparse: in the GUI one clicks a few of the particles, so unpicked ones are not background
+        # sparse off: measured, plain training did as well or better even with 40 of 113 picked
         self.train_settings: dict[str, Any] = {"epochs": 40, "time_limit": None, "device": "auto", "seed": 0,
-                                               "sparse": True}
+                                               "sparse": False}
         self.train_overrides: dict[str, Any] = {}
         self.label_mode = "tball"
         self.label_diameter: float | None = None  # one label diameter for all classes

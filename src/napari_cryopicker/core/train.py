@@ -64,7 +64,7 @@ class TrainConfig:
     amp: bool = True                         # mixed precision on CUDA
     tune_thresholds: bool = True             # pick MP-NMS t_lm per class on validation
     checkpoint_path: str | None = None       # save the best model here (atomically) after each better epoch
-    sparse: bool = True                      # not every particle is picked: see _ignore_unpicked_blobs
+    sparse: bool = False                     # not every particle is picked: see _ignore_unpicked_blobs
     sparse_warmup: float = 0.25              # share of training before unpicked blobs are left out
 
     def to_dict(self) -> dict:
