@@ -159,6 +159,7 @@ def _kept_epoch(keys, tolerance):
 
     state = TrainState()
     for epoch, key in enumerate(keys, 1):
+        state.top_score = max(state.top_score, key[0])  # as train_model does
         if _better(key, state, tolerance):
             state.best_key, state.best_epoch = key, epoch
     return state.best_epoch

@@ -637,6 +637,8 @@ def train_model(
             key = (-math.inf, -record["train_loss"]) if not has_val else None
         record["seconds"] = time.monotonic() - t_ep
         state.history.append(record)
+        if key is not None:
+            state.top_score = max(state.top_score, key[0])
         if key is not None and _better(key, state, config.select_tolerance):
             state.best_key = key
             state.best_state = _copy_state(net)
@@ -670,9 +672,9 @@ def _better(key: tuple, state: TrainState, tolerance: float) -> bool:
     of the plateau, often a half-trained one (seen: epoch 13 of 25 kept with sparse picks,
     F-alpha 0.747 against 0.739 at epoch 22, whose loss was 17 % lower). So an epoch wins
     by a clearly higher F-alpha, or by a lower loss at an F-alpha within ``tolerance`` of
-    the best seen. Without validation, key = (-inf, -training loss): lowest loss wins."""
+    the best seen (``state.top_score``, this epoch's included). Without validation,
+    key = (-inf, -training loss): lowest loss wins."""
     f = key[0]
-    state.top_score = max(state.top_score, f)
     if state.best_epoch is None or f > state.best_key[0] + tolerance:
         return True
     return f >= state.top_score - tolerance and key[1] > state.best_key[1]
