@@ -367,8 +367,10 @@ def validate(net, vols, classes, config, device, crop, n_classes, weights, multi
                 region=v.val_region, lowpass=config.lowpass,
             )
             target = _crop_labels(v, origin, shape, classes, config)
+            # the stitched probabilities are on the CPU, whatever device ran the network
             logp = torch.log(torch.from_numpy(full.astype(np.float32)).clamp_min(1e-6))[None]
-            losses.append(float(loss_fn(logp, torch.from_numpy(target.astype(np.int64))[None], n_classes, weights, config)))
+            target_t = torch.from_numpy(target.astype(np.int64))[None]
+            losses.append(float(loss_fn(logp, target_t, n_classes, weights.cpu(), config)))
             labels.append(lab)
             confs.append(conf)
             truth = v.val_truth.copy()
