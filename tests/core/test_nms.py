@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from napari_cryopicker.core.classes import ClassTable, ParticleClass
@@ -146,3 +147,31 @@ def test_coarse_grid_finds_the_same_picks_as_full_resolution():
         d = np.linalg.norm(a.zyx[:, None] - b.zyx[None], axis=-1)
         assert d.min(axis=1).max() <= 1.0
         np.testing.assert_allclose(np.sort(a.table["fill"]), np.sort(b.table["fill"]), atol=0.05)
+
+
+def test_threads_give_the_same_picks_and_can_be_cancelled():
+    from napari_cryopicker.core.errors import Cancelled
+    from napari_cryopicker.core.progress import Progress
+
+    rng = np.random.default_rng(5)
+    classes = ClassTable([ParticleClass("big", 15), ParticleClass("mid", 11), ParticleClass("small", 7)])
+    names = ("big", "mid", "small")
+    truth = jittered_grid(([12, 34, 56, 78], [12, 34, 56], [12, 34, 56]), lambda i: names[i % 3], rng)
+    label, prob = synthetic_maps((90, 70, 70), truth, classes)
+    prob = (prob * 255).astype(np.uint8)
+    one = mp_nms(label, prob, classes, slab=16, workers=1)
+    assert len(one) == len(truth)
+    for w in (2, 5):
+        assert mp_nms(label, prob, classes, slab=16, workers=w).equals(one)
+    seen = []
+
+    def cb(done, total, msg):
+        seen.append((done, total))
+        if done == 3:
+            prog.cancel()
+
+    prog = Progress(callback=cb)
+    with pytest.raises(Cancelled):
+        mp_nms(label, prob, classes, slab=16, workers=3, progress=prog)
+    assert [d for d, _ in seen[:3]] == [1, 2, 3]
+    assert max(d for d, _ in seen) < seen[0][1]  # stopped before its last (class, slab) task

@@ -26,6 +26,8 @@ result equals the whole-volume computation while memory stays bounded by the sla
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -291,6 +293,50 @@ def suppress(zyx: np.ndarray, scores: np.ndarray, min_dist: float) -> np.ndarray
     return np.asarray(sorted(keep), dtype=np.int64)
 
 
+def _slab_peaks(label, prob, ci: int, p: NMSParams, z0: int, z1: int, scale: float):
+    """Peaks of class ``ci`` whose centres round into z-slab [z0, z1), read with a halo of
+    ``p.halo()`` voxels (so the result equals the whole-volume computation)."""
+    Z, Y, X = label.shape
+    h = p.halo()
+    a, b = max(0, z0 - h), min(Z, z1 + h)
+    m = np.asarray(label[a:b]) == ci
+    if not m.any():
+        return None
+    # only the part of the slab where the class is (plus the halo), on the bin grid
+    ys = np.flatnonzero(m.any(axis=(0, 2)))
+    xs = np.flatnonzero(m.any(axis=(0, 1)))
+    y0, x0 = (max(0, v[0] - h) // p.bin * p.bin for v in (ys, xs))
+    y1, x1 = min(Y, ys[-1] + 1 + h), min(X, xs[-1] + 1 + h)
+    m = m[:, y0:y1, x0:x1]
+    pr = np.asarray(prob[a:b, y0:y1, x0:x1])
+    if pr.dtype == np.uint8:  # stays one byte per voxel: p >= t_seg <=> byte >= t_seg * 255
+        m &= pr >= np.uint8(min(255, max(0, math.ceil(p.t_seg * 255 - 1e-6))))
+        sc_ = np.where(m, pr, np.uint8(0))
+    else:  # float probabilities (scale is 1)
+        sc_ = np.where(m & (pr >= p.t_seg), pr, 0).astype(np.float32, copy=False)
+    del m
+    zyx, sc = find_peaks(sc_, p, unit=scale if pr.dtype == np.uint8 else 1.0)
+    zyx += np.array([a, y0, x0], dtype=float)
+    rz = np.floor(zyx[:, 0] + 0.5)
+    inside = (rz >= z0) & ((rz < z1) | (z1 == Z))
+    return zyx[inside], sc[inside]
+
+
+#: most threads MP-NMS runs its (class, slab) tasks on: each holds a slab's work arrays
+#: (~10 bytes per voxel of a <= 16 M-voxel slab), so this bounds the extra memory too
+MAX_WORKERS = 4
+
+
+def _n_workers(workers: int | None, n_tasks: int) -> int:
+    if workers is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            cpus = os.cpu_count() or 1
+        workers = min(MAX_WORKERS, cpus)
+    return max(1, min(int(workers), n_tasks))
+
+
 def mp_nms(
     label: np.ndarray,
     prob: np.ndarray,
@@ -300,12 +346,16 @@ def mp_nms(
     voxel_size: float | None = None,
     slab: int = 64,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> Picks:
     """Turn a segmentation into picks.
 
     ``label``: (z, y, x) uint8 arg-max class (0 background). ``prob``: (z, y, x) the
     arg-max class's probability, float or uint8 (0..255 mapped to 0..1). Per-class
     overrides may be given as ``params={"default": NMSParams(...), "ribosome": {...}}``.
+    The (class, z-slab) pieces are independent and run on ``workers`` threads (default:
+    the CPUs this process may use, at most :data:`MAX_WORKERS`; scipy's filters and
+    numpy release the GIL); the result does not depend on the number.
     """
     progress = ensure(progress)
     per_class = _params_per_class(params, classes)
@@ -313,53 +363,46 @@ def mp_nms(
     Z, Y, X = label.shape
     # slabs of at most ~16 M voxels (a few hundred MB of work arrays) whatever the section
     slab = int(max(1, min(slab, (16 << 20) // max(1, Y * X))))
-    all_zyx, all_scores, all_names, all_fill = [], [], [], []
-    steps = sum(-(-Z // (-(-slab // b) * b)) for b in
-                (per_class[c.name].resolved(c.radius).bin for c in classes)) or 1
-    step = 0
+    resolved = {c.name: per_class[c.name].resolved(c.radius) for c in classes}
+    tasks = []
     for ci, cls in enumerate(classes, start=1):
-        p = per_class[cls.name].resolved(cls.radius)
-        h = p.halo()
+        p = resolved[cls.name]
         step_z = -(-slab // p.bin) * p.bin  # slabs (and halos) on the bin grid
-        found_zyx, found_s = [], []
-        for z0 in range(0, Z, step_z):
-            progress.check()
-            z1 = min(Z, z0 + step_z)
-            a, b = max(0, z0 - h), min(Z, z1 + h)
-            m = np.asarray(label[a:b]) == ci
-            if m.any():
-                # only the part of the slab where the class is (plus the halo), on the bin grid
-                ys = np.flatnonzero(m.any(axis=(0, 2)))
-                xs = np.flatnonzero(m.any(axis=(0, 1)))
-                y0, x0 = (max(0, v[0] - h) // p.bin * p.bin for v in (ys, xs))
-                y1, x1 = min(Y, ys[-1] + 1 + h), min(X, xs[-1] + 1 + h)
-                m = m[:, y0:y1, x0:x1]
-                pr = np.asarray(prob[a:b, y0:y1, x0:x1])
-                if pr.dtype == np.uint8:  # stays one byte per voxel: p >= t_seg <=> byte >= t_seg * 255
-                    m &= pr >= np.uint8(min(255, max(0, math.ceil(p.t_seg * 255 - 1e-6))))
-                    sc_ = np.where(m, pr, np.uint8(0))
-                else:  # float probabilities (scale is 1)
-                    sc_ = np.where(m & (pr >= p.t_seg), pr, 0).astype(np.float32, copy=False)
-                zyx, sc = find_peaks(sc_, p, unit=scale if pr.dtype == np.uint8 else 1.0)
-                del sc_, m
-                zyx += np.array([a, y0, x0], dtype=float)
-                rz = np.floor(zyx[:, 0] + 0.5)
-                inside = (rz >= z0) & ((rz < z1) | (z1 == Z))
-                found_zyx.append(zyx[inside])
-                found_s.append(sc[inside])
-            step += 1
-            progress.update(step, steps, f"MP-NMS {cls.name}")
-        if found_zyx:
-            zyx = np.concatenate(found_zyx)
-            sc = np.concatenate(found_s)
-            keep = suppress(zyx, sc, p.t_dist)
-            zyx, sc = zyx[keep], sc[keep]
-            fill = fill_fraction(label, zyx, ci, p.fill_diameter or cls.diameter)
-            ok = fill >= p.min_fill
-            all_zyx.append(zyx[ok])
-            all_scores.append(sc[ok])
-            all_fill.append(fill[ok])
-            all_names += [cls.name] * int(ok.sum())
+        tasks += [(ci, cls.name, z0, min(Z, z0 + step_z)) for z0 in range(0, Z, step_z)]
+    progress.check()
+
+    def run(task):
+        progress.check()
+        ci, name, z0, z1 = task
+        return _slab_peaks(label, prob, ci, resolved[name], z0, z1, scale)
+
+    found: dict[str, list] = {c.name: [] for c in classes}
+    n = _n_workers(workers, len(tasks))
+    pool = ThreadPoolExecutor(n) if n > 1 else None
+    try:
+        results = pool.map(run, tasks) if pool else map(run, tasks)
+        for step, (task, res) in enumerate(zip(tasks, results), start=1):  # in order: deterministic
+            if res is not None:
+                found[task[1]].append(res)
+            progress.update(step, len(tasks), f"MP-NMS {task[1]}")
+    finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+    all_zyx, all_scores, all_names, all_fill = [], [], [], []
+    for ci, cls in enumerate(classes, start=1):
+        if not found[cls.name]:
+            continue
+        p = resolved[cls.name]
+        zyx = np.concatenate([f[0] for f in found[cls.name]])
+        sc = np.concatenate([f[1] for f in found[cls.name]])
+        keep = suppress(zyx, sc, p.t_dist)
+        zyx, sc = zyx[keep], sc[keep]
+        fill = fill_fraction(label, zyx, ci, p.fill_diameter or cls.diameter)
+        ok = fill >= p.min_fill
+        all_zyx.append(zyx[ok])
+        all_scores.append(sc[ok])
+        all_fill.append(fill[ok])
+        all_names += [cls.name] * int(ok.sum())
     if not all_zyx:
         return Picks(voxel_size=voxel_size)
     zyx = np.concatenate(all_zyx)
