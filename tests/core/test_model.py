@@ -128,3 +128,21 @@ def test_direct_onednn_path_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("CRYOPICKER_ONEDNN", "0")
     net = M.prepare_for_inference(M.ResUNet(M.ModelConfig(n_classes=1, f_maps=(4, 8))), "cpu")
     assert not any(isinstance(m, M._OneDNNConv3d) for m in net.modules()) and not net.onednn_pool
+
+
+def test_cudnn_autotune_only_on_cuda_and_restores_the_flag():
+    from napari_cryopicker.core.model import cudnn_autotune
+
+    old = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        with cudnn_autotune("cpu"):
+            assert torch.backends.cudnn.benchmark is False
+        with cudnn_autotune(torch.device("cuda")):  # the flag needs no GPU to be set
+            assert torch.backends.cudnn.benchmark is True
+        assert torch.backends.cudnn.benchmark is False
+        with pytest.raises(RuntimeError), cudnn_autotune("cuda"):
+            raise RuntimeError("a failed run")
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = old

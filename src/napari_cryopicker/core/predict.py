@@ -21,7 +21,7 @@ import torch
 from scipy import ndimage
 
 from .errors import CryoPickerError, CryoPickerWarning
-from .model import Checkpoint, prepare_for_inference, resolve_device
+from .model import Checkpoint, cudnn_autotune, prepare_for_inference, resolve_device
 from .nms import NMSParams, mp_nms
 from .picks import Picks
 from .progress import Progress, ensure
@@ -282,9 +282,10 @@ def predict_picks(
     mc = checkpoint.model_config
     norm = normalisation_for(tomogram, checkpoint)
     lowpass = float((checkpoint.normalisation or {}).get("lowpass", 0.0) or 0.0)
-    label, conf, full = segment(
-        tomogram, net, mc.n_classes, mc.multiple, config, device, norm, progress, lowpass=lowpass
-    )
+    with cudnn_autotune(device):
+        label, conf, full = segment(
+            tomogram, net, mc.n_classes, mc.multiple, config, device, norm, progress, lowpass=lowpass
+        )
     params = merged_nms_params(checkpoint, config.nms)
     picks = mp_nms(
         label, conf, checkpoint.classes, params or None, tomogram=tomogram.name,

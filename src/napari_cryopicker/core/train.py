@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from .classes import ClassTable
 from .errors import Cancelled, CryoPickerError, CryoPickerWarning
 from .labels import IGNORE, make_labels
-from .model import Checkpoint, ModelConfig, ResUNet, resolve_device, save_checkpoint
+from .model import Checkpoint, ModelConfig, ResUNet, cudnn_autotune, resolve_device, save_checkpoint
 from .nms import NMSParams, mp_nms
 from .picks import Picks
 from .progress import Progress, ensure
@@ -514,9 +514,15 @@ def train_model(
             f"training tomograms have different voxel sizes {sorted(set(vs))}; bin them to one voxel size"
         )
     picks = _checked_picks(tomograms, picks, classes, config)
+    device = resolve_device(config.device)
+    with cudnn_autotune(device):
+        return _train(tomograms, picks, classes, config, init, progress, on_epoch, device, vs, t_start)
+
+
+def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, vs, t_start) -> Checkpoint:
+    """train_model on checked inputs (cuDNN's autotuning on, on a GPU)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    device = resolve_device(config.device)
     n_classes = len(classes)
     if init is not None:
         mcfg = init.model_config
