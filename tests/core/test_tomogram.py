@@ -81,3 +81,21 @@ def test_robust_normalisation_ignores_outliers_and_nan():
     c, s = robust_normalisation(vol)
     out = normalise(vol, c, s)
     assert np.isfinite(out).all() and abs(float(np.median(out))) < 0.1 and out.max() <= 5.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int8, np.int16, np.uint8])
+def test_normalise_tensor_equals_normalise(dtype):
+    import torch
+
+    from napari_cryopicker.core.tomogram import normalise_tensor
+
+    rng = np.random.default_rng(2)
+    vol = (rng.normal(0, 1, size=(2, 9, 10, 11)) * 40).clip(-120, 120).astype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        vol[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+        vol[1, 2, 3, 4] = np.finfo(dtype).max
+    c, s = 3.5, 17.0
+    got = normalise_tensor(torch.from_numpy(vol), c, s).numpy()
+    want = normalise(vol, c, s)
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    assert np.allclose(got, want, rtol=1e-6, atol=1e-6)

@@ -215,3 +215,15 @@ def normalise(block: np.ndarray, centre: float, scale: float, clip: float = 5.0)
         out[bad] = 0.0
     np.clip(out, -clip, clip, out=out)
     return out
+
+
+def normalise_tensor(x, centre: float, scale: float, clip: float = 5.0):
+    """:func:`normalise` for a torch tensor of any number type, on its device (float32 out)."""
+    import torch  # the core's I/O needs no torch; only prediction calls this
+
+    x = x.to(torch.float32)
+    out = (x - centre) / scale  # float32 arithmetic, as normalise's
+    if not x.isfinite().all():
+        out = out.masked_fill(~x.isfinite(), 0.0)
+    out = torch.nan_to_num_(out, nan=0.0, posinf=clip, neginf=-clip)
+    return out.clamp_(-clip, clip)
