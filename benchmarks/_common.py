@@ -162,7 +162,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    gpu = "CUDA GPU" if torch.cuda.is_available() else "no GPU"
+    gpu = f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
     return (f"{time.strftime('%Y-%m-%d %H:%M')} | {cpu}, {os.cpu_count()} cores, {gpu} | torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), numpy {np.__version__}, python {platform.python_version()}")
 

@@ -105,10 +105,11 @@ class Baseline:
     ``net``: the checkpoint's network (default) or any module taking (1, 1, z, y, x)."""
 
     def __init__(self, ckpt, data, shape, tile: int, norm, keep_output: bool, margin: int = 12,
-                 tiling="ours", net=None):
+                 tiling="ours", net=None, device: str = "cpu"):
         import numpy as np
 
-        self.net = (net if net is not None else ckpt.build("cpu")).eval()  # default contiguous layout
+        self.device = device
+        self.net = (net if net is not None else ckpt.build("cpu")).eval().to(device)  # default contiguous layout
         self.data, self.shape = data, tuple(shape)
         if tiling == "ours":
             self.m = margin
@@ -138,7 +139,7 @@ class Baseline:
         t1 = time.perf_counter()
         with torch.no_grad():
             blk = normalise(blk, self.centre, self.scale)
-            p = torch.softmax(self.net(torch.from_numpy(blk)[None, None]), dim=1)
+            p = torch.softmax(self.net(torch.from_numpy(blk)[None, None].to(self.device)), dim=1).cpu()
             pmax, lab = p.max(dim=1)
             lab = lab.to(torch.uint8).numpy()[0]
             pq = (pmax * 255.0 + 0.5).to(torch.uint8).numpy()[0]

@@ -26,7 +26,7 @@ import time
 import _common as C  # noqa: E402  (sets sys.path)
 
 
-def step_speed(n_classes: int, steps: int = 2, patch: int = 48, batch: int = 4) -> dict:
+def step_speed(n_classes: int, steps: int = 2, patch: int = 48, batch: int = 4, device: str = "cpu") -> dict:
     """Seconds per training step, channels_last_3d (as train_model) vs contiguous."""
     import numpy as np
     import torch
@@ -37,14 +37,14 @@ def step_speed(n_classes: int, steps: int = 2, patch: int = 48, batch: int = 4) 
     cfg = TrainConfig()
     mc = ModelConfig(n_classes=n_classes, f_maps=tuple(cfg.f_maps), coord_conv=cfg.coord_conv, pyramid=cfg.pyramid)
     rng = np.random.default_rng(0)
-    x0 = torch.from_numpy(rng.standard_normal((batch, 1, patch, patch, patch), dtype=np.float32))
-    y = torch.from_numpy(rng.integers(0, n_classes + 1, (batch, patch, patch, patch)))
-    w = torch.ones(n_classes + 1)
+    x0 = torch.from_numpy(rng.standard_normal((batch, 1, patch, patch, patch), dtype=np.float32)).to(device)
+    y = torch.from_numpy(rng.integers(0, n_classes + 1, (batch, patch, patch, patch))).to(device)
+    w = torch.ones(n_classes + 1, device=device)
     out = {"channels_last": [], "contiguous": []}
     nets = {}
     for name in out:
         torch.manual_seed(0)
-        net = ResUNet(mc).train()
+        net = ResUNet(mc).train().to(device)
         if name == "channels_last":
             net = net.to(memory_format=torch.channels_last_3d)
         nets[name] = (net, torch.optim.AdamW(net.parameters(), lr=1e-3))
@@ -57,6 +57,8 @@ def step_speed(n_classes: int, steps: int = 2, patch: int = 48, batch: int = 4) 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
         return time.perf_counter() - t
 
     for name in out:  # warm-up
@@ -75,6 +77,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200, help="epoch cap (the demo's 200; the budget stops it first)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", default=str(C.TRAINED_MODEL), help="where to save the best model ('' = do not)")
+    ap.add_argument("--device", default="cpu", help="cpu (default: the 2-core target) or cuda")
     a = ap.parse_args()
 
     import numpy as np
@@ -95,12 +98,12 @@ def main() -> None:
     print(f"# data: simulated {C.shape_str(shape)} train (seed {1000 + a.seed}) / test (seed {2000 + a.seed}); "
           f"{len(picks)} training picks ({', '.join(f'{k} {v}' for k, v in picks.counts().items())})")
 
-    sp = step_speed(len(classes))
+    sp = step_speed(len(classes), device=a.device)
     print(f"# training step (batch 4 x 48^3, fwd+bwd+AdamW), median of 2 after a warm-up, alternated in this process: "
           f"channels_last {sp['channels_last']:.2f} s, contiguous (plain) {sp['contiguous']:.2f} s -> "
           f"ratio plain/ours = {sp['contiguous'] / sp['channels_last']:.2f}x")
 
-    cfg = TrainConfig(epochs=a.epochs, time_limit=a.time_limit, device="cpu", seed=a.seed)
+    cfg = TrainConfig(epochs=a.epochs, time_limit=a.time_limit, device=a.device, seed=a.seed)
     from napari_cryopicker.core.model import ModelConfig
 
     mc = ModelConfig(n_classes=len(classes), f_maps=tuple(cfg.f_maps), coord_conv=cfg.coord_conv)
@@ -133,8 +136,9 @@ def main() -> None:
                       f"{r.get('val_seconds', 0):.1f}"])
     print()
     print(C.table(["seconds", "epoch", "train loss", "val loss", "val F3", "best F3", "val s"], trows,
-                  title=f"Training on {C.shape_str(shape)} ({len(picks)} picks), 2 CPU threads, "
-                        f"budget {a.time_limit:.0f} s"))
+                  title=f"Training on {C.shape_str(shape)} ({len(picks)} picks), "
+                        + (f"{torch.get_num_threads()} CPU threads, " if a.device == "cpu" else f"{a.device}, ")
+                        + f"budget {a.time_limit:.0f} s"))
     if best > 0:
         for frac in (0.5, 0.8, 0.9, 0.95, 1.0):
             hit = next((el for el, r in rows if r["val_f1"] is not None and r["val_f1"] >= frac * best), None)
@@ -148,7 +152,7 @@ def main() -> None:
         save_checkpoint(ckpt, a.save)
         print(f"saved the best model to {a.save}")
     t = time.perf_counter()
-    res = predict_picks(open_tomogram(test_mrc), ckpt, PredictConfig(device="cpu"))
+    res = predict_picks(open_tomogram(test_mrc), ckpt, PredictConfig(device=a.device))
     t_pred = time.perf_counter() - t
     rep = evaluate(res.picks, test_truth.with_tomogram("tomogram"), classes)
     trows = [[n, s.n_true, s.n_pred, s.tp, f"{s.precision:.3f}", f"{s.recall:.3f}", f"{s.f1:.3f}"]
