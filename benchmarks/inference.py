@@ -208,7 +208,8 @@ def child_ours(a) -> dict:
     ckpt, desc = C.resolve_model(a.model)
     T.add("model", time.perf_counter() - t)
 
-    cfg = P.PredictConfig(device="cpu", tile=a.tile, batch_size=a.batch_size)
+    cfg = P.PredictConfig(device="cpu", tile=a.tile, batch_size=a.batch_size,
+                          compile={"off": False, "on": True, "auto": "auto"}[a.compile])
     n_ours = len(_tiling(tomo.shape, a.tile, cfg.margin, ckpt.model_config.multiple)[1])
     bases: dict[str, Baseline] = {}
     schedule: dict[int, list[tuple[str, int]]] = {}  # ours' tile -> baseline tiles to run after it
@@ -405,6 +406,9 @@ def main() -> None:
     ap.add_argument("--deepetpicker-tiles", type=int, default=4,
                     help="tiles of the DeepETPicker-like run (-1 = skip)")
     ap.add_argument("--skip-baseline", action="store_true", help="time ours only")
+    ap.add_argument("--compile", choices=["off", "on", "auto"], default="off",
+                    help="PredictConfig.compile for 'ours' (default off: what one `cryopicker predict` of this size "
+                         "does; 'on' compiles first, its time is in 'other')")
     ap.add_argument("--no-mallopt", action="store_true",
                     help="run without the glibc heap setting that cryopicker predict makes (core/memory.py), "
                          "to measure what it gains")
@@ -444,7 +448,7 @@ def main() -> None:
     print("# process 1: ours (the real predict path) with baseline tiles interleaved ...", flush=True)
     r = C.run_child([os.path.abspath(__file__), "--child", "ours", "--baseline-tiles", str(nb),
                      "--same-tiling-tiles", str(ns), "--deepetpicker-tiles", str(nd), "--batch-size",
-                     str(a.batch_size), "--truth", json.dumps(list(shape))] + common
+                     str(a.batch_size), "--compile", a.compile, "--truth", json.dumps(list(shape))] + common
                     + (["--no-mallopt"] if a.no_mallopt else []))
     ours, vox = r["ours"], r["voxels"]
     ours["tile_s"] = r["tile_s"]

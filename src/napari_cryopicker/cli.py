@@ -233,7 +233,7 @@ def _predict_batch(a) -> int:
     report = run_batch(
         inputs, a.model, a.out, merged=a.merged, scheduler=a.scheduler, workers=a.workers,
         threads_per_worker=a.threads_per_worker, device=a.device, threshold=a.threshold,
-        overwrite=a.overwrite, log=lambda line: print(line, flush=True),
+        overwrite=a.overwrite, log=lambda line: print(line, flush=True), compile=_COMPILE[a.compile],
     )
     n = {s: len(report.with_status(s)) for s in ("done", "skipped", "failed")}
     if report.merged is not None:
@@ -245,6 +245,9 @@ def _predict_batch(a) -> int:
         merged = a.merged or "merged picks"
         print(f"cryopicker: error: {merged}: {report.merge_error}", file=sys.stderr)
     return 0 if report.ok else EXIT_SOME_FAILED
+
+
+_COMPILE = {"auto": "auto", "on": True, "off": False}
 
 
 def cmd_predict(a) -> int:
@@ -263,7 +266,7 @@ def cmd_predict(a) -> int:
     ckpt = load_checkpoint(a.model)
     tomos = [Path(t) for t in a.tomogram]
     outs = _outputs_for(Path(a.out), tomos)
-    cfg = PredictConfig(device=a.device)
+    cfg = PredictConfig(device=a.device, compile=_COMPILE[a.compile])
     if a.tile:
         cfg.tile = a.tile
     if a.batch_size:
@@ -367,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tile", type=int, default=None, metavar="N",
                    help="inference tile edge in voxels (default 160; smaller needs less memory)")
     r.add_argument("--batch-size", type=int, default=None, metavar="N", help="tiles per forward pass (default 1)")
+    r.add_argument("--compile", default="auto", choices=sorted(_COMPILE),
+                   help="torch.compile the network on the CPU: ~1.3x faster per tile, but compiling takes "
+                        "20-35 s per process (needs a C++ compiler; falls back if it fails). auto (default): "
+                        "for tomograms of 96+ tiles, and from the second tomogram of a run or batch worker")
     b = r.add_argument_group("batch (several tomograms as tasks on Dask; docs/cluster.md)")
     b.add_argument("--tomograms", action="append", default=[], metavar="GLOB_OR_LISTFILE",
                    help="tomograms by glob ('data/**/*.mrc', quoted), list file (one path a line) or folder")

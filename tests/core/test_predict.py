@@ -177,3 +177,97 @@ def test_a_tomogram_bigger_than_the_output_budget_is_stitched_on_disk_with_bound
     assert out.returncode == 0, out.stderr[-3000:]
     extra = int(out.stdout.split("PEAK")[1].split()[0])
     assert extra < 1 << 30, f"picking a 2 GiB tomogram took {extra / 2**20:.0f} MiB of RAM"
+
+
+# ----------------------------------------------------------------------------- torch.compile
+@pytest.fixture()
+def tiny_model_and_tomogram(monkeypatch):
+    from napari_cryopicker.core import predict as P
+    from napari_cryopicker.core.classes import ClassTable, ParticleClass
+    from napari_cryopicker.core.model import Checkpoint, ModelConfig, ResUNet
+
+    monkeypatch.delenv("CRYOPICKER_COMPILE", raising=False)
+    monkeypatch.setattr(P, "_COMPILED", {})
+    monkeypatch.setattr(P, "_PREDICTED", {})
+    torch.manual_seed(0)
+    mc = ModelConfig(n_classes=2, f_maps=(4, 8), coord_conv=False)
+    classes = ClassTable([ParticleClass("a", 8), ParticleClass("b", 6)])
+    ck = Checkpoint(model=mc.to_dict(), state_dict=ResUNet(mc).state_dict(), classes=classes, voxel_size=10.0)
+    vol = np.random.default_rng(0).normal(size=(24, 40, 40)).astype(np.float32)
+    return ck, Tomogram(vol, 10.0)
+
+
+def _fake_compiler(calls, fail=False):
+    def fake(net, shape):
+        calls.append(shape)
+        if fail:
+            raise RuntimeError("no C++ compiler found")
+        return net  # the batch-norm-folded, channels-last network: the same numbers
+
+    return fake
+
+
+def test_compile_auto_compiles_for_the_second_tomogram_and_caches(tiny_model_and_tomogram, monkeypatch):
+    from napari_cryopicker.core import predict as P
+
+    ck, tomo = tiny_model_and_tomogram
+    calls = []
+    monkeypatch.setattr(P, "_compile_cpu", _fake_compiler(calls))
+    cfg = PredictConfig(device="cpu", tile=24, margin=4, compile="auto")
+    first = P.predict_picks(tomo, ck, cfg)
+    assert calls == []  # one small tomogram: not worth compiling
+    second = P.predict_picks(tomo, ck, cfg)
+    assert len(calls) == 1 and calls[0][:2] == (1, 1)  # the same model and tiles again: a batch
+    P.predict_picks(tomo, ck, cfg)
+    assert len(calls) == 1  # compiled once per process, model and tile shape
+    assert np.array_equal(first.label, second.label) and first.picks.equals(second.picks)
+    P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=16, margin=4, compile="auto"))
+    assert len(calls) == 1  # another tile shape starts counting afresh
+    monkeypatch.setattr(P, "COMPILE_MIN_TILES", 2)
+    P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=32, margin=4, compile="auto"))
+    assert len(calls) == 2  # a tomogram of many tiles compiles at once
+    monkeypatch.setenv("CRYOPICKER_COMPILE", "0")
+    P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=40, margin=4, compile=True))
+    assert len(calls) == 2
+    monkeypatch.delenv("CRYOPICKER_COMPILE")
+    P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=40, margin=4, compile=False))
+    assert len(calls) == 2
+
+
+def test_a_failed_compile_warns_once_and_predicts_without(tiny_model_and_tomogram, monkeypatch):
+    from napari_cryopicker.core import predict as P
+    from napari_cryopicker.core.errors import CryoPickerWarning
+
+    ck, tomo = tiny_model_and_tomogram
+    calls = []
+    monkeypatch.setattr(P, "_compile_cpu", _fake_compiler(calls, fail=True))
+    plain = P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4))
+    with pytest.warns(CryoPickerWarning, match="no C.. compiler found"):
+        got = P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4, compile=True))
+    assert np.array_equal(got.label, plain.label) and got.picks.equals(plain.picks)
+    P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4, compile=True))
+    assert len(calls) == 1  # not tried again in this process
+
+
+def test_compiled_network_picks_as_the_plain_one(tiny_model_and_tomogram, monkeypatch):
+    """The real inductor compile (needs a C++ compiler). Compiled once: the tiles predict
+    feeds it must pass the guards of the warm-up call (an input made outside inference
+    mode, or an autocast context, made it compile again without frozen weights, 1.4x slower)."""
+    import shutil
+    import warnings
+
+    import torch._dynamo
+
+    from napari_cryopicker.core import predict as P
+
+    if not shutil.which("g++") and not shutil.which("c++"):
+        pytest.skip("no C++ compiler for torch.compile")
+    ck, tomo = tiny_model_and_tomogram
+    plain = P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4))
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", P.CryoPickerWarning)  # a fallback would warn
+        got = P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4, compile=True))
+    assert [v is not None for v in P._COMPILED.values()] == [True]
+    assert (got.label == plain.label).mean() > 0.999
+    assert abs(len(got.picks) - len(plain.picks)) <= 1

@@ -318,6 +318,7 @@ class TaskSpec:
     threads: int | None = None              # torch threads; None: from the worker
     host_threads: dict = field(default_factory=dict)  # host -> Dask threads on it (all workers)
     label: str = ""                         # the tomogram as the user named it (for messages)
+    compile: bool | str = "auto"            # PredictConfig.compile: a worker compiles from its 2nd tomogram
 
 
 @dataclass
@@ -416,7 +417,7 @@ def predict_one(spec: TaskSpec) -> TaskResult:
             warnings.simplefilter("always")
             tomo = open_tomogram(spec.tomogram)
         result.warnings = [str(w.message) for w in caught]
-        cfg = PredictConfig(device=spec.device)
+        cfg = PredictConfig(device=spec.device, compile=spec.compile)
         if spec.threshold is not None:
             cfg.nms = {"default": {"t_lm": spec.threshold}}
         picks = predict_picks(tomo, ckpt, cfg).picks.with_tomogram(spec.name)
@@ -583,6 +584,7 @@ def run_batch(
     threshold: float | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    compile: bool | str = "auto",
 ) -> BatchReport:
     """Pick every input tomogram (skipping finished ones unless ``overwrite``) and write
     the merged star. Failures are in the report, not raised; :class:`BatchError` only
@@ -625,7 +627,7 @@ def run_batch(
                 log(f"{key}: redoing ({why})")
         pending.append(TaskSpec(os.path.abspath(it.tomogram), it.name, os.path.abspath(op),
                                 os.path.abspath(model), settings, device, threshold, threads_per_worker,
-                                label=key))
+                                label=key, compile=compile))
     for r in results:
         if r.status == "skipped":
             log(f"{r.tomogram}: skipped, finished earlier ({r.n_picks} picks in "
