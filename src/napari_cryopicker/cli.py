@@ -371,9 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference tile edge in voxels (default 160; smaller needs less memory)")
     r.add_argument("--batch-size", type=int, default=None, metavar="N", help="tiles per forward pass (default 1)")
     r.add_argument("--compile", default="auto", choices=sorted(_COMPILE),
-                   help="torch.compile the network on the CPU: ~1.3x faster per tile, but compiling takes "
-                        "20-35 s per process (needs a C++ compiler; falls back if it fails). auto (default): "
-                        "for tomograms of 96+ tiles, and from the second tomogram of a run or batch worker")
+                   help="compile the network for this CPU (AOTInductor): ~1.3x faster per tile; building takes "
+                        "about a minute once per model and tile shape and is kept in ~/.cache/napari-cryopicker "
+                        "(needs a C++ compiler; falls back if it fails). auto (default): use a built one, build "
+                        "for tomograms of 96+ tiles or from the second tomogram of a run or batch worker")
     b = r.add_argument_group("batch (several tomograms as tasks on Dask; docs/cluster.md)")
     b.add_argument("--tomograms", action="append", default=[], metavar="GLOB_OR_LISTFILE",
                    help="tomograms by glob ('data/**/*.mrc', quoted), list file (one path a line) or folder")

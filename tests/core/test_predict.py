@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cryopicker.core.predict import PredictConfig, read_block, segment, tile_starts
+from napari_cryopicker.core.predict import PredictConfig, predict_picks, read_block, segment, tile_starts
 from napari_cryopicker.core.tomogram import Tomogram
 
 
@@ -179,16 +179,17 @@ def test_a_tomogram_bigger_than_the_output_budget_is_stitched_on_disk_with_bound
     assert extra < 1 << 30, f"picking a 2 GiB tomogram took {extra / 2**20:.0f} MiB of RAM"
 
 
-# ----------------------------------------------------------------------------- torch.compile
+# ----------------------------------------------------------------------------- compiled networks
 @pytest.fixture()
-def tiny_model_and_tomogram(monkeypatch):
-    from napari_cryopicker.core import predict as P
+def tiny_model_and_tomogram(monkeypatch, tmp_path):
+    from napari_cryopicker.core import compiled
     from napari_cryopicker.core.classes import ClassTable, ParticleClass
     from napari_cryopicker.core.model import Checkpoint, ModelConfig, ResUNet
 
     monkeypatch.delenv("CRYOPICKER_COMPILE", raising=False)
-    monkeypatch.setattr(P, "_COMPILED", {})
-    monkeypatch.setattr(P, "_PREDICTED", {})
+    monkeypatch.setenv("CRYOPICKER_COMPILE_CACHE", str(tmp_path / "compiled"))
+    monkeypatch.setattr(compiled, "_LOADED", {})
+    monkeypatch.setattr(compiled, "_PREDICTED", {})
     torch.manual_seed(0)
     mc = ModelConfig(n_classes=2, f_maps=(4, 8), coord_conv=False)
     classes = ClassTable([ParticleClass("a", 8), ParticleClass("b", 6)])
@@ -197,77 +198,127 @@ def tiny_model_and_tomogram(monkeypatch):
     return ck, Tomogram(vol, 10.0)
 
 
-def _fake_compiler(calls, fail=False):
-    def fake(net, shape):
-        calls.append(shape)
-        if fail:
+@pytest.fixture()
+def fake_compiler(monkeypatch):
+    """Stands in for AOTInductor: 'builds' by pickling the folded network, 'loads' it back
+    (the same numbers as the eager path), and counts both."""
+    from napari_cryopicker.core import compiled
+
+    calls = {"build": [], "load": 0, "fail": False}
+
+    def build(net, shape, path):
+        calls["build"].append(shape)
+        if calls["fail"]:
             raise RuntimeError("no C++ compiler found")
-        return net  # the batch-norm-folded, channels-last network: the same numbers
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net, path)
 
-    return fake
+    def load(path, batch):
+        calls["load"] += 1
+        return torch.load(path, weights_only=False)
+
+    monkeypatch.setattr(compiled, "_build", build)
+    monkeypatch.setattr(compiled, "_load", load)
+    return calls
 
 
-def test_compile_auto_compiles_for_the_second_tomogram_and_caches(tiny_model_and_tomogram, monkeypatch):
-    from napari_cryopicker.core import predict as P
+def _new_process(monkeypatch):
+    from napari_cryopicker.core import compiled
+
+    monkeypatch.setattr(compiled, "_LOADED", {})
+    monkeypatch.setattr(compiled, "_PREDICTED", {})
+
+
+def test_auto_builds_for_the_second_tomogram_then_loads_from_the_cache(tiny_model_and_tomogram, fake_compiler,
+                                                                        monkeypatch):
+    from napari_cryopicker.core import compiled
 
     ck, tomo = tiny_model_and_tomogram
-    calls = []
-    monkeypatch.setattr(P, "_compile_cpu", _fake_compiler(calls))
     cfg = PredictConfig(device="cpu", tile=24, margin=4, compile="auto")
-    first = P.predict_picks(tomo, ck, cfg)
-    assert calls == []  # one small tomogram: not worth compiling
-    second = P.predict_picks(tomo, ck, cfg)
-    assert len(calls) == 1 and calls[0][:2] == (1, 1)  # the same model and tiles again: a batch
-    P.predict_picks(tomo, ck, cfg)
-    assert len(calls) == 1  # compiled once per process, model and tile shape
+    first = predict_picks(tomo, ck, cfg)
+    assert fake_compiler["build"] == []  # one small tomogram: not worth building
+    second = predict_picks(tomo, ck, cfg)
+    assert len(fake_compiler["build"]) == 1 and fake_compiler["build"][0][:2] == (1, 1)  # a batch: built
+    assert len(list(compiled.cache_dir().glob("*.pt2"))) == 1
+    predict_picks(tomo, ck, cfg)
+    assert len(fake_compiler["build"]) == 1 and fake_compiler["load"] == 1  # once per process
     assert np.array_equal(first.label, second.label) and first.picks.equals(second.picks)
-    P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=16, margin=4, compile="auto"))
-    assert len(calls) == 1  # another tile shape starts counting afresh
-    monkeypatch.setattr(P, "COMPILE_MIN_TILES", 2)
-    P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=32, margin=4, compile="auto"))
-    assert len(calls) == 2  # a tomogram of many tiles compiles at once
+    _new_process(monkeypatch)
+    predict_picks(tomo, ck, cfg)  # a later run: the package on disk is loaded at once
+    assert len(fake_compiler["build"]) == 1 and fake_compiler["load"] == 2
+    predict_picks(tomo, ck, PredictConfig(device="cpu", tile=16, margin=4, compile="auto"))
+    assert len(fake_compiler["build"]) == 1  # another tile shape starts afresh
+    monkeypatch.setattr(compiled, "COMPILE_MIN_TILES", 2)
+    predict_picks(tomo, ck, PredictConfig(device="cpu", tile=32, margin=4, compile="auto"))
+    assert len(fake_compiler["build"]) == 2  # a tomogram of many tiles builds at once
     monkeypatch.setenv("CRYOPICKER_COMPILE", "0")
-    P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=40, margin=4, compile=True))
-    assert len(calls) == 2
+    predict_picks(tomo, ck, PredictConfig(device="cpu", tile=40, margin=4, compile=True))
     monkeypatch.delenv("CRYOPICKER_COMPILE")
-    P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=40, margin=4, compile=False))
-    assert len(calls) == 2
+    predict_picks(tomo, ck, PredictConfig(device="cpu", tile=40, margin=4, compile=False))
+    assert len(fake_compiler["build"]) == 2
 
 
-def test_a_failed_compile_warns_once_and_predicts_without(tiny_model_and_tomogram, monkeypatch):
-    from napari_cryopicker.core import predict as P
+def test_a_failed_build_warns_once_and_predicts_without(tiny_model_and_tomogram, fake_compiler):
+    from napari_cryopicker.core import compiled
     from napari_cryopicker.core.errors import CryoPickerWarning
 
     ck, tomo = tiny_model_and_tomogram
-    calls = []
-    monkeypatch.setattr(P, "_compile_cpu", _fake_compiler(calls, fail=True))
-    plain = P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4))
+    fake_compiler["fail"] = True
+    plain = predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4))
     with pytest.warns(CryoPickerWarning, match="no C.. compiler found"):
-        got = P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4, compile=True))
+        got = predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4, compile=True))
     assert np.array_equal(got.label, plain.label) and got.picks.equals(plain.picks)
-    P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4, compile=True))
-    assert len(calls) == 1  # not tried again in this process
+    predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4, compile=True))
+    assert len(fake_compiler["build"]) == 1  # not tried again in this process
+    assert list(compiled.cache_dir().glob("*.pt2")) == []  # and nothing half-built is kept
+
+
+def test_a_damaged_package_is_built_again(tiny_model_and_tomogram, fake_compiler, monkeypatch):
+    from napari_cryopicker.core import compiled
+
+    ck, tomo = tiny_model_and_tomogram
+    cfg = PredictConfig(device="cpu", tile=24, margin=4, compile=True)
+    plain = predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4))
+    predict_picks(tomo, ck, cfg)
+    (pkg,) = compiled.cache_dir().glob("*.pt2")
+    pkg.write_bytes(b"not a package")
+    _new_process(monkeypatch)
+    got = predict_picks(tomo, ck, cfg)
+    assert len(fake_compiler["build"]) == 2 and np.array_equal(got.label, plain.label)
 
 
 def test_compiled_network_picks_as_the_plain_one(tiny_model_and_tomogram, monkeypatch):
-    """The real inductor compile (needs a C++ compiler). Compiled once: the tiles predict
-    feeds it must pass the guards of the warm-up call (an input made outside inference
-    mode, or an autocast context, made it compile again without frozen weights, 1.4x slower)."""
+    """The real AOTInductor build (needs a C++ compiler), then a later process's load."""
     import shutil
     import warnings
 
-    import torch._dynamo
-
-    from napari_cryopicker.core import predict as P
+    from napari_cryopicker.core import compiled
 
     if not shutil.which("g++") and not shutil.which("c++"):
         pytest.skip("no C++ compiler for torch.compile")
     ck, tomo = tiny_model_and_tomogram
-    plain = P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4))
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    plain = predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4))
     with warnings.catch_warnings():
-        warnings.simplefilter("error", P.CryoPickerWarning)  # a fallback would warn
-        got = P.predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4, compile=True))
-    assert [v is not None for v in P._COMPILED.values()] == [True]
-    assert (got.label == plain.label).mean() > 0.999
-    assert abs(len(got.picks) - len(plain.picks)) <= 1
+        warnings.simplefilter("error", compiled.CryoPickerWarning)  # a fallback would warn
+        got = predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4, compile=True))
+        assert [v is not None for v in compiled._LOADED.values()] == [True]
+        assert (got.label == plain.label).mean() > 0.999
+        assert abs(len(got.picks) - len(plain.picks)) <= 1
+        _new_process(monkeypatch)
+        again = predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4, compile="auto"))
+    assert [v is not None for v in compiled._LOADED.values()] == [True]
+    assert np.array_equal(again.label, got.label)
+
+
+def test_a_compiled_network_takes_a_short_last_batch():
+    from napari_cryopicker.core.compiled import _Runner
+
+    seen = []
+
+    def runner(x):  # built for batches of 3 only
+        seen.append(tuple(x.shape))
+        assert x.shape[0] == 3
+        return x * 2
+
+    out = _Runner(runner, 3)(torch.ones(2, 1, 4, 4, 4))
+    assert seen == [(3, 1, 4, 4, 4)] and out.shape == (2, 1, 4, 4, 4) and bool((out == 2).all())

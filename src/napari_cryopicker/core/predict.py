@@ -10,11 +10,9 @@ probability (uint8, 0..255). MP-NMS (:mod:`.nms`) then runs over those in z-slab
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import tempfile
-import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -23,7 +21,8 @@ import torch
 from scipy import ndimage
 
 from .errors import CryoPickerError, CryoPickerWarning
-from .model import Checkpoint, cudnn_autotune, fold_batchnorm, prepare_for_inference, resolve_device
+from . import compiled
+from .model import Checkpoint, cudnn_autotune, prepare_for_inference, resolve_device
 from .nms import NMSParams, mp_nms
 from .picks import Picks
 from .progress import Progress, ensure
@@ -44,8 +43,8 @@ class PredictConfig:
     scratch_dir: str | None = None
     nms: dict = field(default_factory=dict)  # overrides: {"default": {...}, "<class>": {...}}
     keep_probability: bool = False
-    # torch.compile the network on the CPU (see compile_wanted): False, True, or "auto" (as
-    # `cryopicker predict` and batch runs use it: when the run is long enough to pay back)
+    # a compiled network on the CPU (core/compiled.py): False, True, or "auto" (as
+    # `cryopicker predict` and batch runs use it: when built already, or when it pays back)
     compile: bool | str = False
 
 
@@ -269,84 +268,6 @@ def segment(
     return label, conf, full
 
 
-# ----------------------------------------------------------------------------- torch.compile
-#: a tomogram with at least this many tiles is worth compiling for on its own
-COMPILE_MIN_TILES = 96
-_COMPILED: dict = {}     # key -> compiled network (None: compiling failed; eager from then on)
-_PREDICTED: dict = {}    # key -> tomograms predicted in this process
-_COMPILE_LOCK = threading.Lock()
-
-
-def _weights_key(checkpoint: Checkpoint) -> str:
-    h = hashlib.sha1(repr(sorted(checkpoint.model.items())).encode())
-    for name, t in sorted(checkpoint.state_dict.items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def compile_wanted(setting, device: torch.device, key, n_tiles: int) -> bool:
-    """Whether to run the network through ``torch.compile`` (inductor, weights frozen).
-
-    Only on the CPU (on a GPU, cuDNN with autotuning is used). Measured on 2 cores
-    (benchmarks/README.md): a 128x152x152 tile takes ~1.3x less time compiled, but
-    compiling takes 20-35 s once per process and tile shape, more than it saves on a
-    200x512x512 tomogram (32 tiles). So ``"auto"`` compiles for a tomogram of at least
-    :data:`COMPILE_MIN_TILES` tiles, or from the second tomogram a process picks with the
-    same model and tile shape (a batch), and when a compiled network is already at hand.
-    ``CRYOPICKER_COMPILE=0`` turns it off whatever the setting."""
-    if device.type != "cpu" or not setting or os.environ.get("CRYOPICKER_COMPILE", "1") == "0":
-        return False
-    if key in _COMPILED:
-        return _COMPILED[key] is not None
-    if setting == "auto":
-        return n_tiles >= COMPILE_MIN_TILES or _PREDICTED.get(key, 0) >= 1
-    return bool(setting)
-
-
-def _compile_cpu(net: torch.nn.Module, shape: tuple[int, ...]) -> torch.nn.Module:
-    """``net`` (batch norm folded, channels-last) compiled by inductor with frozen weights,
-    already run once on an input of ``shape`` (that is when it compiles)."""
-    import torch._inductor.config as inductor_config
-
-    compiled = torch.compile(net, dynamic=False)
-    # as segment() calls it: inside inference mode, on an inference tensor (another kind of
-    # input would fail the compiled code's guards and compile again, without freezing)
-    with inductor_config.patch(freezing=True), torch.inference_mode():
-        compiled(torch.zeros(shape).contiguous(memory_format=torch.channels_last_3d))
-    return compiled
-
-
-def _compiled(checkpoint: Checkpoint, key) -> torch.nn.Module | None:
-    """The compiled network for ``key`` (cached for the process), checked against the eager
-    one on a random tile; None (with a warning, eager from then on) if compiling fails,
-    e.g. for want of a C++ compiler."""
-    with _COMPILE_LOCK:
-        if key in _COMPILED:
-            return _COMPILED[key]
-        _, tshape, bs, _threads = key
-        shape = (bs, checkpoint.model_config.in_channels, *tshape)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                net = _compile_cpu(fold_batchnorm(checkpoint.build("cpu")).to(memory_format=torch.channels_last_3d),
-                                   shape)
-                with torch.inference_mode():
-                    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).contiguous(
-                        memory_format=torch.channels_last_3d)
-                    got, want = net(x), prepare_for_inference(checkpoint.build("cpu"), "cpu")(x)
-            err = float((got - want).abs().max())
-            if not err <= 1e-3 * max(1.0, float(want.abs().max())):
-                raise RuntimeError(f"the compiled network differs from the plain one by {err:.3g}")
-        except Exception as e:  # no compiler, an unsupported platform, a wrong result
-            what = " ".join(str(e).split())[:300] or type(e).__name__
-            warnings.warn(f"torch.compile is not usable here ({what}); predicting without it",
-                          CryoPickerWarning, stacklevel=3)
-            net = None
-        _COMPILED[key] = net
-        return net
-
-
 def merged_nms_params(checkpoint: Checkpoint, overrides: dict | None = None) -> dict:
     """MP-NMS settings per class: the model's tuned ones, then ``overrides``
     (``{"default": {...}}`` applies to every class, ``{"<class>": {...}}`` to one)."""
@@ -382,13 +303,11 @@ def predict_picks(
     mc = checkpoint.model_config
     tshape = _tile_shape(tomogram.shape, config.tile, config.margin, mc.multiple)
     n_tiles = math.prod(len(tile_starts(n, t, config.margin)) for n, t in zip(tomogram.shape, tshape))
-    key = None
-    if config.compile and device.type == "cpu":
-        key = (_weights_key(checkpoint), tshape, max(1, int(config.batch_size)), torch.get_num_threads())
+    bs = max(1, int(config.batch_size))
+    key = compiled.network_key(checkpoint, tshape, bs) if config.compile and device.type == "cpu" else None
     net = None
-    if key is not None and compile_wanted(config.compile, device, key, n_tiles):
-        progress.update(0, 1, "compiling the network for this CPU (once per process and tile shape)")
-        net = _compiled(checkpoint, key)
+    if key is not None and compiled.wanted(config.compile, device, key, n_tiles):
+        net = compiled.compiled_network(checkpoint, key, (bs, mc.in_channels, *tshape), progress)
     if net is None:
         net = prepare_for_inference(checkpoint.build(device), device)
     norm = normalisation_for(tomogram, checkpoint)
@@ -398,7 +317,7 @@ def predict_picks(
             tomogram, net, mc.n_classes, mc.multiple, config, device, norm, progress, lowpass=lowpass
         )
     if key is not None:
-        _PREDICTED[key] = _PREDICTED.get(key, 0) + 1
+        compiled.note_predicted(key)
     params = merged_nms_params(checkpoint, config.nms)
     picks = mp_nms(
         label, conf, checkpoint.classes, params or None, tomogram=tomogram.name,
