@@ -51,7 +51,7 @@ def test_convert_to_relion_and_back(simdir, tmp_path, capsys):
     assert b["class"].tolist() == src["class"].tolist()
 
 
-def test_train_predict_round_trip(simdir, tmp_path, capsys):
+def test_train_predict_round_trip(simdir, tmp_path, capsys, monkeypatch):
     model = tmp_path / "m.pt"
     rc = main(["train", "--tomogram", str(simdir / "tomogram.mrc"), "--picks", str(simdir / "picks.csv"),
                "--class", "ribosome=25", "--class", "shell=13", "--class", "barrel=18", "--class", "blob=9",
@@ -76,6 +76,27 @@ def test_train_predict_round_trip(simdir, tmp_path, capsys):
     a, b = (starfile.read(p) for p in (out, out2))
     a, b = (x["particles"] if isinstance(x, dict) else x for x in (a, b))
     assert len(b) > 0 and abs(len(a) - len(b)) <= max(2, len(a) // 10)
+    # --compile on builds the network compiled for the CPU once, and picks the same with it
+    # (a stand-in for AOTInductor: tests/core/test_predict.py runs the real one)
+    import torch
+
+    from napari_cryopicker.core import compiled
+
+    built = []
+    monkeypatch.delenv("CRYOPICKER_COMPILE", raising=False)
+    monkeypatch.setenv("CRYOPICKER_COMPILE_CACHE", str(tmp_path / "compiled"))
+    monkeypatch.setattr(compiled, "_LOADED", {})
+    monkeypatch.setattr(compiled, "_PREDICTED", {})
+    monkeypatch.setattr(compiled, "_build", lambda net, shape, path: (built.append(shape), torch.save(net, path)))
+    monkeypatch.setattr(compiled, "_load", lambda path, batch: torch.load(path, weights_only=False))
+    out3 = tmp_path / "picks3.star"
+    for flag in ("on", "off", "auto"):
+        assert main(["predict", "--model", str(model), "--tomogram", str(simdir / "tomogram.mrc"),
+                     "--out", str(out3), "--threshold", "0.0", "--device", "cpu", "--compile", flag]) == 0
+        c = starfile.read(out3)
+        c = c["particles"] if isinstance(c, dict) else c
+        assert len(c) == len(a)
+        assert len(built) == 1 and len(list((tmp_path / "compiled").glob("*.pt2"))) == 1
 
 
 @pytest.mark.parametrize(
