@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .errors import CryoPickerError, CryoPickerWarning
 from . import compiled
+from .errors import CryoPickerError, CryoPickerWarning
 from .model import Checkpoint, cudnn_autotune, prepare_for_inference, resolve_device
 from .nms import NMSParams, mp_nms
 from .picks import Picks
