@@ -77,7 +77,9 @@ def main() -> None:
     def run(shape):
         tomo = tomogram_of(shape)
         tshape, jobs = _tiling(shape, a.tile, 12, mult)
-        argv = [os.path.join(C.HERE, "inference.py"), "--child", "ours", "--tomo", str(tomo), "--tile", str(a.tile)]
+        # ours alone: no baseline tiles interleaved (their freed memory would stay in the kept heap)
+        argv = [os.path.join(C.HERE, "inference.py"), "--child", "ours", "--tomo", str(tomo), "--tile", str(a.tile),
+                "--baseline-tiles", "0", "--same-tiling-tiles", "0", "--deepetpicker-tiles", "0"]
         if a.model:
             argv += ["--model", a.model]
         print(f"# {C.shape_str(shape)}: {len(jobs)} tiles of {C.shape_str(tshape)} (fresh process) ...", flush=True)
