@@ -12,3 +12,7 @@ for b in training flops inference scaling postprocess; do
   echo "== benchmarks/$b.py" >&2
   nice -n 10 "$PY" "benchmarks/$b.py" 2>&1 | tee "$LOGS/$b.log"
 done
+if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "== benchmarks/gpu.py (a CUDA GPU is here)" >&2
+  "$PY" benchmarks/gpu.py --big 2>&1 | tee "$LOGS/gpu.log"
+fi
