@@ -382,6 +382,7 @@ def mp_nms(
     try:
         results = pool.map(run, tasks) if pool else map(run, tasks)
         for step, (task, res) in enumerate(zip(tasks, results), start=1):  # in order: deterministic
+            progress.check()  # also when the threads finished every piece already
             if res is not None:
                 found[task[1]].append(res)
             progress.update(step, len(tasks), f"MP-NMS {task[1]}")
