@@ -373,8 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compile", default="auto", choices=sorted(_COMPILE),
                    help="compile the network for this CPU (AOTInductor): ~1.3x faster per tile; building takes "
                         "about a minute once per model and tile shape and is kept in ~/.cache/napari-cryopicker "
-                        "(needs a C++ compiler; falls back if it fails). auto (default): use a built one, build "
-                        "for tomograms of 96+ tiles or from the second tomogram of a run or batch worker")
+                        "(needs a C++ compiler; falls back if it fails). auto (default): use a built one for 16+ "
+                        "tiles, build one for tomograms of 96+ tiles or from the second tomogram of a run or "
+                        "batch worker")
     b = r.add_argument_group("batch (several tomograms as tasks on Dask; docs/cluster.md)")
     b.add_argument("--tomograms", action="append", default=[], metavar="GLOB_OR_LISTFILE",
                    help="tomograms by glob ('data/**/*.mrc', quoted), list file (one path a line) or folder")

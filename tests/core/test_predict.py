@@ -244,7 +244,12 @@ def test_auto_builds_for_the_second_tomogram_then_loads_from_the_cache(tiny_mode
     assert len(fake_compiler["build"]) == 1 and fake_compiler["load"] == 1  # once per process
     assert np.array_equal(first.label, second.label) and first.picks.equals(second.picks)
     _new_process(monkeypatch)
-    predict_picks(tomo, ck, cfg)  # a later run: the package on disk is loaded at once
+    monkeypatch.setattr(compiled, "LOAD_MIN_TILES", 1000)
+    predict_picks(tomo, ck, cfg)  # a later run of a tomogram too small to pay for loading it
+    assert fake_compiler["load"] == 1
+    _new_process(monkeypatch)
+    monkeypatch.setattr(compiled, "LOAD_MIN_TILES", 2)
+    predict_picks(tomo, ck, cfg)  # one big enough: the package on disk is loaded at once
     assert len(fake_compiler["build"]) == 1 and fake_compiler["load"] == 2
     predict_picks(tomo, ck, PredictConfig(device="cpu", tile=16, margin=4, compile="auto"))
     assert len(fake_compiler["build"]) == 1  # another tile shape starts afresh
@@ -305,6 +310,7 @@ def test_compiled_network_picks_as_the_plain_one(tiny_model_and_tomogram, monkey
         assert (got.label == plain.label).mean() > 0.999
         assert abs(len(got.picks) - len(plain.picks)) <= 1
         _new_process(monkeypatch)
+        monkeypatch.setattr(compiled, "LOAD_MIN_TILES", 1)
         again = predict_picks(tomo, ck, PredictConfig(device="cpu", tile=24, margin=4, compile="auto"))
     assert [v is not None for v in compiled._LOADED.values()] == [True]
     assert np.array_equal(again.label, got.label)
