@@ -90,8 +90,8 @@ BUSY_ANIMATION_SPEED = 10  # percent of normal speed for animated "busy" labels
 def calm_busy_animations() -> int:
     """Slow napari's animated "in progress" indicator (a QMovie in the status bar) to a
     tenth of its speed; called when one of our jobs starts, and it stays slow. Every frame
-    repaints the window; with a software OpenGL (a VNC session or remote X on a cluster node, Xvfb) napari then
-    composites the whole window each time: measured, the indicator's 27 frames/s took the
+    repaints the window; with a software OpenGL (a VNC session or remote X on a cluster
+    node, Xvfb) napari then composites the whole window each time: measured, the indicator's 27 frames/s took the
     GUI thread and llvmpipe ~1.9 of 2 cores and made training 3-5x slower. Only public Qt
     calls; returns how many animations were slowed."""
     from qtpy.QtWidgets import QApplication, QLabel

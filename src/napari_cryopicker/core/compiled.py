@@ -88,6 +88,8 @@ def note_predicted(key: str) -> None:
 def _build(net: torch.nn.Module, shape: tuple[int, ...], path: Path) -> None:
     """Export ``net`` for inputs of ``shape`` and compile it ahead of time, weights frozen,
     into the package ``path`` (written under another name, then renamed: atomic)."""
+    import torch._inductor  # heavy: only where a package is built or loaded
+
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.zeros(shape).contiguous(memory_format=torch.channels_last_3d)
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".part", suffix=".pt2", dir=path.parent)
@@ -121,6 +123,8 @@ class _Runner(torch.nn.Module):
 
 
 def _load(path: Path, batch: int) -> torch.nn.Module:
+    import torch._inductor
+
     return _Runner(torch._inductor.aoti_load_package(str(path)), batch)
 
 
