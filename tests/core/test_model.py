@@ -146,3 +146,22 @@ def test_cudnn_autotune_only_on_cuda_and_restores_the_flag():
         assert torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.benchmark = old
+
+
+def test_atomic_output_honours_the_umask(tmp_path):
+    """Files written through a temporary file get the umask's mode, not mkstemp's 0600."""
+    import os
+
+    from napari_cryopicker.core.atomic import atomic_output
+
+    old = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "shared.json") as tmp:
+            tmp.write_text("{}")
+        assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o644
+        os.umask(0o027)
+        with atomic_output(tmp_path / "group.json") as tmp:
+            tmp.write_text("{}")
+        assert (tmp_path / "group.json").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)

@@ -268,3 +268,54 @@ def test_predictions_next_to_known_picks_are_left_out(two_classes):
                                          class_name=["ribosome", "ribosome", "proteasome"], voxel_size=VOXEL))
     assert n == 2 and s.last_skipped == 1  # the proteasome next to a ribosome pick stays
     assert s.predictions().zyx.tolist() == [[10, 10, 30], [10, 10, 11]]
+
+
+def test_viewer_close_keeps_the_autosave(make_napari_viewer, tomo_path, qtbot):
+    """Viewer.close() (a script, Jupyter, the --screenshot launcher) removes every layer,
+    picks first: the autosave must still hold the picks afterwards, and reopen them."""
+    v1 = make_napari_viewer()
+    s1 = get_session(v1)
+    v1.open(str(tomo_path), plugin=PLUGIN)
+    s1.add_class("ribosome", 8)
+    s1.add_class("proteasome", 6)
+    for zyx in [(3, 4, 5), (6, 7, 8), (9, 10, 11)]:
+        s1.add_pick(zyx, "ribosome")
+    s1.add_pick((12, 13, 14), "proteasome")
+    path = tomo_path.with_name("TS_01.cryopicker.json")
+    assert len(json.loads(path.read_text())["picks"]["z"]) == 4
+    v1.close()
+    qtbot.wait(50)  # let any deferred work of the session run
+    assert len(json.loads(path.read_text())["picks"]["z"]) == 4
+    v2 = make_napari_viewer()
+    s2 = get_session(v2)
+    v2.open(str(tomo_path), plugin=PLUGIN)
+    np.testing.assert_allclose(v2.layers["picks: ribosome"].data, [[3, 4, 5], [6, 7, 8], [9, 10, 11]])
+    np.testing.assert_allclose(v2.layers["picks: proteasome"].data, [[12, 13, 14]])
+    assert s2.counts()["ribosome"]["annotated"] == 3
+
+
+def test_removing_a_picks_layer_by_hand_is_saved_with_a_backup(viewer, two_classes, tomo_path, qtbot):
+    s = two_classes
+    s.add_pick((3, 4, 5), "ribosome")
+    s.add_pick((6, 7, 8), "proteasome")
+    path = tomo_path.with_name("TS_01.cryopicker.json")
+    viewer.layers.remove("picks: ribosome")  # the user deletes a layer: a real deletion
+    qtbot.waitUntil(lambda: len(json.loads(path.read_text())["picks"]["z"]) == 1, timeout=2000)
+    assert json.loads(path.read_text())["picks"]["class_name"] == ["proteasome"]
+    backup = path.with_name(path.name + ".bak")  # the file before the deletion is kept
+    assert len(json.loads(backup.read_text())["picks"]["z"]) == 2
+    assert s.undo()  # and the deletion is undoable
+    assert s.counts()["ribosome"]["annotated"] == 1
+    assert len(json.loads(path.read_text())["picks"]["z"]) == 2
+
+
+def test_deleting_picks_keeps_a_backup_of_the_previous_autosave(viewer, two_classes, tomo_path):
+    s = two_classes
+    for zyx in [(3, 4, 5), (6, 7, 8), (9, 10, 11)]:
+        s.add_pick(zyx, "ribosome")
+    path = tomo_path.with_name("TS_01.cryopicker.json")
+    backup = path.with_name(path.name + ".bak")
+    assert not backup.exists()  # adding picks needs no backup
+    s.delete_picks("ribosome", [0, 1])
+    assert len(json.loads(path.read_text())["picks"]["z"]) == 1
+    np.testing.assert_allclose(json.loads(backup.read_text())["picks"]["x"], [5, 8, 11])

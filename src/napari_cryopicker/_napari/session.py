@@ -162,6 +162,31 @@ def fallback_autosave_path(tomo: Tomogram) -> Path | None:
     return base / f"{tomo.path.stem}-{h}{AUTOSAVE_SUFFIX}"
 
 
+def backup_path(autosave: Path) -> Path:
+    """Where the autosave before the last deletion is kept."""
+    return autosave.with_name(autosave.name + ".bak")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def _call_soon(fn: Callable[[], None]) -> None:
+    """Run ``fn`` once Qt's event loop runs again (at once where there is no Qt)."""
+    try:
+        from qtpy.QtCore import QTimer
+        from qtpy.QtWidgets import QApplication
+    except Exception:  # pragma: no cover - napari always brings Qt
+        fn()
+        return
+    if QApplication.instance() is None:  # pragma: no cover
+        fn()
+    else:
+        QTimer.singleShot(0, fn)
+
+
 def write_json_atomic(path: Path, payload: dict) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=1))
@@ -235,6 +260,10 @@ class PickingSession:
         self._mute = 0
         self._memory: dict[str, dict] = {}  # tomogram name -> annotations (no autosave path)
         self._busy: set[str] = set()
+        # layer removals not yet autosaved: napari's Viewer.close() removes every layer
+        # (picks first, the tomogram last); such an emptying must never reach the autosave
+        self._pending_removals: list[Edit] = []
+        self._saved_counts: dict[Path, int] = {}  # autosave file -> picks it holds
         self.last_skipped = 0  # predictions left out by the last set_predictions (already known)
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -650,6 +679,9 @@ class PickingSession:
         layer = event.value
         if layer is self.image_layer:
             if not self._mute:
+                # the tomogram goes too: the picks layers just removed went with it (a
+                # viewer closing or cleared), so they were not deleted by the user
+                self._revert_pending_removals()
                 self._stash_current()
                 self.image_layer = None
                 # the picks are saved (or kept in memory): their layers go with the tomogram
@@ -667,10 +699,31 @@ class PickingSession:
         before = self._committed.get(key, State.of(layer))
         self._untrack(key)
         if len(before):
-            # removing a layer deletes its picks: undoable like any other deletion
-            self._commit(Edit(f"remove layer {key.name}", [(key, before, State.empty())]))
+            # removing a layer deletes its picks: undoable like any other deletion, but
+            # autosaved only once napari is back in its event loop and the tomogram is
+            # still there (Viewer.close() removes the picks layers first, then the tomogram)
+            edit = Edit(f"remove layer {key.name}", [(key, before, State.empty())])
+            self._commit(edit, save=False)
+            self._pending_removals.append(edit)
+            _call_soon(self._flush_pending_removals)
         else:
             self._committed[key] = State.empty()
+
+    def _revert_pending_removals(self) -> None:
+        """Forget layer removals that were part of a teardown: their picks stay saved."""
+        while self._pending_removals:
+            edit = self._pending_removals.pop()
+            for key, before, _after in edit.changes:
+                self._committed[key] = before
+            with contextlib.suppress(ValueError):
+                self._undo.remove(edit)
+
+    def _flush_pending_removals(self) -> None:
+        if not self._pending_removals:
+            return
+        self._pending_removals.clear()
+        if self.tomogram is not None and self._viewer_ref() is not None:
+            self._autosave()
 
     def _on_layer_data(self, key: Key, event) -> None:
         if self._mute:
@@ -733,16 +786,17 @@ class PickingSession:
             self._apply_state(key, layer, state)
         self._committed[key] = State.of(layer)
 
-    def _commit(self, edit: Edit) -> None:
+    def _commit(self, edit: Edit, *, save: bool = True) -> None:
         for key, _before, after in edit.changes:
             self._committed[key] = after
         self._undo.append(edit)
         del self._undo[:-MAX_UNDO]
         self._redo.clear()
-        self._after_change()
+        self._after_change(save=save)
 
-    def _after_change(self) -> None:
-        self._autosave()
+    def _after_change(self, *, save: bool = True) -> None:
+        if save:
+            self._autosave()
         self.events.picks.emit()
         self.events.history.emit()
 
@@ -1137,6 +1191,8 @@ class PickingSession:
         if target is None or self.tomogram is None:
             return None
         payload = self.annotation_payload()
+        if path is None:
+            self._backup_before_shrinking(target, len(payload["picks"]["z"]))
         try:
             return write_json_atomic(target, payload)
         except OSError as e:
@@ -1152,6 +1208,20 @@ class PickingSession:
             )
             _notify(self.last_autosave_error, "warning")
             return write_json_atomic(fb, payload)
+
+    def _backup_before_shrinking(self, target: Path, n_new: int) -> None:
+        """Before an autosave that holds fewer picks than the file it replaces, keep that
+        file as ``<name>.bak`` (one generation), so no deletion is beyond recovery."""
+        n_old = self._saved_counts.get(target)
+        if n_old is None and target.exists():
+            with contextlib.suppress(CryoPickerError):
+                n_old = len(read_annotation_file(target)["picks"].get("z", []))
+        if n_old is not None and n_new < n_old:
+            try:
+                write_bytes_atomic(backup_path(target), target.read_bytes())
+            except OSError as e:
+                log.warning("could not keep a backup of %s: %s", target, e)
+        self._saved_counts[target] = n_new
 
     def _autosave(self) -> None:
         if self.autosave_enabled and self.tomogram is not None and self.autosave_path is not None:

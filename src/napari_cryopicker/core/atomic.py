@@ -20,6 +20,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
+    # mkstemp makes the file 0600; a file written in place would honour the umask, so
+    # lab-mates on shared storage can read models, autosaves and tomograms
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:
@@ -28,3 +32,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
