@@ -86,11 +86,20 @@ def _classes_arg(specs, fallback_picks=None, sidecar: Path | None = None):
 
 # ------------------------------------------------------------------------------ commands
 def cmd_simulate(a) -> int:
-    from .core.simulate import simulate_tomogram, write_simulation
+    from .core.simulate import write_simulation
 
     prog, bar = _bar()
-    sim = simulate_tomogram(shape=tuple(a.shape), seed=a.seed, snr=a.snr, voxel_size=a.voxel_size,
-                            name=a.name, progress=prog)
+    if a.preset == "simple":
+        from .core.simulate import simulate_tomogram
+
+        sim = simulate_tomogram(shape=tuple(a.shape or (96, 256, 256)), seed=a.seed,
+                                snr=0.5 if a.snr is None else a.snr, voxel_size=a.voxel_size, name=a.name,
+                                progress=prog)
+    else:
+        from .core.realistic import REALISTIC_SHAPE, simulate_realistic
+
+        sim = simulate_realistic(shape=tuple(a.shape or REALISTIC_SHAPE), seed=a.seed, dose=a.dose, snr=a.snr,
+                                 defocus_um=a.defocus, voxel_size=a.voxel_size, name=a.name, progress=prog)
     bar.close()
     tomo, picks = write_simulation(a.outdir, sim)
     counts = ", ".join(f"{k} {v}" for k, v in sim.picks.counts().items())
@@ -309,11 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("simulate", help="write a phantom tomogram and its true picks")
+    s = sub.add_parser("simulate", help="write a simulated tomogram and its true picks")
     s.add_argument("outdir")
+    s.add_argument("--preset", choices=("realistic", "simple"), default="realistic",
+                   help="realistic: a crowded cell slab of 13 classes imaged as a tilt series (unflipped CTF, "
+                        "dose, weighted back-projection); simple: the quick phantom of the tests")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=(96, 256, 256))
-    s.add_argument("--snr", type=float, default=0.5)
+    s.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="default 200 512 512 (realistic) or 96 256 256 (simple)")
+    s.add_argument("--dose", type=float, default=100.0, help="realistic: e/A^2 over the tilt series (default 100)")
+    s.add_argument("--defocus", type=float, default=3.0, help="realistic: underfocus in um (default 3)")
+    s.add_argument("--snr", type=float, default=None,
+                   help="simple: particle SNR (default 0.5); realistic: per-view SNR instead of --dose")
     s.add_argument("--voxel-size", type=float, default=10.0, help="Angstrom per voxel (default 10)")
     s.add_argument("--name", default="tomogram")
     s.set_defaults(func=cmd_simulate)

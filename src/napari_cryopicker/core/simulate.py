@@ -445,6 +445,8 @@ class SimulatedTomogram:
     tilt_range: float = 60.0
     distractors: list[dict] = field(default_factory=list)
     clean: np.ndarray | None = None  # unfiltered particle density (only with keep_clean)
+    tilt_series: np.ndarray | None = None  # recorded views (realistic preset, keep_tilt_series)
+    tilt_angles: np.ndarray | None = None  # their angles, degrees
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -1,0 +1,200 @@
+"""The realistic simulator: the physics of the tilt series and the sample it images."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.fft as sfft
+
+from napari_cryopicker.core import tilt
+from napari_cryopicker.core.realistic import (
+    BENCHMARK_CLASSES,
+    REALISTIC_CLASSES,
+    class_template,
+    realistic_classes,
+    simulate_realistic,
+)
+
+SMALL = (64, 128, 128)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return simulate_realistic(SMALL, seed=5, keep_clean=True, keep_tilt_series=True, n_per_class=4)
+
+
+# ------------------------------------------------------------------------------ geometry
+def test_projection_and_backprojection_put_an_object_where_it_is():
+    vol = np.zeros((40, 16, 64), np.float32)
+    vol[10:14, 8, 40:44] = 1.0  # off the tilt axis in z and in x
+    ang = tilt.tilt_angles(-60, 60, 3)
+    views = tilt.project(vol, ang)
+    assert views.shape == (41, 16, 64)
+    # every view carries the whole mass (nothing leaves the detector; a sharp cube sampled
+    # once per slice along tilted rays is right to a few per cent)
+    np.testing.assert_allclose(views.sum(axis=(1, 2)), 16.0, rtol=0.04)
+    assert views.sum(axis=(1, 2)).mean() == pytest.approx(16.0, rel=0.005)
+    # at +30 degrees the cube (centre z=11.5, x=41.5) lands at u = cx + dx cos + dz sin
+    cz, cx = 19.5, 31.5
+    i = int(np.argmin(np.abs(ang - 30)))
+    u_expected = cx + (41.5 - cx) * math.cos(math.radians(30)) + (11.5 - cz) * math.sin(math.radians(30))
+    row = views[i, 8]
+    assert np.average(np.arange(64), weights=row) == pytest.approx(u_expected, abs=0.3)
+    rec = tilt.weighted_backprojection(views, ang, vol.shape)
+    assert np.unravel_index(np.argmax(rec), rec.shape)[1] == 8
+    peak = np.array(np.unravel_index(np.argmax(rec), rec.shape))
+    assert np.abs(peak - np.array([11.5, 8, 41.5])).max() <= 1.5
+    assert rec[10:14, 8, 40:44].mean() == pytest.approx(1.0, abs=0.25)  # WBP keeps the density scale
+
+
+def test_the_missing_wedge_is_in_the_xz_power_spectrum(small):
+    """Single-axis tilts to +-60 degrees measure no Fourier components within 30 degrees of kz."""
+    vol = small.data
+    p = (np.abs(sfft.fftn(vol - vol.mean(), axes=(0, 2))) ** 2).mean(axis=1)  # kz x kx, averaged over y
+    kz = sfft.fftfreq(vol.shape[0])[:, None]
+    kx = sfft.fftfreq(vol.shape[2])[None, :]
+    k = np.hypot(kz, kx)
+    angle_from_kz = np.degrees(np.arctan2(np.abs(kx), np.abs(kz)))
+    band = (k > 0.05) & (k < 0.3)
+    wedge = p[band & (angle_from_kz < 25)].mean()
+    seen = p[band & (angle_from_kz > 40)].mean()
+    assert wedge < 0.1 * seen
+
+
+def test_ctf_zeros_fall_at_the_right_frequencies():
+    pixel, defocus = 4.0, 3.0
+    # independent first-order estimate (Cs neglected): chi = pi lambda df k^2 = pi - atan(A / sqrt(1 - A^2))
+    lam = tilt.electron_wavelength(300)
+    assert lam == pytest.approx(0.01969, abs=2e-5)
+    k1 = math.sqrt((1 - math.atan(0.07 / math.sqrt(1 - 0.07**2)) / math.pi) / (lam * defocus * 1e4))
+    zeros = tilt.ctf_zeros(defocus, 3)
+    assert zeros[0] == pytest.approx(k1, rel=0.01)
+    # and the recorded views of a random phase object are dark there
+    rng = np.random.default_rng(0)
+    phase = rng.standard_normal((1, 256, 256)).astype(np.float32) * 0.01
+    views, _ = tilt.record_views(phase, [0.0], pixel, rng=rng, defocus_um=defocus, defocus_spread_um=0,
+                                 bfactor=0, dose=None)
+    pw = np.abs(np.fft.fft2(views[0])) ** 2
+    ky = np.fft.fftfreq(256)[:, None] / pixel
+    kx = np.fft.fftfreq(256)[None, :] / pixel
+    kr = np.hypot(ky, kx)
+    edges = np.linspace(0.005, 0.12, 116)
+    radial = np.array([pw[(kr >= a) & (kr < b)].mean() for a, b in zip(edges[:-1], edges[1:])])
+    centres = (edges[:-1] + edges[1:]) / 2
+    for z in zeros:
+        near = np.abs(centres - z) < 0.002
+        around = (np.abs(centres - z) > 0.004) & (np.abs(centres - z) < 0.01)
+        assert radial[near].min() < 0.1 * radial[around].max()
+
+
+def test_ctf_is_negative_at_low_frequency_so_dense_matter_is_dark():
+    c = tilt.ctf_2d((64, 64), 10.0, defocus_um=3.0)
+    assert c[0, 0] == pytest.approx(-0.07, abs=1e-3)
+    assert c[0, 3] < -0.07
+
+
+def test_snr_is_as_set():
+    rng = np.random.default_rng(1)
+    phase = rng.standard_normal((3, 128, 128)).astype(np.float32) * 0.05
+    views, clean = tilt.record_views(phase, [-30.0, 0.0, 30.0], 10.0, rng=rng, snr=0.25, dose=None, keep_clean=True)
+    for v, c in zip(views, clean):
+        assert c.var() / (v - c).var() == pytest.approx(0.25, rel=0.1)
+
+
+def test_dose_sets_shot_noise_and_high_tilts_get_fewer_electrons():
+    rng = np.random.default_rng(2)
+    phase = np.zeros((2, 128, 128), np.float32)
+    dose, n = 100.0, 41
+    views, _ = tilt.record_views(np.repeat(phase, 1, 0), [0.0, 60.0], 10.0, rng=rng, dose=dose * 2 / n,
+                                 thickness_nm=150, dqe=0.7)
+    # dose per view = dose / n; electrons per 10 A pixel = that x 100 x DQE x exp(-t / (350 nm cos))
+    e0 = dose / n * 100 * 0.7 * math.exp(-150 / 350)
+    e60 = dose / n * 100 * 0.7 * math.exp(-150 / (350 * 0.5))
+    assert views[0].var() == pytest.approx(1 / e0, rel=0.05)
+    assert views[1].var() == pytest.approx(1 / e60, rel=0.05)
+
+
+# ------------------------------------------------------------------------------ sample
+def test_class_library_is_fixed_and_sized():
+    assert len(REALISTIC_CLASSES) >= 10
+    diam = realistic_classes(10.0)
+    sizes = [c.diameter for c in diam]
+    assert min(sizes) <= 5 and max(sizes) >= 28
+    names = list(BENCHMARK_CLASSES)
+    assert [diam[n].diameter for n in names] == [28, 28, 24, 14]
+    a, b = class_template("ribosome"), class_template("ribosome")
+    np.testing.assert_array_equal(a, b)  # the same body in every tomogram
+    assert not np.allclose(class_template("ribosome").shape, 0)
+    # each body fits its diameter and has its centre of mass at the box centre
+    for spec in REALISTIC_CLASSES:
+        t = class_template(spec.name)
+        c = (np.asarray(t.shape) - 1) / 2
+        idx = np.argwhere(t > 0.2)
+        com = np.average(np.argwhere(t > 0), axis=0, weights=t[t > 0])
+        assert np.abs(com - c).max() < 0.3, spec.name
+        reach = np.linalg.norm(idx - c, axis=1).max()
+        assert spec.diameter_nm / 2 * 0.7 <= reach <= spec.diameter_nm / 2 * 1.2, spec.name
+    # ribosome-sized bodies have roughly a ribosome's mass (unit density ~ 1.5 V over ice)
+    assert 3500 < class_template("ribosome").sum() < 7000
+
+
+def test_crowded_layout_and_truth_on_the_density(small):
+    picks = small.picks
+    assert len(picks) == 4 * len(REALISTIC_CLASSES)
+    z0, z1 = small.slab
+    assert (picks.zyx[:, 0] >= z0).all() and (picks.zyx[:, 0] < z1).all()
+    # the truth centres sit on protein: the clean potential there beats the slab's background
+    clean = small.clean
+    idx = np.round(picks.zyx).astype(int)
+    solid = [i for i, n in enumerate(picks.table["class_name"]) if n in ("ribosome", "proteasome", "rubisco")]
+    at_truth = np.array([clean[tuple(idx[i])] for i in solid])
+    rng = np.random.default_rng(0)
+    rand = clean[rng.integers(z0, z1, 500), rng.integers(0, SMALL[1], 500), rng.integers(0, SMALL[2], 500)]
+    assert np.median(at_truth) > 0.5 > np.median(rand)
+
+
+def test_full_size_layout_is_crowded_like_a_cell():
+    sim = simulate_realistic((200, 512, 512), seed=0, n_per_class=None, dose=None, snr=None,
+                             tilt_step=60.0)  # three views: the layout is what is tested here
+    n = len(sim.picks)
+    assert 1000 <= n <= 1600
+    counts = sim.picks.counts()
+    assert all(100 <= counts[c] <= 130 for c in BENCHMARK_CLASSES)
+    # neighbours may touch: some centres are closer than the sum of their radii plus 2 voxels
+    from scipy.spatial import cKDTree
+
+    zyx = sim.picks.zyx
+    d, _ = cKDTree(zyx).query(zyx, k=2)
+    assert (d[:, 1] < 12).mean() > 0.05
+    assert any(d["kind"] == "gold" for d in sim.distractors)
+    assert sum(d["kind"] == "vesicle" for d in sim.distractors) >= 2
+
+
+def test_particles_and_gold_are_dark_in_the_reconstruction(small):
+    data = small.data
+    assert abs(float(data[small.slab[0]:small.slab[1]].mean())) < 1e-3
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(data, 1.5)
+    picks = small.picks.select(class_name="ribosome")
+    vals = [smooth[tuple(np.round(p).astype(int))] for p in picks.zyx]
+    assert np.mean(vals) < -0.2
+    gold = [d for d in small.distractors if d["kind"] == "gold"]
+    assert gold
+    g = np.round(gold[0]["centre_zyx"]).astype(int)
+    assert smooth[tuple(g)] < np.percentile(smooth, 1)  # the darkest things in the volume
+
+
+def test_seed_gives_the_same_tomogram_and_another_seed_another_layout():
+    a = simulate_realistic((48, 96, 96), seed=1, n_per_class=2)
+    b = simulate_realistic((48, 96, 96), seed=1, n_per_class=2)
+    c = simulate_realistic((48, 96, 96), seed=2, n_per_class=2)
+    np.testing.assert_array_equal(a.data, b.data)
+    assert a.picks.zyx.shape != c.picks.zyx.shape or not np.allclose(a.picks.zyx, c.picks.zyx)
+
+
+def test_tilt_series_is_kept_on_request(small):
+    assert small.tilt_series.shape == (41, SMALL[1], SMALL[2])
+    np.testing.assert_allclose(small.tilt_angles[[0, -1]], [-60, 60])
