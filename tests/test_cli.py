@@ -11,8 +11,23 @@ from napari_cryopicker.cli import main
 @pytest.fixture(scope="module")
 def simdir(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim")
-    assert main(["simulate", str(out), "--seed", "4", "--shape", "48", "112", "112", "--snr", "2"]) == 0
+    assert main(["simulate", str(out), "--preset", "simple", "--seed", "4", "--shape", "48", "112", "112",
+                 "--snr", "2"]) == 0
     return out
+
+
+def test_simulate_realistic_is_the_default(tmp_path, capsys):
+    import json
+
+    assert main(["simulate", str(tmp_path), "--seed", "1", "--shape", "48", "128", "128", "--dose", "80"]) == 0
+    with mrcfile.open(tmp_path / "tomogram.mrc") as m:
+        assert m.data.shape == (48, 128, 128) and m.voxel_size.x == pytest.approx(10.0)
+        assert abs(float(m.data.mean())) < 0.2
+    df = pd.read_csv(tmp_path / "picks.csv")
+    assert {"ribosome", "mitoribosome", "proteasome", "chaperonin"} <= set(df["class"])
+    classes = {c["name"]: c["diameter"] for c in json.loads((tmp_path / "classes.json").read_text())}
+    assert classes["ribosome"] == 28 and classes["chaperonin"] == 14 and len(classes) >= 10
+    assert len(classes) == 13
 
 
 def test_simulate_writes_tomogram_and_truth(simdir, capsys):
@@ -124,3 +139,16 @@ def test_truncated_mrc_named_in_error(tmp_path, capsys):
     assert main(["train", "--tomogram", str(bad), "--picks", str(tmp_path / "p.csv"), "--class", "a=5",
                  "--out", str(tmp_path / "m.pt")]) == 2
     assert "broken.mrc" in capsys.readouterr().err
+
+
+def test_demo_runs_on_the_realistic_preset(tmp_path, capsys):
+    """`cryopicker demo`: realistic tomograms, four of 13 classes clicked, train, pick, score, export."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--time-limit", "3", "--shape", "48", "128", "128",
+                 "--per-class", "2", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "realistic preset" in text and "of 13 classes" in text
+    for cls in ("ribosome", "mitoribosome", "proteasome", "chaperonin"):
+        assert cls in text
+    assert (out / "model.pt").exists() and (out / "picks" / "test.csv").exists()
+    assert (out / "train" / "tomogram.mrc").exists() and (out / "test" / "picks.csv").exists()

@@ -275,7 +275,7 @@ def cmd_predict(a) -> int:
     ckpt = load_checkpoint(a.model)
     tomos = [Path(t) for t in a.tomogram]
     outs = _outputs_for(Path(a.out), tomos)
-    cfg = PredictConfig(device=a.device, compile=_COMPILE[a.compile])
+    cfg = PredictConfig(device=a.device, compile=_COMPILE[a.compile], mask_fiducials=not a.keep_fiducials)
     if a.tile:
         cfg.tile = a.tile
     if a.batch_size:
@@ -301,7 +301,7 @@ def cmd_demo(a) -> int:
 
     keep_freed_memory()
     return run_demo(out=Path(a.out), time_limit=a.time_limit, seed=a.seed, per_class=a.per_class,
-                    device=a.device)
+                    device=a.device, preset=a.preset, shape=tuple(a.shape) if a.shape else None)
 
 
 def cmd_gui(a) -> int:
@@ -383,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="picks file (.csv .star .tbl .json); a folder for several")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--threshold", type=float, default=None, help="minimum pick score (overrides the model's)")
+    r.add_argument("--keep-fiducials", action="store_true",
+                   help="keep picks on gold fiducials (by default the beads are found and picks on them dropped)")
     r.add_argument("--tile", type=int, default=None, metavar="N",
                    help="inference tile edge in voxels (default 160; smaller needs less memory)")
     r.add_argument("--batch-size", type=int, default=None, metavar="N", help="tiles per forward pass (default 1)")
@@ -413,9 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="simulate, train from ~40 picks per class, pick, evaluate, export")
     d.add_argument("--out", default="demo_out")
-    d.add_argument("--time-limit", type=float, default=600.0, help="training budget in seconds")
+    d.add_argument("--time-limit", type=float, default=720.0, help="training budget in seconds (default 720)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--per-class", type=int, default=40)
+    d.add_argument("--preset", choices=("realistic", "simple"), default="realistic",
+                   help="realistic (default): 4 of 13 classes clicked in a crowded tilt-series tomogram; "
+                        "simple: the quick phantom")
+    d.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="default 200 512 512 (realistic) or 96 256 256 (simple)")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     d.set_defaults(func=cmd_demo)
 

@@ -198,3 +198,21 @@ def test_seed_gives_the_same_tomogram_and_another_seed_another_layout():
 def test_tilt_series_is_kept_on_request(small):
     assert small.tilt_series.shape == (41, SMALL[1], SMALL[2])
     np.testing.assert_allclose(small.tilt_angles[[0, -1]], [-60, 60])
+
+
+def test_gold_fiducials_are_found_and_picks_on_them_dropped(small):
+    from napari_cryopicker.core.fiducials import Fiducials, find_fiducials, off_fiducials
+
+    gold = np.array([d["centre_zyx"] for d in small.distractors if d["kind"] == "gold"])
+    found = find_fiducials(small.data, small.voxel_size)
+    assert len(found) == len(gold) >= 1
+    d = np.sqrt(((gold[:, None] - found.zyx[None]) ** 2).sum(-1))
+    assert d.min(axis=1).max() < 1.5  # every bead, at its centre
+    # protein is never taken for gold: no truth particle sits at a found bead's centre
+    assert np.sqrt(((small.picks.zyx[:, None] - found.zyx[None]) ** 2).sum(-1)).min() > 3
+    # picks on or beside a bead go; picks away from it stay
+    f = Fiducials(np.array([[10.0, 10.0, 10.0]]), np.array([4.0]))
+    keep = off_fiducials(np.array([[10, 10, 10], [10, 10, 18], [10, 10, 30]], float), f)
+    assert keep.tolist() == [False, False, True]
+    # a tomogram without gold has none
+    assert len(find_fiducials(np.random.default_rng(0).standard_normal((32, 64, 64)).astype(np.float32), 10.0)) == 0

@@ -178,3 +178,34 @@ def test_best_epoch_prefers_lower_loss_on_a_plateau_of_the_validation_score():
     # without validation the key is (-inf, -training loss): the lowest training loss wins
     inf = float("inf")
     assert _kept_epoch([(-inf, -1.0), (-inf, -0.5), (-inf, -0.7)], 0.03) == 2
+
+
+def test_unclicked_particles_far_from_clicks_are_not_taught_as_background(small_sim):
+    """With unlabelled_weight < 1 only the neighbourhood of the picks is known background."""
+    from napari_cryopicker.core.labels import IGNORE
+    from napari_cryopicker.core.train import FAR, _crop_labels, _prepare, _voxel_weights
+
+    tomo, sim = small_sim
+    one = sim.picks.subset(np.arange(len(sim.picks)) == 0)  # one click; the other particles unclicked
+    cfg = TrainConfig(**{**TINY, "unlabelled_weight": 0.0, "known_radius": 1.0})
+    v = _prepare([tomo], [one], sim.classes, cfg, (48, 112, 112))[0]
+    lab = _crop_labels(v, [0, 0, 0], (48, 112, 112), sim.classes, cfg)
+    c = np.rint(one.zyx[0]).astype(int)
+    d = sim.classes[one.table["class_name"].iloc[0]].diameter
+    zz, yy, xx = np.indices(lab.shape)
+    dist = np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2)
+    assert lab[tuple(c)] > 0 and lab[tuple(c)] != FAR  # the click's own label
+    assert (lab[dist > d + 1] == FAR).all()  # far away: unknown
+    assert ((lab[(dist < d - 1) & (dist > d / 2)] == 0) | (lab[(dist < d - 1) & (dist > d / 2)] < FAR)).all()
+    assert (lab[(dist < d - 1)] != FAR).all()  # near the click: known background or the particle
+    # the loss leaves FAR out (weight 0) or down-weights it
+    t, vw = _voxel_weights(torch.from_numpy(lab.astype(np.int64))[None], cfg)
+    assert vw is None and (t[0][torch.from_numpy(dist > d + 1)] == IGNORE).all()
+    half = TrainConfig(**{**TINY, "unlabelled_weight": 0.25})
+    t, vw = _voxel_weights(torch.from_numpy(lab.astype(np.int64))[None], half)
+    assert (t != FAR).all() and vw[0][torch.from_numpy(dist > d + 1)].eq(0.25).all()
+    # and a whole training with validation runs with it
+    ck = train_model([tomo], [sim.picks], sim.classes,
+                     TrainConfig(**{**TINY, "epochs": 2, "val_fraction": 0.3, "unlabelled_weight": 0.0}))
+    assert len(ck.history) == 2 and all(np.isfinite(r["train_loss"]) for r in ck.history)
+    assert ck.history[-1]["val_loss"] is not None

@@ -36,6 +36,13 @@ def test_open_mrc_sets_scale_units_and_contrast(viewer, tomo_path):
     assert -4 < lo < -1 and 1 < hi < 4  # robust percentiles, not min/max
 
 
+def test_open_mrc_without_naming_the_plugin(viewer, tomo_path):
+    """`viewer.open(path)` (File > Open, a script) picks our reader for .mrc by itself."""
+    layers = viewer.open(str(tomo_path))
+    assert len(layers) == 1 and isinstance(layers[0], Image)
+    assert tuple(layers[0].scale) == pytest.approx((VOXEL,) * 3)
+
+
 def test_reader_declines_what_it_cannot_read(tmp_path):
     bad = tmp_path / "broken.mrc"
     bad.write_bytes(b"not an mrc file at all")

@@ -116,7 +116,7 @@ def test_number_keys_choose_the_active_class(viewer, two_classes, qtbot):
     assert s.active_class == "ribosome"
 
 
-def test_autosave_written_atomically_and_restored(make_napari_viewer, tomo_path):
+def test_autosave_written_atomically_and_restored(make_napari_viewer, tomo_path, qtbot):
     v1 = make_napari_viewer()
     s1 = get_session(v1)
     v1.open(str(tomo_path), plugin=PLUGIN)
@@ -134,6 +134,9 @@ def test_autosave_written_atomically_and_restored(make_napari_viewer, tomo_path)
     v2.open(str(tomo_path), plugin=PLUGIN)
     assert s2.classes.names == ["ribosome"]
     np.testing.assert_allclose(v2.layers["picks: ribosome"].data, [[3, 4, 5], [6, 7, 8]])
+    # the restored picks layer, not the tomogram, is selected and in add mode: clicks add picks
+    qtbot.waitUntil(lambda: v2.layers.selection.active is v2.layers["picks: ribosome"], timeout=2000)
+    assert v2.layers["picks: ribosome"].mode == "add"
 
 
 def test_predictions_threshold_accept_reject(viewer, two_classes):
@@ -319,3 +322,74 @@ def test_deleting_picks_keeps_a_backup_of_the_previous_autosave(viewer, two_clas
     s.delete_picks("ribosome", [0, 1])
     assert len(json.loads(path.read_text())["picks"]["z"]) == 1
     np.testing.assert_allclose(json.loads(backup.read_text())["picks"]["x"], [5, 8, 11])
+
+
+def test_autosave_goes_beside_the_symlink_that_was_opened(make_napari_viewer, tomo_path, tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    link = project / "TS_link.mrc"
+    link.symlink_to(tomo_path)
+    v = make_napari_viewer()
+    s = get_session(v)
+    v.open(str(link), plugin=PLUGIN)
+    s.add_class("ribosome", 8)
+    s.add_pick((3, 4, 5), "ribosome")
+    assert s.autosave_path == project / "TS_link.cryopicker.json"
+    assert (project / "TS_link.cryopicker.json").exists()
+    assert not tomo_path.with_name("TS_01.cryopicker.json").exists()
+
+
+def test_adding_a_class_keeps_the_tomogram_image_as_it_was(viewer, session):
+    """The thick slice that shows particle rings must not average (wash out) the tomogram,
+    and a slice thickness the user chose is kept."""
+    image = viewer.layers["TS_01"]
+    viewer.dims.point = (16, 0, 0)
+    session.add_class("ribosome", 8)
+    assert viewer.dims.margin_left[0] > 0  # rings on every slice a particle's sphere cuts
+    assert image.projection_mode == "none"
+    shown = np.asarray(image._slice.image.raw)
+    np.testing.assert_allclose(shown, np.asarray(image.data[int(round(viewer.dims.point[0]))]), atol=1e-5)
+    viewer.dims.margin_left = (2.0, 0.0, 0.0)  # the user's own thickness
+    viewer.dims.margin_right = (2.0, 0.0, 0.0)
+    session.add_class("proteasome", 12)
+    assert viewer.dims.margin_left[0] == 2.0
+
+
+def test_a_restart_keeps_the_model_and_the_predictions(make_napari_viewer, tomo_path, qtbot):
+    """Close napari after training and picking; reopen the tomogram: the picks, the
+    predictions (with their thresholds) and the trained model all come back."""
+    import torch
+
+    from napari_cryopicker.core.classes import ClassTable, ParticleClass
+    from napari_cryopicker.core.model import Checkpoint, ModelConfig, ResUNet
+
+    v1 = make_napari_viewer()
+    s1 = get_session(v1)
+    v1.open(str(tomo_path), plugin=PLUGIN)
+    s1.add_class("ribosome", 8)
+    s1.add_pick((3, 4, 5), "ribosome")
+    torch.manual_seed(0)
+    mc = ModelConfig(n_classes=1, f_maps=(4, 8))
+    ckpt = Checkpoint(model=mc.to_dict(), state_dict=ResUNet(mc).state_dict(),
+                      classes=ClassTable([ParticleClass("ribosome", 8)]), voxel_size=VOXEL, best_score=0.5)
+    s1.set_checkpoint(ckpt)  # as a finished training run does
+    model_file = tomo_path.with_name("TS_01.cryopicker.pt")
+    assert model_file.exists()
+    preds = Picks.from_zyx([[10, 20, 30], [12, 40, 44]], class_name="ribosome", score=[0.9, 0.4],
+                           voxel_size=VOXEL)
+    s1.set_predictions(preds)
+    s1.set_threshold("ribosome", 0.5)
+    v1.close()
+    qtbot.wait(50)
+
+    v2 = make_napari_viewer()
+    s2 = get_session(v2)
+    v2.open(str(tomo_path), plugin=PLUGIN)
+    layer = v2.layers["predicted: ribosome"]
+    np.testing.assert_allclose(layer.data, [[10, 20, 30], [12, 40, 44]])
+    np.testing.assert_allclose(layer.features["score"], [0.9, 0.4])
+    assert layer.shown.tolist() == [True, False]  # the threshold came back too
+    qtbot.waitUntil(lambda: s2.checkpoint is not None, timeout=30000)  # loaded in the background
+    assert s2.checkpoint.classes.names == ["ribosome"] and s2.model_path == model_file
+    for k, t in ckpt.state_dict.items():
+        assert torch.equal(s2.checkpoint.state_dict[k], t)

@@ -92,6 +92,12 @@ def test_weak_label_preview(viewer, picked, qtbot):
     qtbot.waitUntil(lambda: "weak labels" in viewer.layers, timeout=10000)
     lab = viewer.layers["weak labels"]
     assert isinstance(lab, Labels)
+    # the picks layer stays selected: a number key chooses a class, it does not erase labels
+    assert viewer.layers.selection.active is viewer.layers[f"picks: {picked.active_class}"]
+    before = lab.data.copy()
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, "1")
+    assert viewer.layers.selection.active.name.startswith("picks: ") and lab.mode != "erase"
+    np.testing.assert_array_equal(lab.data, before)
     assert lab.data.shape == SHAPE and tuple(lab.scale) == pytest.approx((VOXEL,) * 3)
     for c in BLOBS:
         assert lab.data[c] == 1
@@ -142,16 +148,29 @@ def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):
     assert lines and len(lines[0].get_xdata()) == len(run.history)
 
 
-def test_stop_before_the_first_epoch_keeps_the_old_model(viewer, picked, qtbot):
+def test_a_stopped_run_keeps_the_old_model_unless_it_validates_better(viewer, picked, qtbot):
+    """Stop before the first epoch ends (cancelled) or after it (a partial model): either
+    way the previous model stays unless the new one has a better validation score."""
+    from types import SimpleNamespace
+
+    from napari_cryopicker._napari.workers import validates_better
+
     run = runs_for(picked)["train"]
-    sentinel = object()
-    picked.checkpoint = sentinel
-    run.start()
-    run.stop()
-    qtbot.waitUntil(lambda: not run.running, timeout=60000)
-    if run.task.last_outcome.status == "cancelled":
-        assert picked.checkpoint is sentinel
+    previous = SimpleNamespace(best_score=1.0, best_epoch=7, history=[], classes=picked.classes)
+    for wait_epochs in (0, 1):
+        picked.checkpoint = previous
+        run.start()
+        if wait_epochs:
+            qtbot.waitUntil(lambda: len(run.history) >= wait_epochs, timeout=60000)
+        run.stop()
+        qtbot.waitUntil(lambda: not run.running, timeout=60000)
+        assert run.task.last_outcome.status in ("cancelled", "ok")
+        assert picked.checkpoint is previous
+        if wait_epochs:
+            assert run.task.last_outcome.ok and run.discarded is not None  # trained, but not better
     picked.checkpoint = None
+    assert validates_better(SimpleNamespace(best_score=0.5), SimpleNamespace(best_score=None))
+    assert not validates_better(SimpleNamespace(best_score=None), SimpleNamespace(best_score=0.5))
 
 
 def test_training_errors_become_notifications(viewer, picked, qtbot, monkeypatch):

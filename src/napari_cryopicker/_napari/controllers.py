@@ -194,6 +194,10 @@ class LabelsPreview:
                 viewer.layers.move(viewer.layers.index(lyr), len(viewer.layers))
         layer.metadata = {**layer.metadata, META: {"kind": "labels", "tomogram": s.tomogram_name,
                                                    "mode": self.mode}}
+        # napari selects a new layer: give the selection back to the active class's picks, else
+        # the number keys and the next click act on the Labels layer (1 = erase)
+        if s.active_class is not None:
+            s.set_active_class(s.active_class)
         return layer
 
 
@@ -211,6 +215,7 @@ def save_model(session: PickingSession, path: str | os.PathLike) -> Path:
     except OSError as e:
         raise CryoPickerError(f"{p}: cannot save the model ({e.strerror or e})") from None
     session.model_path = out
+    session._autosave()  # the annotations now name this model file
     return out
 
 

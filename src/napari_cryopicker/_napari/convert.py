@@ -138,7 +138,8 @@ def points_layer_kwargs(
         kw["opacity"] = 0.9
     elif kind == "rejected":
         kw["symbol"] = "x"
-        kw["opacity"] = 0.35
+        kw["opacity"] = 0.9  # a faint grey x at 35 % was invisible even zoomed in
+        kw["border_width"] = 0.25
         kw["face_color"] = colour
     return kw
 
@@ -212,7 +213,7 @@ def picks_from_points(
     if shown_only and n:
         shown = meta.get("shown")
         if shown is not None and len(shown) == n:
-            picks = picks._subset(np.asarray(shown, dtype=bool))
+            picks = picks.subset(np.asarray(shown, dtype=bool))
     return picks
 
 

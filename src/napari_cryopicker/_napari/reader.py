@@ -95,7 +95,9 @@ def tomogram_layer_data(path: str | os.PathLike) -> tuple:
         "metadata": {
             META: {
                 "kind": "tomogram",
-                "path": str(Path(path).resolve()),
+                # absolute, but through any symbolic link: the autosave goes beside the path
+                # the user opened, not beside the link's target (often read-only raw data)
+                "path": os.path.abspath(path),
                 "voxel_size": tomo.voxel_size,
                 "tomogram": tomo.name,
             }

@@ -1,4 +1,4 @@
-"""npe2 sample data: a small simulated tomogram and a few labelled picks per class."""
+"""npe2 sample data: a small realistic simulated tomogram and a few labelled picks per class."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 from .convert import META, points_layer_kwargs
 
-SAMPLE_SHAPE = (64, 160, 160)
+SAMPLE_SHAPE = (96, 256, 256)
 SAMPLE_NAME = "sample"
 PICKS_PER_CLASS = 6
 
@@ -23,7 +23,7 @@ def sample_picks_subset(picks, n_per_class: int = PICKS_PER_CLASS, shape=None, m
         if shape is not None and len(sub):
             keep = np.all((zyx >= margin) & (zyx < np.asarray(shape) - margin), axis=1)
         idx = np.flatnonzero(keep)[:n_per_class]
-        parts.append(sub._subset(np.isin(np.arange(len(sub)), idx)))
+        parts.append(sub.subset(np.isin(np.arange(len(sub)), idx)))
     out = Picks.concat(parts)
     out.table["source"] = "manual"
     out.table["score"] = 1.0
@@ -31,10 +31,16 @@ def sample_picks_subset(picks, n_per_class: int = PICKS_PER_CLASS, shape=None, m
 
 
 def make_sample(shape=SAMPLE_SHAPE, seed: int = 0, n_per_class: int = PICKS_PER_CLASS):
-    """(simulated tomogram, the few picks to show, the full truth)."""
-    from ..core.simulate import simulate_tomogram
+    """(simulated tomogram, the few picks to show, the full truth of the clicked classes).
 
-    sim = simulate_tomogram(shape=tuple(shape), seed=seed)
+    The realistic preset (a crowded slab of 13 classes imaged as a tilt series); the picks
+    shown are a few of each of the four benchmark classes, the other particles unclicked.
+    """
+    from ..core.realistic import BENCHMARK_CLASSES, realistic_classes, simulate_realistic
+
+    sim = simulate_realistic(tuple(shape), seed=seed, name=SAMPLE_NAME)
+    sim.classes = realistic_classes(sim.voxel_size, BENCHMARK_CLASSES)
+    sim.picks = sim.picks.select(class_name=list(BENCHMARK_CLASSES))
     truth = sim.picks.with_tomogram(SAMPLE_NAME)
     if truth.voxel_size is None:
         truth.voxel_size = float(sim.voxel_size)

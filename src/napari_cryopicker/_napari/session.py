@@ -63,9 +63,10 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 AUTOSAVE_SUFFIX = ".cryopicker.json"
+MODEL_SUFFIX = ".cryopicker.pt"  # the model trained in a session, beside its annotations
 AUTOSAVE_FORMAT = "napari-cryopicker-annotations"
 ANNOTATION_SOURCES = ("manual", "accepted", "imported")
-REJECTED_COLOUR = "#9a9a9a"
+REJECTED_COLOUR = "#ff4d4d"  # rejected predictions: a red x, plainly visible when shown
 MAX_UNDO = 200
 
 
@@ -347,6 +348,7 @@ class PickingSession:
         self._undo.clear()
         self._redo.clear()
         self.image_layer = layer
+        self._projection_set = False
         self.tomogram = tomo
         self.autosave_path = default_autosave_path(tomo) if tomo is not None else None
         self.last_autosave_error = None
@@ -356,10 +358,20 @@ class PickingSession:
             for lyr in list(self.viewer.layers):
                 self._maybe_adopt(lyr)
             self._update_slice_thickness()
+            # restored picks: their layer, not the tomogram napari selects, takes the clicks
+            _call_soon(self._select_restored_picks)
         self.events.tomogram.emit()
         self.events.classes.emit()
         self.events.picks.emit()
         self.events.history.emit()
+
+    def _select_restored_picks(self) -> None:
+        name = self.active_class
+        if self._viewer_ref() is None or name is None or name not in self.classes:
+            return
+        layer = self._layers.get(Key("picks", name))
+        if layer is not None and layer in self.viewer.layers:
+            self.set_active_class(name)
 
     def _stash_current(self) -> None:
         if self.tomogram is None:
@@ -384,7 +396,13 @@ class PickingSession:
         return self.tomogram
 
     def _update_slice_thickness(self) -> None:
-        """Thick z-slice so that each particle's ring shows on every slice its sphere cuts."""
+        """Thick z-slice so that each particle's ring shows on every slice its sphere cuts.
+
+        The thickness is napari's (it applies to every layer), so the tomogram is shown as
+        a plain slice (``projection_mode='none'``): napari 0.9 would otherwise average it
+        over a particle diameter and wash it out. A thickness the user set by hand is left
+        alone; averaging slices is the Tomogram panel's *slab average* filter.
+        """
         if self.image_layer is None or not len(self.classes):
             return
         dims = self.viewer.dims
@@ -393,9 +411,17 @@ class PickingSession:
             return
         half = max(self.classes.diameters) / 2.0 * self.scale[0]
         left, right = list(dims.margin_left), list(dims.margin_right)
+        ours = getattr(self, "_margin_set", None)
+        if (left[axis], right[axis]) not in ((0.0, 0.0), (ours, ours)):
+            return  # the user's own slice thickness
+        with contextlib.suppress(Exception):
+            if self.image_layer.projection_mode == "mean" and not getattr(self, "_projection_set", False):
+                self.image_layer.projection_mode = "none"
+                self._projection_set = True
         left[axis], right[axis] = half, half
         with contextlib.suppress(Exception):
             dims.margin_left, dims.margin_right = tuple(left), tuple(right)
+            self._margin_set = half
 
     # ------------------------------------------------------------------ classes
     def add_class(self, name: str, diameter: float, colour: str = "") -> ParticleClass:
@@ -955,7 +981,7 @@ class PickingSession:
             source = [default_source] * n
         p = Picks.from_zyx(state.data.reshape(-1, 3), class_name=cls, score=score, source=source,
                            tomogram=self.tomogram_name, voxel_size=self.voxel_size)
-        return p if mask is None else p._subset(mask)
+        return p if mask is None else p.subset(mask)
 
     def rejected(self) -> Picks:
         return self._picks_of(REJECTED, self._state(REJECTED))
@@ -1034,7 +1060,7 @@ class PickingSession:
                 d, _ = cKDTree(ref.zyx).query(picks.zyx[rows], k=1)
                 keep[rows[d <= self.classes[name].radius]] = False
             self.last_skipped = int((~keep).sum())
-            picks = picks._subset(keep)
+            picks = picks.subset(keep)
         new = {}
         for name in self.classes.names:
             key = Key("predicted", name)
@@ -1158,16 +1184,42 @@ class PickingSession:
 
     # ------------------------------------------------------------------ model
     def set_checkpoint(self, ckpt: Checkpoint | None, path: str | os.PathLike | None = None) -> None:
+        """Make ``ckpt`` the session's model. A model trained here (no ``path``) is saved
+        beside the annotations (``<tomogram>.cryopicker.pt``), so a restart keeps it."""
         self.checkpoint = ckpt
         self.model_path = Path(path) if path else None
         if ckpt is not None:
             self.ensure_classes(ckpt.classes)
+            if path is None:
+                self._save_model(ckpt)
         self.events.model.emit()
+        self._autosave()
+
+    def model_autosave_path(self) -> Path | None:
+        if self.autosave_path is None:
+            return None
+        name = self.autosave_path.name
+        stem = name[: -len(AUTOSAVE_SUFFIX)] if name.endswith(AUTOSAVE_SUFFIX) else self.autosave_path.stem
+        return self.autosave_path.with_name(stem + MODEL_SUFFIX)
+
+    def _save_model(self, ckpt) -> None:
+        target = self.model_autosave_path()
+        if target is None or not self.autosave_enabled or not hasattr(ckpt, "to_payload"):
+            return
+        from ..core.model import save_checkpoint
+
+        try:
+            save_checkpoint(ckpt, target)
+            self.model_path = target
+        except OSError as e:
+            self.last_autosave_error = f"{target}: cannot save the model ({e.strerror or e})"
+            _notify(self.last_autosave_error + "; save it with Save model... before closing napari", "warning")
 
     # ------------------------------------------------------------------ autosave
     def annotation_payload(self) -> dict:
         picks = self.annotations(include_rejected=True)
         t = picks.table
+        p = self.predictions(shown_only=False).table
         return {
             "format": AUTOSAVE_FORMAT,
             "version": 1,
@@ -1183,6 +1235,12 @@ class PickingSession:
                 "class_name": t["class_name"].tolist(), "score": t["score"].round(5).tolist(),
                 "source": t["source"].tolist(),
             },
+            # the model's picks and the model itself, so that a restart loses neither
+            "predictions": {
+                "z": p["z"].round(3).tolist(), "y": p["y"].round(3).tolist(), "x": p["x"].round(3).tolist(),
+                "class_name": p["class_name"].tolist(), "score": p["score"].round(5).tolist(),
+            },
+            "model": str(self.model_path) if self.model_path is not None else None,
         }
 
     def save_annotations(self, path: str | os.PathLike | None = None) -> Path | None:
@@ -1278,6 +1336,9 @@ class PickingSession:
             self.active_class = active
             self.events.active_class.emit(active)
         if not len(picks):
+            if not undoable:
+                self._restore_predictions(payload)
+                self._restore_model(payload)
             return 0
         self.ensure_classes([ParticleClass(n, 10.0) for n in picks.class_names if n not in self.classes])
         new: dict[Key, State] = {}
@@ -1305,8 +1366,42 @@ class PickingSession:
                     self._committed[key] = state
                 else:
                     self._set_state(key, state)
+            self._restore_predictions(payload)
+            self._restore_model(payload)
             self.events.picks.emit()
         return len(picks)
+
+    def _restore_predictions(self, payload: dict) -> None:
+        p = payload.get("predictions") or {}
+        if not isinstance(p, dict) or not p.get("z"):
+            return
+        df = pd.DataFrame({k: p.get(k, []) for k in ("z", "y", "x", "class_name", "score")})
+        df["source"] = "predicted"
+        preds = Picks(df, payload.get("voxel_size"))
+        tomo = self._require_tomogram()
+        if preds.voxel_size is not None and tomo.voxel_size and not np.isclose(preds.voxel_size, tomo.voxel_size):
+            preds = preds.rescaled(tomo.voxel_size)
+        self.ensure_classes([ParticleClass(n, 10.0) for n in preds.class_names if n not in self.classes])
+        for name in preds.class_names:
+            sub = preds.select(class_name=name)
+            self._set_state(Key("predicted", name), State(sub.zyx, features_frame(sub)[["class", "score", "source"]]))
+
+    def _restore_model(self, payload: dict) -> None:
+        """Load the session's model in the background, unless one is in use already."""
+        path = payload.get("model")
+        if not path or self.checkpoint is not None:
+            return
+        p = Path(path)
+        if not p.is_absolute() and self.autosave_path is not None:
+            p = self.autosave_path.parent / p
+        if not p.exists():
+            _notify(f"The model saved with these annotations ({p}) is missing; train again or load a model",
+                    "warning")
+            return
+        from .workers import runs_for
+
+        with contextlib.suppress(CryoPickerError):
+            runs_for(self)["model"].start(p)
 
     # ------------------------------------------------------------------ keys
     def _bind_viewer_keys(self) -> None:
@@ -1391,6 +1486,14 @@ def _payload_problem(payload: dict) -> str:
         ClassTable.from_dict(payload.get("classes") or [])
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         return f"bad class table: {e}"
+    preds = payload.get("predictions") or {}
+    if not isinstance(preds, dict) or not all(isinstance(v, list) for v in preds.values()):
+        return "'predictions' is not a table"
+    if len({len(v) for k, v in preds.items() if k in ("z", "y", "x", "class_name", "score")}) > 1:
+        return "the 'predictions' columns have different lengths"
+    model = payload.get("model")
+    if model is not None and not isinstance(model, str):
+        return "'model' is not a file name"
     thresholds = payload.get("thresholds") or {}
     if not isinstance(thresholds, dict) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in thresholds.values()):

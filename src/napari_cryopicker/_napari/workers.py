@@ -236,6 +236,8 @@ class TrainingRun:
         self.task.finished.connect(self._finished)
         self.history: list[dict] = []
         self.fine_tune = False
+        self._previous = None  # the session's model when the run started
+        self.discarded = None  # a stopped run's model that did not beat the previous one
 
     @property
     def running(self) -> bool:
@@ -268,12 +270,14 @@ class TrainingRun:
         if fine_tune and init is None:
             raise CryoPickerError("there is no model to fine-tune yet; train from scratch first")
         picks = s.training_picks()
-        picks = picks._subset(picks.table["class_name"].isin(classes.names).to_numpy()
+        picks = picks.subset(picks.table["class_name"].isin(classes.names).to_numpy()
                               | (picks.table["source"] == "rejected").to_numpy())
         picks = picks.with_tomogram(tomo.name)
         values = self.config_values()
         self.history = []
         self.fine_tune = fine_tune
+        self._previous = s.checkpoint
+        self.discarded = None
 
         def job(progress: Progress):
             from ..core.train import TrainConfig, train_model
@@ -296,11 +300,22 @@ class TrainingRun:
         self.epoch.emit(info)
 
     def _result(self, ckpt) -> None:
+        stopped = self.task.progress is not None and self.task.progress.cancelled
+        if stopped and self._previous is not None and not validates_better(ckpt, self._previous):
+            self.discarded = ckpt  # a run cut short keeps the previous model unless it beats it
+            return
         self.session.set_checkpoint(ckpt)
 
     def _finished(self, outcome: Outcome) -> None:
         ckpt = self.session.checkpoint
-        if outcome.ok:
+        if outcome.ok and self.discarded is not None:
+            new = getattr(self.discarded, "best_score", None)
+            old = getattr(ckpt, "best_score", None)
+            notify("Training stopped; the previous model is kept: the stopped run's model "
+                   + (f"validated at {new:.2f}" if new is not None else "was not validated")
+                   + (f", the previous one at {old:.2f}" if old is not None else "")
+                   + ". Train longer to replace it.")
+        elif outcome.ok:
             best = getattr(ckpt, "best_epoch", None)
             score = getattr(ckpt, "best_score", None)
             extra = f" (best epoch {best}" + (f", validation score {score:.2f})" if score is not None else ")") \
@@ -311,6 +326,13 @@ class TrainingRun:
         elif outcome.status == "cancelled":
             notify("Training stopped before the first epoch ended; the previous model is unchanged")
         self.finished.emit(outcome)
+
+
+def validates_better(new, old) -> bool:
+    """Does checkpoint ``new`` have a validation score above ``old``'s (or old none)?"""
+    a = getattr(new, "best_score", None)
+    b = getattr(old, "best_score", None)
+    return a is not None and (b is None or a > b)
 
 
 # ----------------------------------------------------------------------------- picking
@@ -363,6 +385,9 @@ class PickingRun:
         s.set_predictions(picks, checkpoint_classes=self._ckpt.classes)
         if self.show_probability and getattr(result, "probability", None) is not None:
             show_probability(s, result.probability, self._ckpt.classes)
+        fid = getattr(result, "fiducials", None)
+        if fid is not None:
+            show_fiducials(s, fid)
         n = len(picks)
         per = ", ".join(f"{k}: {v}" for k, v in picks.counts().items())
         known = f"; {s.last_skipped} of them are already in your picks or rejected" if s.last_skipped else ""
@@ -372,6 +397,30 @@ class PickingRun:
         if outcome.status == "cancelled":
             notify("Picking stopped; the earlier picks are unchanged")
         self.finished.emit(outcome)
+
+
+FIDUCIALS_LAYER = "gold fiducials"
+
+
+def show_fiducials(session: PickingSession, fiducials):
+    """The gold beads picking left out, as a Points layer of their masked extent."""
+    viewer = session.viewer
+    zyx = np.asarray(fiducials.zyx, float).reshape(-1, 3)
+    size = 2 * (2.0 * np.asarray(fiducials.radius, float) + 1.0) if len(zyx) else 10.0
+    if FIDUCIALS_LAYER in viewer.layers:
+        layer = viewer.layers[FIDUCIALS_LAYER]
+        layer.data = zyx
+        layer.size = size
+        return layer
+    layer = viewer.add_points(
+        zyx, name=FIDUCIALS_LAYER, size=size, **session.layer_kwargs(), face_color="transparent",
+        border_color="#ffd700", border_width=0.05, border_width_is_relative=True, symbol="disc",
+        projection_mode="rescale_spherical", opacity=0.7,
+        metadata={META: {"kind": "fiducials", "tomogram": session.tomogram_name}},
+    )
+    if session.active_class is not None:  # clicks keep going to the picks, not to this layer
+        session.set_active_class(session.active_class)
+    return layer
 
 
 def show_probability(session: PickingSession, probability: np.ndarray, classes) -> list:

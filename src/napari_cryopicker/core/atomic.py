@@ -14,11 +14,16 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path``."""
+def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path``.
+
+    ``suffix`` ends the temporary name (for writers that go by the extension). The one
+    helper for every file the package writes: models, tomograms, autosaves, picks files,
+    compiled networks.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
     os.close(fd)
     # mkstemp makes the file 0600; a file written in place would honour the umask, so
     # lab-mates on shared storage can read models, autosaves and tomograms

@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 import threading
 import warnings
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_output
 from .errors import CryoPickerWarning
 from .model import Checkpoint, fold_batchnorm, prepare_for_inference
 from .progress import Progress, ensure
@@ -92,18 +92,12 @@ def _build(net: torch.nn.Module, shape: tuple[int, ...], path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.zeros(shape).contiguous(memory_format=torch.channels_last_3d)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".part", suffix=".pt2", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=".pt2") as tmp:
         with torch.no_grad():
             exported = torch.export.export(net, (x,))
-            torch._inductor.aoti_compile_and_package(exported, package_path=tmp,
+            torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp),
                                                      inductor_configs={"freezing": True})
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep it from others sharing the cache
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        os.chmod(tmp, 0o644)  # readable by everyone sharing the cache, whatever the umask
 
 
 class _Runner(torch.nn.Module):

@@ -169,6 +169,10 @@ class Picks:
     def copy(self) -> Picks:
         return Picks(self.table.copy(), self.voxel_size)
 
+    def subset(self, mask) -> Picks:
+        """The rows where ``mask`` (booleans, one per row) is true, as new Picks."""
+        return self._subset(np.asarray(mask, dtype=bool))
+
     def _subset(self, mask) -> Picks:
         return Picks(self.table[np.asarray(mask, dtype=bool)].copy(), self.voxel_size)
 

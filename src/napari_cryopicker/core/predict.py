@@ -46,6 +46,9 @@ class PredictConfig:
     # a compiled network on the CPU (core/compiled.py): False, True, or "auto" (as
     # `cryopicker predict` and batch runs use it: when built already, or when it pays back)
     compile: bool | str = False
+    # leave out picks on gold fiducials (core/fiducials.py): dark compact beads get high
+    # scores from a network that saw few of them
+    mask_fiducials: bool = True
 
 
 @dataclass
@@ -53,6 +56,7 @@ class PredictResult:
     picks: Picks
     label: np.ndarray | None = None        # (z, y, x) uint8 arg-max class
     probability: np.ndarray | None = None  # (C+1, z, y, x) float16 when requested
+    fiducials: object | None = None  # core.fiducials.Fiducials found (mask_fiducials)
 
 
 def _tile_shape(shape, tile: int, margin: int, multiple: int) -> tuple[int, ...]:
@@ -323,7 +327,14 @@ def predict_picks(
         label, conf, checkpoint.classes, params or None, tomogram=tomogram.name,
         voxel_size=tomogram.voxel_size, progress=progress,
     )
-    return PredictResult(picks=picks, label=label, probability=full)
+    fiducials = None
+    if config.mask_fiducials and len(picks):
+        from .fiducials import find_fiducials, off_fiducials
+
+        fiducials = find_fiducials(tomogram.data, tomogram.voxel_size, progress=progress)
+        if len(fiducials):
+            picks = picks.subset(off_fiducials(picks.zyx, fiducials))
+    return PredictResult(picks=picks, label=label, probability=full, fiducials=fiducials)
 
 
 __all__ = ["PredictConfig", "PredictResult", "predict_picks", "segment", "NMSParams"]

@@ -66,6 +66,11 @@ class TrainConfig:
     checkpoint_path: str | None = None       # save the best model here (atomically) after each better epoch
     sparse: bool = False                     # not every particle is picked: see _ignore_unpicked_blobs
     sparse_warmup: float = 0.25              # share of training before unpicked blobs are left out
+    # Unclicked particles are not background: background voxels farther than
+    # known_radius x (the pick's class diameter) from every pick (and rejection) weigh
+    # unlabelled_weight in the loss (0: left out; 1: everything unclicked is background).
+    unlabelled_weight: float = 1.0
+    known_radius: float = 1.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -152,7 +157,7 @@ def _val_split(tomo: Tomogram, picks: Picks, classes: ClassTable, fraction: floa
     zyx = pos.zyx
     m = np.all((zyx >= lo + rmax * 0.5) & (zyx < hi - rmax * 0.5), axis=1)
     m &= zyx[:, axis] >= cut + rmax  # whole particles only
-    truth = pos._subset(m)
+    truth = pos.subset(m)
     if len(truth) < 2:
         return None, None, list(shape)
     train_hi = list(shape)
@@ -165,7 +170,7 @@ def _prepare(tomograms, picks_list, classes, config: TrainConfig, crop) -> list[
     for tomo, picks in zip(tomograms, picks_list):
         picks = picks.copy()
         inside = picks.inside(tomo.shape)
-        picks = picks._subset(inside)
+        picks = picks.subset(inside)
         c, s = robust_normalisation(tomo.data)
         region, truth, train_hi = _val_split(tomo, picks, classes, config.val_fraction, crop)
         zyx = np.rint(picks.zyx).astype(np.int64) if len(picks) else np.zeros((0, 3), np.int64)
@@ -193,6 +198,7 @@ def _read_crop(v: _Volume, start, crop, lowpass: float) -> np.ndarray:
 
 
 NEGATIVE = IGNORE - 1  # training-time mark of a rejected pick's ball (background that must stay so)
+FAR = IGNORE - 2  # training-time mark of background far from every pick (see TrainConfig.unlabelled_weight)
 
 
 def _crop_labels(v: _Volume, start, crop, classes, config: TrainConfig, negatives: int = 0) -> np.ndarray:
@@ -201,8 +207,63 @@ def _crop_labels(v: _Volume, start, crop, classes, config: TrainConfig, negative
     lo = np.asarray(start) - rmax
     hi = np.asarray(start) + np.asarray(crop) + rmax
     m = np.all((v.zyx >= lo) & (v.zyx < hi), axis=1) if len(v.zyx) else np.zeros(0, bool)
-    return make_labels(crop, v.picks._subset(m), classes, config.label_mode, diam, origin=start,
-                       rejected=negatives)
+    labels = make_labels(crop, v.picks.subset(m), classes, config.label_mode, diam, origin=start,
+                         rejected=negatives)
+    if config.unlabelled_weight < 1.0:
+        _mark_far_background(labels, v, start, classes, config)
+    return labels
+
+
+def _mark_far_background(labels: np.ndarray, v: _Volume, start, classes: ClassTable, config: TrainConfig) -> None:
+    """Mark (:data:`FAR`) the background voxels of a crop farther than ``known_radius``
+    class diameters from every pick: there an unclicked particle may hide."""
+    crop = labels.shape
+    near = np.zeros(crop, dtype=bool)
+    names = v.picks.table["class_name"].to_numpy()
+    default_d = max(classes.diameters) if len(classes) else 10.0
+    reach = config.known_radius * default_d
+    lo = np.asarray(start) - reach
+    hi = np.asarray(start) + np.asarray(crop) + reach
+    m = np.all((v.zyx >= lo) & (v.zyx < hi), axis=1) if len(v.zyx) else np.zeros(0, bool)
+    for i in np.flatnonzero(m):
+        d = classes[names[i]].diameter if names[i] in classes else default_d
+        r = config.known_radius * d
+        c = v.zyx[i] - np.asarray(start)
+        a = np.maximum(np.floor(c - r).astype(int), 0)
+        b = np.minimum(np.ceil(c + r).astype(int) + 1, crop)
+        if np.any(b <= a):
+            continue
+        g = np.ogrid[a[0]:b[0], a[1]:b[1], a[2]:b[2]]
+        ball = (g[0] - c[0]) ** 2 + (g[1] - c[1]) ** 2 + (g[2] - c[2]) ** 2 <= r * r
+        near[a[0]:b[0], a[1]:b[1], a[2]:b[2]] |= ball
+    labels[(labels == 0) & ~near] = FAR
+
+
+def _known_centres(v: _Volume, origin, classes: ClassTable, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Every pick of ``v`` (crop coordinates) and the radius around it that is known."""
+    names = v.picks.table["class_name"].to_numpy()
+    default_d = max(classes.diameters) if len(classes) else 10.0
+    radii = np.array([config.known_radius * (classes[n].diameter if n in classes else default_d) for n in names])
+    return v.zyx - np.asarray(origin)[None, :], radii
+
+
+def _near(zyx: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    if not len(centres):
+        return np.zeros(len(zyx), bool)
+    d2 = ((zyx[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+    return (d2 <= radii[None, :] ** 2).any(axis=1)
+
+
+def _voxel_weights(target: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Turn :data:`FAR` marks into background with weight ``unlabelled_weight`` (or IGNORE)."""
+    far = target == FAR
+    if not bool(far.any()):
+        return target, None
+    if config.unlabelled_weight <= 0:
+        return target.masked_fill(far, IGNORE), None
+    vw = torch.ones(target.shape, dtype=torch.float32, device=target.device)
+    vw[far] = float(config.unlabelled_weight)
+    return target.masked_fill(far, 0), vw
 
 
 def _ignore_unpicked_blobs(logits: torch.Tensor, target: torch.Tensor, active: bool) -> tuple[torch.Tensor, float]:
@@ -282,22 +343,25 @@ def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator):
     return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor, n_classes: int, weights, config: TrainConfig):
-    """Cross-entropy (+ label smoothing, class weights) plus multi-class soft Dice."""
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, n_classes: int, weights, config: TrainConfig,
+            voxel_weight: torch.Tensor | None = None):
+    """Cross-entropy (+ label smoothing, class weights) plus multi-class soft Dice.
+
+    ``voxel_weight`` (optional, the target's shape) scales each voxel's share of both."""
     valid = target != IGNORE
     tgt = torch.where(valid, target, torch.zeros_like(target)).long()
+    vm = valid.float() if voxel_weight is None else valid.float() * voxel_weight
     loss = logits.new_zeros(())
     if config.ce_weight:
         ce = F.cross_entropy(
             logits.float(), tgt, weight=weights, reduction="none", label_smoothing=config.label_smoothing
         )
         w = weights[tgt] if weights is not None else torch.ones_like(ce)
-        vm = valid.float()
         loss = loss + config.ce_weight * (ce * vm).sum() / (w * vm).sum().clamp_min(1.0)
     if config.dice_weight:
         p = torch.softmax(logits.float(), dim=1)
         oh = F.one_hot(tgt, n_classes + 1).permute(0, 4, 1, 2, 3).float()
-        vm = valid[:, None].float()
+        vm = vm[:, None]
         p, oh = p * vm, oh * vm
         dims = (0, 2, 3, 4)
         inter = (p * oh).sum(dims)[1:]
@@ -352,7 +416,7 @@ def validate(net, vols, classes, config, device, crop, n_classes, weights, multi
     from .metrics import evaluate, fbeta
     from .predict import PredictConfig, segment
 
-    losses, labels, confs, truths = [], [], [], []
+    losses, labels, confs, truths, known = [], [], [], [], []
     net.eval()
     with torch.inference_mode():
         for v in vols:
@@ -369,14 +433,15 @@ def validate(net, vols, classes, config, device, crop, n_classes, weights, multi
             target = _crop_labels(v, origin, shape, classes, config)
             # the stitched probabilities are on the CPU, whatever device ran the network
             logp = torch.log(torch.from_numpy(full.astype(np.float32)).clamp_min(1e-6))[None]
-            target_t = torch.from_numpy(target.astype(np.int64))[None]
-            losses.append(float(loss_fn(logp, target_t, n_classes, weights.cpu(), config)))
+            target_t, vw = _voxel_weights(torch.from_numpy(target.astype(np.int64))[None], config)
+            losses.append(float(loss_fn(logp, target_t, n_classes, weights.cpu(), config, vw)))
             labels.append(lab)
             confs.append(conf)
             truth = v.val_truth.copy()
             for a, c in zip(("z", "y", "x"), origin):
                 truth.table[a] = truth.table[a] - c
             truths.append(truth)
+            known.append(_known_centres(v, origin, classes, config))
     if not labels:
         return None, None, {}
     grid = sorted(nms_grid or [NMSParams().t_lm])
@@ -384,15 +449,20 @@ def validate(net, vols, classes, config, device, crop, n_classes, weights, multi
     # equals running MP-NMS at each threshold: run it once at the lowest one.
     base = nms_defaults(classes, config)
     params = {name: {**p, "t_lm": grid[0], "min_fill": 0.0} for name, p in base.items()}
-    pr_all = Picks.concat([
-        mp_nms(lab, conf, classes, params, tomogram=f"v{i}") for i, (lab, conf) in enumerate(zip(labels, confs))
-    ])
+    found = []
+    for i, (lab, conf) in enumerate(zip(labels, confs)):
+        p = mp_nms(lab, conf, classes, params, tomogram=f"v{i}")
+        if config.unlabelled_weight < 1.0 and len(p):
+            # picks far from every click may be unclicked particles: neither right nor wrong
+            p = p.subset(_near(p.zyx, *known[i]))
+        found.append(p)
+    pr_all = Picks.concat(found)
     tr = Picks.concat([t_.with_tomogram(f"v{i}") for i, t_ in enumerate(truths)])
     per_class_scores = {c.name: {} for c in classes}
     fill = pr_all.table["fill"].to_numpy() if len(pr_all) else np.zeros(0)
     for t in grid:
         for f in FILL_GRID:
-            rep = evaluate(pr_all._subset((pr_all.table["score"].to_numpy() >= t) & (fill >= f)), tr, classes,
+            rep = evaluate(pr_all.subset((pr_all.table["score"].to_numpy() >= t) & (fill >= f)), tr, classes,
                            beta=config.f_alpha)
             for c in classes:
                 cs = rep.per_class.get(c.name)
@@ -463,7 +533,7 @@ def _checked_picks(tomograms, picks, classes: ClassTable, config: TrainConfig) -
                 CryoPickerWarning, stacklevel=3,
             )
         out.append(p)
-    positives = [p._subset(p.inside(t.shape)).exclude_source("rejected") for t, p in zip(tomograms, out)]
+    positives = [p.subset(p.inside(t.shape)).exclude_source("rejected") for t, p in zip(tomograms, out)]
     counts = Picks.concat([p.rescaled(1.0) for p in positives]).counts()
     everywhere = Picks.concat([p.exclude_source("rejected").rescaled(1.0) for p in out]).counts()
     empty = [c for c in classes.names if counts.get(c, 0) == 0]
@@ -604,10 +674,11 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
                     g["lr"] = lr_at(frac_done())
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     logits = net(xb)
+                yb, vw = _voxel_weights(yb, config)
                 if config.sparse:
                     yb, left_out = _ignore_unpicked_blobs(logits, yb, frac_done() >= config.sparse_warmup)
                     ep_left_out.append(left_out)
-                loss = loss_fn(logits, yb, n_classes, weights, config)
+                loss = loss_fn(logits, yb, n_classes, weights, config, vw)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)

@@ -19,6 +19,13 @@ class PickingWidget(PanelBase):
         lay = self.group("Pick particles with the current model")
         self.probability = QCheckBox("also show the probability map")
         lay.addWidget(self.probability)
+        self.fiducials = QCheckBox("leave out gold fiducials (shown as a layer)")
+        self.fiducials.setToolTip("Find the gold beads (the darkest compact blobs) and drop picks on or "
+                                  "beside them; the beads found show as the 'gold fiducials' layer")
+        self.fiducials.setChecked(self.session.predict_overrides.get("mask_fiducials", True))
+        self.fiducials.toggled.connect(
+            lambda on: self.session.predict_overrides.__setitem__("mask_fiducials", bool(on)))
+        lay.addWidget(self.fiducials)
         row = QHBoxLayout()
         self.btn_pick = QPushButton("Pick")
         self.btn_stop = QPushButton("Stop")

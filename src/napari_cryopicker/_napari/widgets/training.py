@@ -51,12 +51,13 @@ class LossPlot:
                 sp.set_color("#808080")
         ax.set_xlabel("epoch", color="#d0d0d0", fontsize=7)
         ax.set_ylabel("loss", color="#d0d0d0", fontsize=7)
-        ax2.set_ylabel("F1", color="#d0d0d0", fontsize=7)
+        ax2.set_ylabel("F3", color="#d0d0d0", fontsize=7)
         ax2.set_ylim(0, 1)
         (self.l_train,) = ax.plot([], [], "-o", ms=2, color="#56B4E9", label="train loss")
         (self.l_val,) = ax.plot([], [], "-o", ms=2, color="#E69F00", label="val loss")
-        (self.l_f1,) = ax2.plot([], [], "--", color="#009E73", label="val F1")
-        leg = ax.legend([self.l_train, self.l_val, self.l_f1], ["train loss", "val loss", "val F1"],
+        # the validation score is F3 (recall-weighted); markers so that one epoch shows
+        (self.l_f1,) = ax2.plot([], [], "--o", ms=3, color="#009E73", label="val F3")
+        leg = ax.legend([self.l_train, self.l_val, self.l_f1], ["train loss", "val loss", "val F3"],
                         fontsize=6, loc="upper right", framealpha=0.3)
         for t in leg.get_texts():
             t.set_color("#d0d0d0")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_output
 from ..errors import CryoPickerWarning, PicksFormatError
 from ..picks import ANGLES, DEFAULT_CLASS, SOURCES, Picks
 
@@ -249,17 +248,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise fail(path, "is a directory; give a file name to write to")
     if not path.parent.exists():
         raise fail(path, f"cannot be written: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with atomic_output(path, suffix=".tmp" + path.suffix) as tmp:
+            yield tmp
     except PicksFormatError:
         raise
     except OSError as exc:
         raise fail(path, f"cannot be written ({exc.strerror or exc})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -1,0 +1,252 @@
+"""The few-click benchmark on realistic tomograms: what a new user gets.
+
+For each seed: simulate a realistic training tomogram (seed 100 + s) and a test tomogram
+(seed 200 + s; another layout) with ``core.realistic.simulate_realistic`` (200x512x512
+at 10 A, ~1,450 particles of 13 classes, tilt series with unflipped CTF, 100 e/A^2, WBP).
+The user "clicks" 40 particles of each of four classes (ribosome 28 vox, mitoribosome 28,
+proteasome 24, chaperonin 14) and leaves every other particle unclicked; the engine
+trains for 12 minutes of wall time with its defaults, then picks the test tomogram. Picks
+are scored per class against the test truth of those four classes: precision, recall and
+F1 with a match within the full radius and within half the radius (the CZII rule), and
+the mean distance of the matches.
+
+Scenarios (``--scenario``):
+  fewclick   40 clicks per class at the true centres (the default)
+  all        every particle of the four classes clicked (an upper bound)
+  offcentre  40 clicks per class, each off the centre by up to half a radius (human clicks)
+
+``--set KEY=VALUE`` overrides a TrainConfig field (engine experiments, e.g.
+``--set f_maps=16,32,48,64``); ``--predict KEY=VALUE`` a PredictConfig field. Results go
+to benchmarks/.cache/realistic/<tag>_s<seed>.json and a summary is printed at the end.
+Run it alone: 2 cores shared with anything else train fewer steps in the budget.
+
+    nice -n 10 .venv/bin/python benchmarks/realistic.py --seeds 0 1 2 [--time-limit 720]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+
+import numpy as np
+
+import _common as C  # noqa: E402  (sets sys.path)
+
+OUT = C.CACHE / "realistic"
+
+
+def realistic_sim(shape, seed: int):
+    """(tomogram path, truth Picks) of a realistic simulation, cached as MRC + CSV."""
+    import pandas as pd
+
+    from napari_cryopicker.core.picks import Picks
+    from napari_cryopicker.core.realistic import simulate_realistic
+    from napari_cryopicker.core.simulate import write_simulation
+
+    d = C.CACHE / f"real_{C.shape_str(shape)}_s{seed}"
+    mrc, csv = d / "tomogram.mrc", d / "picks.csv"
+    if not (mrc.exists() and csv.exists()):
+        t0 = time.perf_counter()
+        sim = simulate_realistic(shape, seed=seed, name="tomogram")
+        write_simulation(d, sim)
+        print(f"# simulated {d.name} in {time.perf_counter() - t0:.0f} s", flush=True)
+    df = pd.read_csv(csv)
+    truth = Picks.from_zyx(df[["z", "y", "x"]].to_numpy(float), class_name=list(df["class"].astype(str)),
+                           source="imported", tomogram="tomogram", voxel_size=10.0)
+    return mrc, truth
+
+
+def clicks(truth, classes, scenario: str, per_class: int, seed: int):
+    """The picks a user makes: ``per_class`` of each class (all for 'all'), maybe off-centre."""
+    from napari_cryopicker.core.picks import Picks
+
+    rng = np.random.default_rng(seed)
+    parts = []
+    for c in classes:
+        sub = truth.select(class_name=c.name)
+        if scenario != "all" and len(sub) > per_class:
+            keep = np.zeros(len(sub), bool)
+            keep[rng.choice(len(sub), per_class, replace=False)] = True
+            sub = sub.subset(keep)
+        if scenario == "offcentre":
+            d = rng.normal(size=(len(sub), 3))
+            d /= np.linalg.norm(d, axis=1, keepdims=True)
+            zyx = sub.zyx + d * rng.uniform(0, 0.5 * c.radius, (len(sub), 1))
+            sub = Picks.from_zyx(zyx, class_name=c.name, source="manual", tomogram="tomogram", voxel_size=10.0)
+        parts.append(sub)
+    out = Picks.concat(parts)
+    out.table["source"] = "manual"
+    return out
+
+
+def _value(text: str):
+    if "," in text:
+        return tuple(_value(t) for t in text.split(",") if t)
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def _pairs(items):
+    out = {}
+    for it in items:
+        k, _, v = it.partition("=")
+        out[k.strip()] = _value(v.strip())
+    return out
+
+
+def run_seed(args, seed: int, overrides: dict, predict_overrides: dict) -> dict:
+    from napari_cryopicker.core.predict import PredictConfig, predict_picks
+    from napari_cryopicker.core.realistic import BENCHMARK_CLASSES, realistic_classes
+    from napari_cryopicker.core.tomogram import open_tomogram
+    from napari_cryopicker.core.train import TrainConfig, train_model
+
+    shape = C.parse_shape(args.shape)
+    classes = realistic_classes(10.0, BENCHMARK_CLASSES)
+    train_mrc, train_truth = realistic_sim(shape, 100 + seed)
+    test_mrc, _ = realistic_sim(shape, 200 + seed)
+    picks = clicks(train_truth, classes, args.scenario, args.per_class, seed)
+    cfg = TrainConfig(**{"epochs": 10_000, "time_limit": args.time_limit, "seed": seed, "device": args.device,
+                         **overrides})
+    history = []
+    t0 = time.monotonic()
+
+    def on_epoch(r):
+        history.append({k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_f1")}
+                       | {"seconds": round(time.monotonic() - t0, 1)})
+        vf = "-" if r.get("val_f1") is None else f"{r['val_f1']:.3f}"
+        print(f"  seed {seed} epoch {r['epoch']:3d} {time.monotonic() - t0:6.0f} s  loss {r['train_loss']:.3f}  "
+              f"val F3 {vf}", flush=True)
+
+    ckpt = train_model([open_tomogram(train_mrc)], [picks], classes, cfg, on_epoch=on_epoch)
+    train_s = time.monotonic() - t0
+    t1 = time.monotonic()
+    test = open_tomogram(test_mrc)
+    res = predict_picks(test, ckpt, PredictConfig(device=args.device, **predict_overrides))
+    predict_s = time.monotonic() - t1
+    # the model and the picks, to look at or re-score offline (benchmarks/.cache is ignored by git)
+    from napari_cryopicker.core.model import save_checkpoint
+
+    save_checkpoint(ckpt, OUT / f"{args.tag_resolved}_s{seed}.pt")
+    res.picks.table.to_csv(OUT / f"{args.tag_resolved}_s{seed}_picks.csv", index=False)
+    scores = score(res.picks, seed, shape)
+    return {"seed": seed, "scenario": args.scenario, "clicks": picks.counts(), "train_seconds": round(train_s, 1),
+            "predict_seconds": round(predict_s, 1), "best_epoch": ckpt.best_epoch, "epochs": len(ckpt.history),
+            "history": history, "scores": scores,
+            "thresholds": {k: v.get("t_lm") for k, v in (ckpt.postprocess or {}).items()},
+            "overrides": {k: str(v) for k, v in overrides.items()},
+            "predict_overrides": {k: str(v) for k, v in predict_overrides.items()}}
+
+
+def score(picks, seed: int, shape) -> dict:
+    """Per-class scores of ``picks`` against the test truth of seed ``seed`` (full and half radius)."""
+    from napari_cryopicker.core.metrics import evaluate
+    from napari_cryopicker.core.realistic import BENCHMARK_CLASSES, realistic_classes
+
+    classes = realistic_classes(10.0, BENCHMARK_CLASSES)
+    _, truth = realistic_sim(shape, 200 + seed)
+    truth = truth.subset(np.isin(truth.table["class_name"].to_numpy(), list(BENCHMARK_CLASSES)))
+    picks = picks.with_tomogram("tomogram")
+    out = {}
+    for frac in (1.0, 0.5):
+        rep = evaluate(picks, truth, classes, distance_fraction=frac)
+        out[str(frac)] = {n: {k: getattr(s, k) for k in ("n_pred", "n_true", "tp", "precision", "recall", "f1",
+                                                       "mean_distance")}
+                          for n, s in rep.per_class.items()}
+    return out
+
+
+def rescore(args) -> int:
+    """Score the picks a run saved again, optionally without those on gold fiducials."""
+    import pandas as pd
+
+    from napari_cryopicker.core.fiducials import find_fiducials, off_fiducials
+    from napari_cryopicker.core.picks import Picks
+    from napari_cryopicker.core.tomogram import open_tomogram
+
+    shape = C.parse_shape(args.shape)
+    results = []
+    for seed in args.seeds:
+        saved = json.loads((OUT / f"{args.rescore}_s{seed}.json").read_text())
+        df = pd.read_csv(OUT / f"{args.rescore}_s{seed}_picks.csv")
+        picks = Picks(df, 10.0)
+        if args.mask_fiducials:
+            mrc, _ = realistic_sim(shape, 200 + seed)
+            fid = find_fiducials(open_tomogram(mrc).data, 10.0)
+            keep = off_fiducials(picks.zyx, fid)
+            print(f"# seed {seed}: {len(fid)} fiducials found, {int((~keep).sum())} of {len(picks)} picks on them dropped")
+            picks = picks.subset(keep)
+        saved["scores"] = score(picks, seed, shape)
+        results.append(saved)
+    print(f"\n== {args.rescore}" + (" with picks on gold fiducials dropped" if args.mask_fiducials else ""))
+    print_table(results)
+    return 0
+
+
+def print_table(results: list[dict]) -> None:
+    from napari_cryopicker.core.realistic import BENCHMARK_CLASSES
+
+    print("\nper class: F1 within the full radius [within half the radius], precision / recall (full), "
+          "mean distance of matches (voxels)")
+    head = f"{'seed':>4}  " + "  ".join(f"{n:>28}" for n in BENCHMARK_CLASSES)
+    print(head)
+    for r in results:
+        cells = []
+        for n in BENCHMARK_CLASSES:
+            a, b = r["scores"]["1.0"][n], r["scores"]["0.5"][n]
+            cells.append(f"{a['f1']:.2f} [{b['f1']:.2f}] {a['precision']:.2f}/{a['recall']:.2f} "
+                         f"{a['mean_distance']:4.1f}".rjust(28))
+        print(f"{r['seed']:>4}  " + "  ".join(cells) + f"   (best epoch {r['best_epoch']}/{r['epochs']}, "
+              f"predict {r['predict_seconds']:.0f} s)")
+    if len(results) > 1:
+        mean = [np.mean([r["scores"]["1.0"][n]["f1"] for r in results]) for n in BENCHMARK_CLASSES]
+        worst = [np.min([r["scores"]["1.0"][n]["f1"] for r in results]) for n in BENCHMARK_CLASSES]
+        print(f"{'mean':>4}  " + "  ".join(f"{m:.2f}".rjust(28) for m in mean))
+        print(f"{'min':>4}  " + "  ".join(f"{m:.2f}".rjust(28) for m in worst))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--scenario", choices=("fewclick", "all", "offcentre"), default="fewclick")
+    ap.add_argument("--per-class", type=int, default=40)
+    ap.add_argument("--time-limit", type=float, default=720.0, help="training budget, seconds (default 720)")
+    ap.add_argument("--shape", default="200x512x512")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a TrainConfig field")
+    ap.add_argument("--predict", dest="predict_sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a PredictConfig field")
+    ap.add_argument("--tag", default=None, help="name of the result files (default: scenario and overrides)")
+    ap.add_argument("--rescore", default=None, metavar="TAG",
+                    help="score the picks saved by an earlier run TAG again instead of training")
+    ap.add_argument("--mask-fiducials", action="store_true", help="with --rescore: drop picks on gold fiducials")
+    args = ap.parse_args(argv)
+    if args.rescore:
+        return rescore(args)
+    overrides, predict_overrides = _pairs(args.sets), _pairs(args.predict_sets)
+    tag = args.tag or "_".join([args.scenario] + [f"{k}{v}" for k, v in {**overrides, **predict_overrides}.items()])
+    tag = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in tag)
+    args.tag_resolved = tag
+    print("# command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
+    print(f"# {C.machine()}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = []
+    for seed in args.seeds:
+        r = run_seed(args, seed, overrides, predict_overrides)
+        (OUT / f"{tag}_s{seed}.json").write_text(json.dumps(r, indent=1))
+        results.append(r)
+        print_table([r])
+    print(f"\n== {tag}: {len(results)} seed(s), {args.time_limit:.0f} s training each")
+    print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
