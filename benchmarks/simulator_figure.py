@@ -74,7 +74,10 @@ def main() -> int:
     ax.set_title("XZ power spectrum (kz down, kx across): the missing wedge", fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
-    show(fig.add_subplot(gs[1, :]), d[:, 256, :], "XZ slice y=256: elongation along z, gold streaks, slab")
+    gold = [g for g in sim.distractors if g["kind"] == "gold"]
+    yg = int(round(gold[0]["centre_zyx"][1])) if gold else 256
+    show(fig.add_subplot(gs[1, :]), smooth[:, yg, :],
+         f"XZ slice y={yg} through a gold bead, Gaussian 1 voxel: elongation along z, the bead's streaks, the slab")
     for k, name in enumerate(["ribosome", "proteasome", "globule6", "globule4"]):
         row = t[t["class_name"] == name].iloc[0]
         zi, yi, xi = int(row["z"]), int(row["y"]), int(row["x"])

@@ -604,12 +604,12 @@ def test_write_errors(tmp_path):
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "keep.csv"
     path.write_text("x,y,z\n1,2,3\n")
-    import napari_cryopicker.core.formats._common as common
+    import napari_cryopicker.core.atomic as atomic  # the one atomic-write helper every writer uses
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(common.os, "replace", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(PicksFormatError, match=r"keep\.csv.*No space left"):
         write_picks(make_picks(), path)
     assert path.read_text() == "x,y,z\n1,2,3\n"

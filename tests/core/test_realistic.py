@@ -214,5 +214,10 @@ def test_gold_fiducials_are_found_and_picks_on_them_dropped(small):
     f = Fiducials(np.array([[10.0, 10.0, 10.0]]), np.array([4.0]))
     keep = off_fiducials(np.array([[10, 10, 10], [10, 10, 18], [10, 10, 30]], float), f)
     assert keep.tolist() == [False, False, True]
-    # a tomogram without gold has none
+    # a tomogram without gold has none: noise, or a clean phantom whose particles are dark
     assert len(find_fiducials(np.random.default_rng(0).standard_normal((32, 64, 64)).astype(np.float32), 10.0)) == 0
+    from napari_cryopicker.core.simulate import simulate_tomogram
+
+    clean = simulate_tomogram(shape=(48, 128, 128), seed=12, classes=["ribosome", "blob"], snr=3.0, n_per_class=8,
+                              distractors=False)
+    assert len(find_fiducials(clean.data, 10.0)) == 0

@@ -37,10 +37,17 @@ def test_open_mrc_sets_scale_units_and_contrast(viewer, tomo_path):
 
 
 def test_open_mrc_without_naming_the_plugin(viewer, tomo_path):
-    """`viewer.open(path)` (File > Open, a script) picks our reader for .mrc by itself."""
-    layers = viewer.open(str(tomo_path))
+    """File > Open (napari's own open path) and ``viewer.open(path, plugin=None)`` pick our
+    reader for .mrc by themselves: it is the only one registered for it. (napari 0.9's
+    plain ``viewer.open(path)`` means its builtins reader, which reads no MRC: scripts
+    pass ``plugin=None`` or ``plugin="napari-cryopicker"``; see docs/gui.md.)"""
+    viewer.window._qt_viewer._qt_open([str(tomo_path)], stack=False)  # what File > Open calls
+    assert [lyr.name for lyr in viewer.layers] == ["TS_01"]
+    assert isinstance(viewer.layers["TS_01"], Image)
+    assert tuple(viewer.layers["TS_01"].scale) == pytest.approx((VOXEL,) * 3)
+    viewer.layers.clear()
+    layers = viewer.open(str(tomo_path), plugin=None)
     assert len(layers) == 1 and isinstance(layers[0], Image)
-    assert tuple(layers[0].scale) == pytest.approx((VOXEL,) * 3)
 
 
 def test_reader_declines_what_it_cannot_read(tmp_path):

@@ -260,8 +260,9 @@ def test_closing_the_tomogram_takes_its_layers_and_reopening_restores_once(viewe
     viewer.open(str(tomo_path), plugin=PLUGIN)
     assert s.tomogram is not None
     names = sorted(lyr.name for lyr in viewer.layers)
-    assert names == ["TS_01", "picks: ribosome"]
+    assert names == ["TS_01", "picks: ribosome", "predicted: ribosome"]  # the predictions are kept too
     np.testing.assert_allclose(viewer.layers["picks: ribosome"].data, [[1, 2, 3]])
+    np.testing.assert_allclose(viewer.layers["predicted: ribosome"].data, [[9, 9, 9]])
 
 
 def test_predictions_next_to_known_picks_are_left_out(two_classes):
@@ -343,12 +344,12 @@ def test_adding_a_class_keeps_the_tomogram_image_as_it_was(viewer, session):
     """The thick slice that shows particle rings must not average (wash out) the tomogram,
     and a slice thickness the user chose is kept."""
     image = viewer.layers["TS_01"]
-    viewer.dims.point = (16, 0, 0)
+    viewer.dims.set_current_step(0, 16)
     session.add_class("ribosome", 8)
     assert viewer.dims.margin_left[0] > 0  # rings on every slice a particle's sphere cuts
     assert image.projection_mode == "none"
     shown = np.asarray(image._slice.image.raw)
-    np.testing.assert_allclose(shown, np.asarray(image.data[int(round(viewer.dims.point[0]))]), atol=1e-5)
+    np.testing.assert_allclose(shown, np.asarray(image.data[16]), atol=1e-5)  # slice 16 itself, not a mean
     viewer.dims.margin_left = (2.0, 0.0, 0.0)  # the user's own thickness
     viewer.dims.margin_right = (2.0, 0.0, 0.0)
     session.add_class("proteasome", 12)

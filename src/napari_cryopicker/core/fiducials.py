@@ -32,33 +32,42 @@ class Fiducials:
         return len(self.zyx)
 
 
+#: the binned copy is kept under this many voxels (the binning grows with the tomogram), so
+#: finding beads costs ~0.5 GB of work arrays at most, whatever the tomogram's size
+MAX_BINNED_VOXELS = 24_000_000
+
+
+def binning_for(shape) -> int:
+    n = float(np.prod([int(s) for s in shape]))
+    return max(2, int(np.ceil((n / MAX_BINNED_VOXELS) ** (1 / 3))))
+
+
 def _binned(data, factor: int, progress: Progress) -> np.ndarray:
     Z, Y, X = (int(s) // factor * factor for s in data.shape)
     out = np.empty((Z // factor, Y // factor, X // factor), dtype=np.float32)
-    step = 8 * factor
-    for z in range(0, Z, step):
-        progress.check()
-        z1 = min(Z, z + step)
-        blk = np.asarray(data[z:z1, :Y, :X], dtype=np.float32)
-        n = (z1 - z) // factor
-        blk = blk[: n * factor].reshape(n, factor, Y // factor, factor, X // factor, factor)
-        out[z // factor: z // factor + n] = blk.mean(axis=(1, 3, 5))
+    for k, z in enumerate(range(0, Z, factor)):  # one binned slice at a time: bounded memory
+        if k % 16 == 0:
+            progress.check()
+        blk = np.asarray(data[z:z + factor, :Y, :X], dtype=np.float32)
+        out[k] = blk.reshape(factor, Y // factor, factor, X // factor, factor).mean(axis=(0, 2, 4))
     return out
 
 
 def find_fiducials(data, voxel_size: float | None = None, *, bead_diameter_A: float = 100.0,
-                   threshold: float = 6.0, peak: float = 25.0, factor: int = 2,
+                   threshold: float = 6.0, peak: float = 25.0, contrast: float = 3.0, factor: int | None = None,
                    progress: Progress | None = None) -> Fiducials:
     """Gold beads in ``data`` (z, y, x; dense matter dark), as centres and radii in voxels.
 
     Components darker than ``threshold`` robust SDs below the median count as beads when
     their darkest voxel is below ``peak`` robust SDs (gold: ~90 in the realistic
-    simulation; the densest protein cores: ~11), they hold between 1/8 and 8 times the
-    voxels of a sphere of ``bead_diameter_A`` (A; 10 nm by default), and they are compact
-    (bounding box at most 3x longer than wide; streaks are long and thin).
+    simulation; the densest protein cores: ~11) and ``contrast`` times as dark as the
+    median component's (so a clean tomogram's dark particles are never taken for gold),
+    they hold between 1/8 and 8 times the voxels of a sphere of ``bead_diameter_A`` (A;
+    10 nm by default), and they are compact (bounding box at most 3x longer than wide;
+    streaks are long and thin). ``factor`` (the binning) defaults to :func:`binning_for`.
     """
     prog = ensure(progress)
-    factor = max(1, int(factor))
+    factor = binning_for(data.shape) if factor is None else max(1, int(factor))
     small = _binned(data, factor, prog) if factor > 1 else np.asarray(data, dtype=np.float32)
     if small.size == 0:
         return Fiducials(np.zeros((0, 3)), np.zeros(0))
@@ -74,13 +83,15 @@ def find_fiducials(data, voxel_size: float | None = None, *, bead_diameter_A: fl
     r_vox = bead_diameter_A / 2.0 / vs / factor
     sphere = 4.0 / 3.0 * np.pi * max(r_vox, 0.5) ** 3
     index = np.arange(1, n + 1)
-    sizes = ndimage.sum_labels(np.ones_like(lab, dtype=np.float32), lab, index=index)
-    darkest = ndimage.minimum(smooth, lab, index=index)
-    objs = ndimage.find_objects(lab)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    darkest = np.asarray(ndimage.minimum(smooth, lab, index=index))
+    typical = float(np.median(darkest - med))  # the usual dark component (protein), < 0
+    cut = med + min(-peak * mad, contrast * typical)
     centres, radii = [], []
-    for k, (size, low, sl) in enumerate(zip(sizes, darkest, objs), start=1):
-        if sl is None or low > med - peak * mad or not (sphere / 8 <= size <= sphere * 8):
-            continue
+    candidates = np.flatnonzero((darkest < cut) & (sizes >= sphere / 8) & (sizes <= sphere * 8)) + 1
+    objs = ndimage.find_objects(lab, max_label=int(candidates.max())) if len(candidates) else []
+    for k in candidates:
+        sl, size = objs[k - 1], sizes[k - 1]
         ext = np.array([s.stop - s.start for s in sl], float)
         if ext.max() > 3 * max(ext.min(), 1):
             continue
