@@ -43,8 +43,8 @@ from . import tilt
 from .classes import ClassTable, ParticleClass
 from .picks import Picks
 from .progress import Progress, ensure
-from .simulate import MEMBRANE_HALF_THICKNESS, SimulatedTomogram, _Occupancy, _random_rotations, \
-    _render_bilayer_sphere
+from .simulate import MEMBRANE_HALF_THICKNESS, SimulatedTomogram, _Occupancy, _render_bilayer_sphere, \
+    truth_in_order
 
 __all__ = ["REALISTIC_CLASSES", "ClassSpec", "class_template", "realistic_classes", "simulate_realistic"]
 
@@ -375,15 +375,7 @@ def simulate_realistic(
 
     placed = _place(rng, table, counts, shape, (z0, z1), membranes, beads, touch=touch,
                     chain_fraction=chain_fraction)
-    names: list[str] = []
-    centres: list[np.ndarray] = []
-    for cls in table:
-        names += [cls.name] * len(placed[cls.name])
-        centres += placed[cls.name]
-    zyx = np.array(centres, dtype=float).reshape(-1, 3)
-    rots = _random_rotations(rng, len(zyx))
-    mats = rots.as_matrix().reshape(-1, 3, 3)
-    angles = rots.as_euler("ZYZ", degrees=True).reshape(-1, 3) if len(zyx) else np.zeros((0, 3))
+    names, zyx, mats, angles = truth_in_order(table, placed, rng)
 
     prog.update(1, steps, "rendering particles")
     prog.check()

@@ -266,6 +266,21 @@ def render_particle(
     _paste(vol, dens.reshape(n, n, n), ci - half)
 
 
+def truth_in_order(table: ClassTable, placed: Mapping[str, list], rng: np.random.Generator):
+    """(names, zyx, rotation matrices, ZYZ angles) of placed particles, in class-table order,
+    each with a uniformly random orientation drawn from ``rng``."""
+    names: list[str] = []
+    centres: list[np.ndarray] = []
+    for cls in table:
+        names += [cls.name] * len(placed[cls.name])
+        centres += placed[cls.name]
+    zyx = np.array(centres, dtype=float).reshape(-1, 3)
+    rots = _random_rotations(rng, len(zyx))
+    mats = rots.as_matrix().reshape(-1, 3, 3)
+    angles = rots.as_euler("ZYZ", degrees=True).reshape(-1, 3) if len(zyx) else np.zeros((0, 3))
+    return names, zyx, mats, angles
+
+
 def _random_rotations(rng: np.random.Generator, n: int) -> Rotation:
     q = rng.standard_normal((max(n, 1), 4))
     q /= np.linalg.norm(q, axis=1, keepdims=True)
@@ -617,16 +632,7 @@ def simulate_tomogram(
             stacklevel=2,
         )
 
-    # truth, in class-table order
-    names: list[str] = []
-    centres: list[np.ndarray] = []
-    for cls in table:
-        names += [cls.name] * len(placed[cls.name])
-        centres += placed[cls.name]
-    zyx = np.array(centres, dtype=float).reshape(-1, 3)
-    rots = _random_rotations(rng, len(zyx))
-    mats = rots.as_matrix().reshape(-1, 3, 3)
-    angles = rots.as_euler("ZYZ", degrees=True).reshape(-1, 3) if len(zyx) else np.zeros((0, 3))
+    names, zyx, mats, angles = truth_in_order(table, placed, rng)
 
     prog.update(1, total_steps, "rendering particles")
     prog.check()
