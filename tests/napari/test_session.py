@@ -394,3 +394,20 @@ def test_a_restart_keeps_the_model_and_the_predictions(make_napari_viewer, tomo_
     assert s2.checkpoint.classes.names == ["ribosome"] and s2.model_path == model_file
     for k, t in ckpt.state_dict.items():
         assert torch.equal(s2.checkpoint.state_dict[k], t)
+
+
+def test_gold_fiducials_show_as_a_layer_and_leave_the_picks_selected(viewer, two_classes):
+    from napari_cryopicker._napari.workers import FIDUCIALS_LAYER, show_fiducials
+    from napari_cryopicker.core.fiducials import Fiducials
+
+    s = two_classes
+    s.set_active_class("ribosome")
+    show_fiducials(s, Fiducials(np.array([[10.0, 20.0, 30.0]]), np.array([4.0])))
+    layer = viewer.layers[FIDUCIALS_LAYER]
+    np.testing.assert_allclose(layer.data, [[10, 20, 30]])
+    assert layer.size[0] == pytest.approx(2 * (2 * 4.0 + 1))  # the masked extent
+    assert tuple(layer.scale) == tuple(viewer.layers["TS_01"].scale)
+    assert viewer.layers.selection.active is viewer.layers["picks: ribosome"]
+    assert s._key_of(layer) is None  # not adopted as picks
+    show_fiducials(s, Fiducials(np.zeros((0, 3)), np.zeros(0)))  # a new run without beads empties it
+    assert len(viewer.layers[FIDUCIALS_LAYER].data) == 0

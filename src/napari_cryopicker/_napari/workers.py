@@ -386,7 +386,7 @@ class PickingRun:
         if self.show_probability and getattr(result, "probability", None) is not None:
             show_probability(s, result.probability, self._ckpt.classes)
         fid = getattr(result, "fiducials", None)
-        if fid is not None:
+        if fid is not None and (len(fid) or FIDUCIALS_LAYER in s.viewer.layers):
             show_fiducials(s, fid)
         n = len(picks)
         per = ", ".join(f"{k}: {v}" for k, v in picks.counts().items())
