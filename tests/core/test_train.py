@@ -209,3 +209,46 @@ def test_unclicked_particles_far_from_clicks_are_not_taught_as_background(small_
                      TrainConfig(**{**TINY, "epochs": 2, "val_fraction": 0.3, "unlabelled_weight": 0.0}))
     assert len(ck.history) == 2 and all(np.isfinite(r["train_loss"]) for r in ck.history)
     assert ck.history[-1]["val_loss"] is not None
+
+
+def test_binned_training_picks_the_full_tomogram_in_its_own_voxels(tmp_path):
+    """binning=2: the network works at twice the voxel size; the checkpoint keeps the user's
+    classes and voxel size, and its picks come back in the full tomogram's voxels."""
+    from scipy.spatial import cKDTree
+
+    from napari_cryopicker.core.metrics import evaluate
+    from napari_cryopicker.core.model import load_checkpoint, save_checkpoint
+    from napari_cryopicker.core.predict import predict_picks
+
+    kw = dict(shape=(64, 160, 160), classes=["ribosome", "blob"], snr=3.0, n_per_class=10, distractors=False)
+    train_sim = simulate_tomogram(seed=21, **kw)
+    test_sim = simulate_tomogram(seed=22, **kw)
+    cfg = TrainConfig(epochs=8, steps_per_epoch=10, batch_size=2, patch=32, val_fraction=0.0, device="cpu",
+                      f_maps=(8, 16, 32), binning=2)
+    ck = train_model([Tomogram(train_sim.data, 10.0)], [train_sim.picks], train_sim.classes, cfg)
+    ck = load_checkpoint(save_checkpoint(ck, tmp_path / "m.pt"))
+    assert ck.binning == 2 and ck.voxel_size == 10.0
+    assert ck.classes.diameters == train_sim.classes.diameters  # the user's, not the binned ones
+    res = predict_picks(Tomogram(test_sim.data, 10.0), ck, return_probability=True)
+    assert res.label.shape == test_sim.data.shape and res.probability.shape[1:] == test_sim.data.shape
+    assert res.picks.voxel_size == 10.0
+    rep = evaluate(res.picks.with_tomogram("t"), test_sim.picks.with_tomogram("t"), test_sim.classes,
+                   distance_fraction=0.5)
+    for name in ("ribosome", "blob"):  # the blob is 9 voxels: 4.5 on the binned grid
+        assert rep.per_class[name].recall >= 0.7, rep.per_class
+        found, true = res.picks.select(class_name=name).zyx, test_sim.picks.select(class_name=name).zyx
+        d, i = cKDTree(found).query(true)
+        offset = (found[i] - true)[d < test_sim.classes[name].radius / 2].mean(axis=0)
+        assert np.all(np.abs(offset) < 1.0), (name, offset)  # no half-voxel shift of the binned grid
+
+
+def test_binning_auto_and_fine_tuning_keep_a_consistent_factor(small_sim):
+    from napari_cryopicker.core.train import training_binning
+
+    tomo, sim = small_sim
+    assert training_binning(sim.classes, TrainConfig(binning="auto")) == max(1, int(min(sim.classes.diameters) // 7))
+    ck = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**TINY, "epochs": 1, "binning": 2}))
+    assert ck.binning == 2
+    assert training_binning(sim.classes, TrainConfig(binning=1), init=ck) == 2
+    with pytest.raises(CryoPickerError, match="binning"):
+        training_binning(sim.classes, TrainConfig(binning="two"))

@@ -274,6 +274,11 @@ class Checkpoint:
     def model_config(self) -> ModelConfig:
         return ModelConfig.from_dict(self.model)
 
+    @property
+    def binning(self) -> int:
+        """The network works on the tomogram block-mean binned by this factor (core.binning)."""
+        return max(1, int((self.normalisation or {}).get("binning", 1) or 1))
+
     def build(self, device: str | torch.device = "cpu") -> ResUNet:
         net = ResUNet(self.model_config)
         net.load_state_dict(self.state_dict)

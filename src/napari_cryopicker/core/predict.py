@@ -23,6 +23,7 @@ from scipy import ndimage
 from . import compiled
 from .errors import CryoPickerError, CryoPickerWarning
 from .model import Checkpoint, cudnn_autotune, prepare_for_inference, resolve_device
+from .binning import binned_tomogram, classes_binned, picks_from_binned, unbin_map
 from .nms import NMSParams, mp_nms
 from .picks import Picks
 from .progress import Progress, ensure
@@ -304,6 +305,9 @@ def predict_picks(
             f"model's {checkpoint.voxel_size:.3g} A; bin or rescale the tomogram to the model's voxel "
             "size, or train a model at this voxel size"
         )
+    full_tomogram, factor = tomogram, checkpoint.binning
+    if factor > 1:
+        tomogram = binned_tomogram(tomogram, factor, progress)
     mc = checkpoint.model_config
     tshape = _tile_shape(tomogram.shape, config.tile, config.margin, mc.multiple)
     n_tiles = math.prod(len(tile_starts(n, t, config.margin)) for n, t in zip(tomogram.shape, tshape))
@@ -324,9 +328,15 @@ def predict_picks(
         compiled.note_predicted(key)
     params = merged_nms_params(checkpoint, config.nms)
     picks = mp_nms(
-        label, conf, checkpoint.classes, params or None, tomogram=tomogram.name,
+        label, conf, classes_binned(checkpoint.classes, factor), params or None, tomogram=tomogram.name,
         voxel_size=tomogram.voxel_size, progress=progress,
     )
+    if factor > 1:  # back to the tomogram's own voxels
+        picks = picks_from_binned(picks, factor)
+        picks.voxel_size = full_tomogram.voxel_size
+        label = unbin_map(label, factor, full_tomogram.shape)
+        full = None if full is None else unbin_map(full, factor, full_tomogram.shape)
+        tomogram = full_tomogram
     fiducials = None
     if config.mask_fiducials and len(picks):
         from .fiducials import find_fiducials, off_fiducials

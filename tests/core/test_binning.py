@@ -1,0 +1,74 @@
+import mrcfile
+import numpy as np
+import pytest
+
+from napari_cryopicker.core.binning import (
+    auto_binning,
+    bin_volume,
+    binned_tomogram,
+    classes_binned,
+    picks_from_binned,
+    picks_to_binned,
+    unbin_map,
+)
+from napari_cryopicker.core.classes import ClassTable, ParticleClass
+from napari_cryopicker.core.picks import Picks
+from napari_cryopicker.core.progress import Progress
+from napari_cryopicker.core.tomogram import open_tomogram
+
+
+def test_bin_volume_of_a_memory_map_read_slab_by_slab(tmp_path):
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(21, 34, 40)).astype(np.float32)
+    with mrcfile.new(tmp_path / "t.mrc") as m:
+        m.set_data(vol)
+        m.voxel_size = (7.0, 7.0, 7.0)
+    tomo = open_tomogram(tmp_path / "t.mrc")
+    expect = vol[:20, :34, :40].reshape(10, 2, 17, 2, 20, 2).mean((1, 3, 5))
+    seen = []
+    got = bin_volume(tomo.data, 2, Progress(callback=lambda d, t, m: seen.append(d)), slab_voxels=5000)
+    assert got.shape == (10, 17, 20) and np.allclose(got, expect, atol=1e-6)
+    assert len(seen) > 2  # many slabs, not one read of the whole map
+    b = binned_tomogram(tomo, 2)
+    assert b.voxel_size == 14.0 and b.scale == (14.0, 14.0, 14.0) and b.shape == (10, 17, 20)
+    assert binned_tomogram(tomo, 1) is tomo
+
+
+def test_a_blob_keeps_its_position_through_binning_and_back():
+    z, y, x = np.mgrid[:40, :48, :56].astype(float)
+    centre = np.array([17.0, 22.5, 31.25])
+    vol = np.exp(-((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) / (2 * 3.0 ** 2))
+    for f in (2, 3):
+        b = bin_volume(vol, f)
+        w = b / b.sum()
+        grid = np.mgrid[: b.shape[0], : b.shape[1], : b.shape[2]]
+        com = np.array([(g * w).sum() for g in grid])  # centre of mass, binned voxels
+        p = Picks.from_zyx(com[None], class_name="a", voxel_size=10.0 * f)
+        back = picks_from_binned(p, f)
+        assert np.allclose(back.zyx[0], centre, atol=0.05), (f, back.zyx[0])
+        assert back.voxel_size == pytest.approx(10.0)
+        again = picks_to_binned(back, f)
+        assert np.allclose(again.zyx, p.zyx) and again.voxel_size == pytest.approx(10.0 * f)
+
+
+def test_auto_binning_keeps_the_smallest_class_seven_voxels_across():
+    def table(*d):
+        return ClassTable([ParticleClass(f"c{i}", v) for i, v in enumerate(d)])
+
+    assert auto_binning(table(28, 24, 14)) == 2
+    assert auto_binning(table(28, 13.9)) == 1
+    assert auto_binning(table(28)) == 4
+    assert auto_binning(table(60)) == 4  # capped
+    assert auto_binning(table(6)) == 1
+    assert auto_binning(ClassTable()) == 1
+    t = classes_binned(table(28, 14), 2)
+    assert t.diameters == [14.0, 7.0] and t.names == ["c0", "c1"]
+
+
+def test_unbin_map_restores_the_full_grid_of_odd_shapes():
+    a = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    up = unbin_map(a, 2, (7, 9, 10))
+    assert up.shape == (2, 7, 9, 10)
+    assert up[1, 5, 3, 9] == a[1, 2, 1, 4]
+    assert up[0, 6, 8, 0] == a[0, 2, 3, 0]  # the dropped remainder takes the nearest voxel
+    assert unbin_map(a[0], 2, (5, 8, 10)).shape == (5, 8, 10)
