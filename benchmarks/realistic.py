@@ -189,6 +189,34 @@ def rescore(args) -> int:
     return 0
 
 
+def repredict(args) -> int:
+    """Pick the test tomograms again with the models an earlier run saved (TAG), with
+    today's prediction and MP-NMS code; results as <TAG>_repredict."""
+    from napari_cryopicker.core.model import load_checkpoint
+    from napari_cryopicker.core.predict import PredictConfig, predict_picks
+    from napari_cryopicker.core.tomogram import open_tomogram
+
+    shape = C.parse_shape(args.shape)
+    predict_overrides = _pairs(args.predict_sets)
+    tag = f"{args.repredict}_repredict"
+    results = []
+    for seed in args.seeds:
+        saved = json.loads((OUT / f"{args.repredict}_s{seed}.json").read_text())
+        ckpt = load_checkpoint(OUT / f"{args.repredict}_s{seed}.pt")
+        test_mrc, _ = realistic_sim(shape, 200 + seed)
+        t1 = time.monotonic()
+        res = predict_picks(open_tomogram(test_mrc), ckpt, PredictConfig(device=args.device, **predict_overrides))
+        saved["predict_seconds"] = round(time.monotonic() - t1, 1)
+        saved["scores"] = score(res.picks, seed, shape)
+        saved["predict_overrides"] = {k: str(v) for k, v in predict_overrides.items()}
+        res.picks.table.to_csv(OUT / f"{tag}_s{seed}_picks.csv", index=False)
+        (OUT / f"{tag}_s{seed}.json").write_text(json.dumps(saved, indent=1))
+        results.append(saved)
+    print(f"\n== {tag}: the models of {args.repredict}, picked again with today's code")
+    print_table(results)
+    return 0
+
+
 def print_table(results: list[dict]) -> None:
     from napari_cryopicker.core.realistic import BENCHMARK_CLASSES
 
@@ -227,14 +255,18 @@ def main(argv=None) -> int:
     ap.add_argument("--rescore", default=None, metavar="TAG",
                     help="score the picks saved by an earlier run TAG again instead of training")
     ap.add_argument("--mask-fiducials", action="store_true", help="with --rescore: drop picks on gold fiducials")
+    ap.add_argument("--repredict", default=None, metavar="TAG",
+                    help="pick the test tomograms again with the models run TAG saved, instead of training")
     args = ap.parse_args(argv)
+    print("# command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
     if args.rescore:
         return rescore(args)
+    if args.repredict:
+        return repredict(args)
     overrides, predict_overrides = _pairs(args.sets), _pairs(args.predict_sets)
     tag = args.tag or "_".join([args.scenario] + [f"{k}{v}" for k, v in {**overrides, **predict_overrides}.items()])
     tag = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in tag)
     args.tag_resolved = tag
-    print("# command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
     print(f"# {C.machine()}")
     OUT.mkdir(parents=True, exist_ok=True)
     results = []

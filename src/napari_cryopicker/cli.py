@@ -186,6 +186,11 @@ def cmd_train(a) -> int:
                       checkpoint_path=str(a.out))
     if a.patch:
         cfg.patch = a.patch
+    if a.work_binning is not None:
+        b = str(a.work_binning).strip().lower()
+        if b != "auto" and not (b.isdigit() and int(b) >= 1):
+            raise CLIError(f"--bin {a.work_binning}: give auto or a whole number >= 1")
+        cfg.binning = b if b == "auto" else int(b)
     if a.sparse is not None:
         cfg.sparse = a.sparse
     prog, bar = _bar()
@@ -369,7 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", default=None, metavar="MODEL.pt", help="fine-tune from this model")
-    t.add_argument("--patch", type=int, default=None, help="training crop edge (voxels)")
+    t.add_argument("--patch", type=int, default=None, help="training crop edge (voxels of the binned tomogram)")
+    t.add_argument("--bin", dest="work_binning", default=None, metavar="auto|N",
+                   help="train and pick on the tomogram block-mean binned by N (default auto: the largest "
+                        "factor that keeps the smallest class >= 7 voxels across; 1: never bin)")
     t.add_argument("--sparse", action=argparse.BooleanOptionalAction, default=None,
                    help="only some of the particles in the tomograms are picked: blobs the network finds away "
                         "from every pick are not taught as background (off by default: measured, plain "

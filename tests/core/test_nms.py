@@ -96,6 +96,21 @@ def test_cross_class_duplicates_removed():
     assert got.class_names == ["a"] and len(got) == 1
 
 
+def test_a_small_class_pick_inside_a_larger_particle_goes_touching_neighbours_stay():
+    from napari_cryopicker.core.nms import _cross_class
+
+    classes = ClassTable([ParticleClass("big", 28), ParticleClass("small", 10)])
+    per = {c.name: NMSParams() for c in classes}
+    zyx = np.array([[30, 30, 30], [30, 30, 41], [30, 30, 49.5], [60, 60, 60]], float)
+    names = np.array(["big", "small", "small", "small"], dtype=object)
+    scores = np.array([0.9, 0.5, 0.5, 0.5])
+    # 11 voxels from the big centre: inside its body (radius 14) but not within the small
+    # radius (5), so only the larger-radius rule removes it; 19.5 voxels = touching: kept
+    assert _cross_class(zyx, scores, names, classes, per).tolist() == [0, 2, 3]
+    scores[1] = 0.95  # the stronger one wins, whichever class it is
+    assert _cross_class(zyx, scores, names, classes, per).tolist() == [1, 2, 3]
+
+
 def test_min_fill_drops_small_blobs_that_do_not_fill_the_particle():
     classes = ClassTable([ParticleClass("big", 15)])
     real = Picks.from_zyx([[20, 20, 20]], class_name="big")

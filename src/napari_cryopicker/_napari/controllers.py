@@ -234,7 +234,8 @@ def model_summary(session: PickingSession) -> str:
     names = ", ".join(ck.classes.names)
     parts = [f"Model for {names}"]
     if ck.voxel_size:
-        parts.append(f"{ck.voxel_size:.3g} A/voxel")
+        b = ck.binning
+        parts.append(f"{ck.voxel_size:.3g} A/voxel" + (f", works at bin {b} ({ck.voxel_size * b:.3g} A)" if b > 1 else ""))
     if ck.history:
         parts.append(f"{len(ck.history)} epoch(s)")
     if ck.best_score is not None:

@@ -23,6 +23,7 @@ from .picks import Picks
 from .progress import Progress, ensure
 from .tomogram import Tomogram
 
+DEFAULT_BINNING: int | str = "auto"  # TrainConfig's default ("auto" or a factor)
 MIN_BINNED_DIAMETER = 7.0  # voxels: DeepETPicker's label diameter; smaller classes are not binned further
 MAX_BINNING = 4
 

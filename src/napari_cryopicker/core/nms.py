@@ -17,7 +17,9 @@ For each class ``c`` with radius ``r`` (voxels):
    is what the network learnt to segment.
 4. Two picks of a class closer than ``t_dist`` (default 1.5 radii) keep only the higher score (a KD-tree,
    highest score first — not DeepETPicker's O(N^2) loop). Picks of different classes
-   closer than ``cross_class_fraction`` x the smaller radius keep the higher score.
+   closer than ``cross_class_fraction`` x the *larger* radius keep the higher score: a pick
+   inside another particle's body cannot be a particle of its own (a substructure of a
+   ribosome called "chaperonin"), while touching neighbours (2 radii apart) are kept.
 
 The volume is processed in z-slabs with a halo wider than the filters' support, so the
 result equals the whole-volume computation while memory stays bounded by the slab.
@@ -463,7 +465,7 @@ def _cross_class(zyx, scores, names, classes: ClassTable, per_class) -> np.ndarr
         return np.arange(n)
     radii = np.array([classes[nm].radius for nm in names])
     frac = np.array([per_class[nm].cross_class_fraction for nm in names])
-    reach = float(np.max(radii * frac))
+    reach = float(np.max(radii) * np.max(frac))
     if reach <= 0:
         return np.arange(n)
     tree = cKDTree(zyx)
@@ -475,7 +477,9 @@ def _cross_class(zyx, scores, names, classes: ClassTable, per_class) -> np.ndarr
         for j in tree.query_ball_point(zyx[i], r=reach):
             if j == i or not alive[j] or names[j] == names[i]:
                 continue
-            lim = min(radii[i], radii[j]) * min(frac[i], frac[j])
+            # (the larger radius: measured on the realistic benchmark, chaperonin F1 0.46 -> 0.50
+            # and 0.37 -> 0.38 on two seeds, the other classes unchanged)
+            lim = max(radii[i], radii[j]) * min(frac[i], frac[j])
             if np.linalg.norm(zyx[i] - zyx[j]) <= lim:
                 alive[j] = False
     return np.flatnonzero(alive)

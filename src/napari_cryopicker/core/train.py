@@ -20,7 +20,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-from .binning import auto_binning, binned_tomogram, classes_binned, picks_to_binned
+from .binning import DEFAULT_BINNING, auto_binning, binned_tomogram, classes_binned, picks_to_binned
 from .classes import ClassTable
 from .errors import Cancelled, CryoPickerError, CryoPickerWarning
 from .labels import IGNORE, make_labels
@@ -75,11 +75,11 @@ class TrainConfig:
     # Work on the tomogram block-mean binned by this factor ("auto": the largest that keeps
     # the smallest class >= 7 voxels across; see core.binning). Fine-tuning keeps the
     # factor of the model it starts from.
-    binning: int | str = 1
+    binning: int | str = DEFAULT_BINNING
     # How validation sets each class's MP-NMS threshold: "clicks" (half the held-out clicks'
     # median score, see _threshold_from_clicks) or "f1" (the best F1 against the held-out
     # clicks, which counts unclicked particles as false picks).
-    threshold_rule: str = "f1"
+    threshold_rule: str = "clicks"
 
     def to_dict(self) -> dict:
         d = asdict(self)

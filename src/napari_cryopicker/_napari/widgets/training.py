@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
+from ...core.binning import DEFAULT_BINNING
 from ..controllers import model_summary, save_model
 from ..session import overfitting_hint
 from ..workers import notify, runs_for
@@ -92,6 +93,16 @@ class LossPlot:
         self.canvas.draw_idle()
 
 
+BINNING_CHOICES = {"auto binning": "auto", "full resolution": 1, "bin 2": 2, "bin 3": 3, "bin 4": 4}
+
+
+def _binning_text(value) -> str:
+    for text, v in BINNING_CHOICES.items():
+        if str(v) == str(value):
+            return text
+    return "auto binning"
+
+
 class TrainingWidget(PanelBase):
     title = "Training"
 
@@ -121,6 +132,15 @@ class TrainingWidget(PanelBase):
         self.seed.setRange(0, 2**31 - 1)
         self.seed.setValue(int(st.get("seed", 0)))
         form.addRow("seed", self.seed)
+        self.binning = QComboBox()
+        self.binning.addItems(list(BINNING_CHOICES))
+        self.binning.setToolTip(
+            "Train and pick on the tomogram block-mean binned by this factor. auto: the largest factor "
+            "that keeps your smallest class at least 7 voxels across (8x less work per bin of 2, and "
+            "measured more accurate on realistic tomograms). Fine-tuning keeps the model's own factor."
+        )
+        self.binning.setCurrentText(_binning_text(st.get("binning", DEFAULT_BINNING)))
+        form.addRow("work at", self.binning)
         self.sparse = QCheckBox("only some particles are picked")
         self.sparse.setToolTip(
             "On: particles you have not picked are not taught as background (blobs the network finds "
@@ -159,6 +179,7 @@ class TrainingWidget(PanelBase):
             w.valueChanged.connect(self._settings)
         self.minutes.valueChanged.connect(self._settings)
         self.device.currentTextChanged.connect(self._settings)
+        self.binning.currentTextChanged.connect(self._settings)
         self.sparse.toggled.connect(self._settings)
         self.btn_train.clicked.connect(self.train)
         self.btn_stop.clicked.connect(self.stop)
@@ -177,6 +198,7 @@ class TrainingWidget(PanelBase):
         st["device"] = self.device.currentText()
         st["seed"] = self.seed.value()
         st["sparse"] = self.sparse.isChecked()
+        st["binning"] = BINNING_CHOICES[self.binning.currentText()]
 
     @reports_errors
     def train(self, *_):
