@@ -218,7 +218,7 @@ def test_binned_training_picks_the_full_tomogram_in_its_own_voxels(tmp_path):
 
     from napari_cryopicker.core.metrics import evaluate
     from napari_cryopicker.core.model import load_checkpoint, save_checkpoint
-    from napari_cryopicker.core.predict import predict_picks
+    from napari_cryopicker.core.predict import PredictConfig, predict_picks
 
     kw = dict(shape=(64, 160, 160), classes=["ribosome", "blob"], snr=3.0, n_per_class=10, distractors=False)
     train_sim = simulate_tomogram(seed=21, **kw)
@@ -240,6 +240,17 @@ def test_binned_training_picks_the_full_tomogram_in_its_own_voxels(tmp_path):
         d, i = cKDTree(found).query(true)
         offset = (found[i] - true)[d < test_sim.classes[name].radius / 2].mean(axis=0)
         assert np.all(np.abs(offset) < 1.0), (name, offset)  # no half-voxel shift of the binned grid
+    # a score floor keeps weaker candidates too; above the model's thresholds they are the same picks
+    strict = {"default": {"t_lm": 0.9}}  # a high threshold, so that weaker candidates exist
+    high = predict_picks(Tomogram(test_sim.data, 10.0), ck, PredictConfig(nms=strict))
+    low = predict_picks(Tomogram(test_sim.data, 10.0), ck, PredictConfig(nms=strict, score_floor=0.05))
+    assert low.thresholds == high.thresholds == {"ribosome": 0.9, "blob": 0.9}
+    assert len(low.picks) > len(high.picks)
+    for name, t in low.thresholds.items():
+        strong = low.picks.select(class_name=name)
+        strong = strong.subset(strong.table["score"].to_numpy() >= t)
+        plain = high.picks.select(class_name=name)
+        assert np.allclose(np.sort(strong.zyx, axis=0), np.sort(plain.zyx, axis=0)), name
 
 
 def test_binning_auto_and_fine_tuning_keep_a_consistent_factor(small_sim):

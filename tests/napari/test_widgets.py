@@ -194,16 +194,19 @@ def test_training_errors_become_notifications(viewer, picked, qtbot, monkeypatch
     assert w.btn_train.isEnabled()
 
 
-def _fake_predict(monkeypatch, picks_by_class, shape=SHAPE):
+def _fake_predict(monkeypatch, picks_by_class, shape=SHAPE, thresholds=None, seen_configs=None):
     import napari_cryopicker.core.predict as predict_mod
 
     class Result:
         def __init__(self, picks, probability):
             self.picks, self.probability = picks, probability
+            self.thresholds = dict(thresholds or {})
 
     def fake(tomogram, checkpoint, config=None, progress=None, return_probability=False):
         import time
 
+        if seen_configs is not None:
+            seen_configs.append(config)
         for i in range(3):
             time.sleep(0.1)
             progress.check()
@@ -227,7 +230,8 @@ def test_picking_run_and_threshold_slider(viewer, picked, qtbot, monkeypatch):
     # three new particles, one weak candidate, and one on a manual pick (left out: already known)
     pred = Picks.from_zyx([(10, 16, 28), (20, 40, 56), (16, 48, 32), (5, 5, 5), BLOBS[0]], class_name="blob",
                           score=[0.95, 0.8, 0.6, 0.1, 0.99], source="predicted", voxel_size=VOXEL)
-    _fake_predict(monkeypatch, pred)
+    configs = []
+    _fake_predict(monkeypatch, pred, thresholds={"blob": 0.5}, seen_configs=configs)
     w = dock(viewer, PickingWidget)
     w.probability.setChecked(True)
     assert w.btn_pick.isEnabled()
@@ -240,7 +244,21 @@ def test_picking_run_and_threshold_slider(viewer, picked, qtbot, monkeypatch):
     assert set(layer.features["source"]) == {"predicted"}
     assert tuple(layer.scale) == pytest.approx((VOXEL,) * 3)
     assert "probability: blob" in viewer.layers
+    # candidates down to a low floor come back; the slider starts at the model's threshold
+    assert configs[-1].score_floor == pytest.approx(0.05)
     slider = w.sliders["blob"]
+    assert slider.value() == pytest.approx(0.5)
+    assert list(layer.shown) == [True, True, True, False]
+    hist = w.histograms["blob"]
+    assert hist.counts.sum() == 4 and hist.threshold == pytest.approx(0.5)
+    assert hist.counts[-2:].sum() == 1 and hist.counts[:4].sum() == 1  # 0.95 at the top, 0.1 near the bottom
+    # the squares are filled by score (a translucent ramp), the border keeps the class colour
+    assert layer.face_color_mode == "colormap"
+    fill = np.asarray(layer.face_color)
+    assert np.allclose(fill[:, 3], 0.35) and not np.allclose(fill[0, :3], fill[3, :3])
+    assert np.allclose(layer.border_color[0], layer.border_color[3])
+    slider.setValue(0.05)  # lower than the model's threshold: the weak candidate shows too
+    assert list(layer.shown) == [True, True, True, True]
     slider.setValue(0.5)
     assert list(layer.shown) == [True, True, True, False]
     slider.setValue(0.9)

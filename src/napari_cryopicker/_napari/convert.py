@@ -22,6 +22,19 @@ from ..core.errors import PicksFormatError
 from ..core.picks import ANGLES, DEFAULT_CLASS, Picks
 
 META = "cryopicker"
+#: Predictions are filled by score (this ramp, translucent: the particle stays visible)
+#: inside a square in the class colour; the Picking panel shows the legend.
+SCORE_RAMP = ((0.0, "#440154"), (0.5, "#21918c"), (1.0, "#fde725"))
+SCORE_FILL_ALPHA = 0.35
+
+
+def score_colormap():
+    """The napari colormap of prediction scores (0..1), see SCORE_RAMP."""
+    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    colours = [[*transform_color(c)[0][:3], SCORE_FILL_ALPHA] for _, c in SCORE_RAMP]
+    return Colormap(colours, controls=[v for v, _ in SCORE_RAMP], name="cryopicker-score")
 # layer-name prefixes per kind; "picks: ribosome", "predicted: ribosome"
 PREFIX = {"picks": "picks", "predicted": "predicted", "rejected": "rejected", "probability": "probability"}
 FEATURES = ["class", "score", "source"]

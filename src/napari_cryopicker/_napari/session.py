@@ -52,6 +52,7 @@ from .convert import (
     layer_name,
     picks_from_layer,
     points_layer_kwargs,
+    score_colormap,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -597,6 +598,10 @@ class PickingSession:
         layer.current_size = diameter
         layer.current_border_color = colour
         if key.kind == "predicted":
+            if len(layer.data) and "score" in layer.features:
+                layer.face_colormap = score_colormap()
+                layer.face_contrast_limits = (0.0, 1.0)
+                layer.face_color = "score"
             self._apply_threshold(key.class_name, layer)
 
     def _track(self, key: Key, layer: Points) -> None:
@@ -1070,6 +1075,13 @@ class PickingSession:
             new[key] = State(sub.zyx, features_frame(sub)[["class", "score", "source"]])
         self._edit(f"pick {len(picks)} particle(s)", new)
         return len(picks)
+
+    def prediction_scores(self, class_name: str) -> np.ndarray:
+        """Scores of every prediction of ``class_name`` (shown or below the threshold)."""
+        state = self._state(Key("predicted", class_name))
+        if not len(state) or "score" not in state.features:
+            return np.zeros(0)
+        return state.features["score"].to_numpy(dtype=float)
 
     def _shown_mask(self, class_name: str | None, state: State) -> np.ndarray:
         t = self.thresholds.get(class_name or "", self.default_threshold)

@@ -362,6 +362,7 @@ class PickingRun:
             raise CryoPickerError("picking is already running")
         values = dict(s.predict_overrides)
         values["device"] = device or values.get("device") or s.train_settings.get("device", "auto")
+        values.setdefault("score_floor", CANDIDATE_FLOOR)  # the sliders can show weaker picks too
         self.show_probability = probability
 
         def job(progress: Progress):
@@ -382,6 +383,8 @@ class PickingRun:
         picks = result.picks.with_tomogram(s.tomogram_name)
         if picks.voxel_size is None:
             picks.voxel_size = s.voxel_size
+        for name, t in (getattr(result, "thresholds", None) or {}).items():
+            s.thresholds[name] = float(t)  # each slider starts at the model's threshold
         s.set_predictions(picks, checkpoint_classes=self._ckpt.classes)
         if self.show_probability and getattr(result, "probability", None) is not None:
             show_probability(s, result.probability, self._ckpt.classes)
@@ -421,6 +424,10 @@ def show_fiducials(session: PickingSession, fiducials):
     if session.active_class is not None:  # clicks keep going to the picks, not to this layer
         session.set_active_class(session.active_class)
     return layer
+
+
+#: Picking keeps candidates down to this score; the sliders start at the model's thresholds.
+CANDIDATE_FLOOR = 0.05
 
 
 def show_probability(session: PickingSession, probability: np.ndarray, classes) -> list:

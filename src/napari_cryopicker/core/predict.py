@@ -50,6 +50,10 @@ class PredictConfig:
     # leave out picks on gold fiducials (core/fiducials.py): dark compact beads get high
     # scores from a network that saw few of them
     mask_fiducials: bool = True
+    # keep candidates down to this score (every class), not only those above the model's
+    # thresholds, so that a threshold slider can show weaker picks too; the thresholds are
+    # returned in PredictResult.thresholds (None: only picks above the thresholds)
+    score_floor: float | None = None
 
 
 @dataclass
@@ -58,6 +62,7 @@ class PredictResult:
     label: np.ndarray | None = None        # (z, y, x) uint8 arg-max class
     probability: np.ndarray | None = None  # (C+1, z, y, x) float16 when requested
     fiducials: object | None = None  # core.fiducials.Fiducials found (mask_fiducials)
+    thresholds: dict = field(default_factory=dict)  # per class: the score threshold the picks are meant for
 
 
 def _tile_shape(shape, tile: int, margin: int, multiple: int) -> tuple[int, ...]:
@@ -327,6 +332,13 @@ def predict_picks(
     if key is not None:
         compiled.note_predicted(key)
     params = merged_nms_params(checkpoint, config.nms)
+    default_t = NMSParams().t_lm
+    thresholds = {n: float(params[n].get("t_lm", params["default"].get("t_lm", default_t)))
+                  for n in checkpoint.classes.names}
+    if config.score_floor is not None:
+        floor = float(config.score_floor)
+        for n, t in thresholds.items():
+            params[n] = {**params[n], "t_lm": min(t, floor)}
     picks = mp_nms(
         label, conf, classes_binned(checkpoint.classes, factor), params or None, tomogram=tomogram.name,
         voxel_size=tomogram.voxel_size, progress=progress,
@@ -344,7 +356,7 @@ def predict_picks(
         fiducials = find_fiducials(tomogram.data, tomogram.voxel_size, progress=progress)
         if len(fiducials):
             picks = picks.subset(off_fiducials(picks.zyx, fiducials))
-    return PredictResult(picks=picks, label=label, probability=full, fiducials=fiducials)
+    return PredictResult(picks=picks, label=label, probability=full, fiducials=fiducials, thresholds=thresholds)
 
 
 __all__ = ["PredictConfig", "PredictResult", "predict_picks", "segment", "NMSParams"]
