@@ -200,3 +200,34 @@ def test_copick_project_runs(data, tmp_path):
     with pytest.raises(BatchError, match="not a local folder"):
         cfg.write_text(json.dumps({"overlay_root": "s3://bucket/project"}))
         copick_tomograms(cfg)
+
+
+def test_batch_passes_keep_fiducials_and_tta_and_redoes_when_they_change(data, cluster, tmp_path, monkeypatch,
+                                                                         capsys):
+    """`cryopicker predict` over several tomograms (the batch path) honours --keep-fiducials
+    and --tta as the single-tomogram path does, and a record made with other options is redone."""
+    import napari_cryopicker.core.predict as predict_mod
+
+    seen = []
+    real = predict_mod.predict_picks
+
+    def spy(tomo, ckpt, config=None, **kw):
+        seen.append((config.mask_fiducials, config.tta))
+        return real(tomo, ckpt, config, **kw)
+
+    monkeypatch.setattr(predict_mod, "predict_picks", spy)
+    tomos = [str(data / "tomos" / f"{n}.mrc") for n in NAMES[:2]]
+    out = tmp_path / "picks"
+    # the in-process cluster of the fixture, so that the spy sees the tasks
+    args = ["predict", "--model", str(data / "m.pt"), "--tomogram", tomos[0], "--tomogram", tomos[1],
+            "--out", str(out), "--device", "cpu",
+            "--scheduler", cluster.scheduler_address, "--threads-per-worker", "1"]
+    assert main([*args, "--keep-fiducials", "--tta", "2"]) == 0
+    assert sorted(seen) == [(False, 2), (False, 2)]
+    rec = json.loads(next((out / ".cryopicker").glob("*.json")).read_text())
+    assert rec["settings"]["options"] == {"mask_fiducials": False, "tta": 2}
+    seen.clear()
+    assert main([*args, "--keep-fiducials", "--tta", "2"]) == 0  # same options: finished, skipped
+    assert seen == []
+    assert main(args) == 0  # the defaults differ from the record's options: picked again
+    assert sorted(seen) == [(True, 1), (True, 1)]

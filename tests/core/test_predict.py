@@ -328,3 +328,23 @@ def test_a_compiled_network_takes_a_short_last_batch():
 
     out = _Runner(runner, 3)(torch.ones(2, 1, 4, 4, 4))
     assert seen == [(3, 1, 4, 4, 4)] and out.shape == (2, 1, 4, 4, 4) and bool((out == 2).all())
+
+
+def test_flip_average_is_the_mean_of_the_flipped_runs_flipped_back():
+    from napari_cryopicker.core.errors import CryoPickerError
+    from napari_cryopicker.core.predict import FlipAverage
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.Conv3d(3, 3, 3, padding=1)).eval()
+    x = torch.randn(2, 1, 6, 8, 10)
+    with torch.no_grad():
+        got = torch.softmax(FlipAverage(net, 4)(x), dim=1)
+        want = sum(torch.flip(torch.softmax(net(torch.flip(x, d) if d else x), 1), d) if d
+                   else torch.softmax(net(x), 1) for d in [(), (4,), (3,), (3, 4)]) / 4
+        assert torch.allclose(got, want, atol=1e-5)
+        # averaged over x and y flips, the result is itself symmetric under them
+        flipped = torch.softmax(FlipAverage(net, 4)(torch.flip(x, (4,))), dim=1)
+        assert torch.allclose(torch.flip(flipped, (4,)), got, atol=1e-5)
+        assert torch.allclose(torch.softmax(FlipAverage(net, 1)(x), 1), torch.softmax(net(x), 1), atol=1e-6)
+    with pytest.raises(CryoPickerError, match="1, 2, 4 or 8"):
+        FlipAverage(net, 3)

@@ -268,9 +268,14 @@ def _file_id(path: Path) -> dict:
         return {"path": str(p.absolute())}
 
 
-def settings_for(model: Path, threshold: float | None) -> dict:
-    """What a record must have been made with to count as finished."""
-    return {"model": _file_id(model), "threshold": threshold}
+def settings_for(model: Path, threshold: float | None, options: dict | None = None) -> dict:
+    """What a record must have been made with to count as finished (``options``: the
+    PredictConfig fields set, e.g. ``{"mask_fiducials": False}``; none set adds no key, so
+    records of earlier versions still count)."""
+    out = {"model": _file_id(model), "threshold": threshold}
+    if options:
+        out["options"] = dict(sorted(options.items()))
+    return out
 
 
 def read_record(output: Path, settings: dict | None = None) -> tuple[dict | None, str]:
@@ -319,6 +324,7 @@ class TaskSpec:
     host_threads: dict = field(default_factory=dict)  # host -> Dask threads on it (all workers)
     label: str = ""                         # the tomogram as the user named it (for messages)
     compile: bool | str = "auto"            # PredictConfig.compile: a worker compiles from its 2nd tomogram
+    options: dict = field(default_factory=dict)  # more PredictConfig fields (mask_fiducials, tta)
 
 
 @dataclass
@@ -417,7 +423,7 @@ def predict_one(spec: TaskSpec) -> TaskResult:
             warnings.simplefilter("always")
             tomo = open_tomogram(spec.tomogram)
         result.warnings = [str(w.message) for w in caught]
-        cfg = PredictConfig(device=spec.device, compile=spec.compile)
+        cfg = PredictConfig(device=spec.device, compile=spec.compile, **spec.options)
         if spec.threshold is not None:
             cfg.nms = {"default": {"t_lm": spec.threshold}}
         picks = predict_picks(tomo, ckpt, cfg).picks.with_tomogram(spec.name)
@@ -585,6 +591,7 @@ def run_batch(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
     compile: bool | str = "auto",
+    options: dict | None = None,
 ) -> BatchReport:
     """Pick every input tomogram (skipping finished ones unless ``overwrite``) and write
     the merged star. Failures are in the report, not raised; :class:`BatchError` only
@@ -607,7 +614,11 @@ def run_batch(
     if merged.resolve() in {o.resolve() for o in outs}:
         raise BatchError(f"{merged}: the merged file would overwrite a per-tomogram output; give --merged")
     model = Path(model)
-    settings = settings_for(model, threshold)
+    options = dict(options or {})
+    unknown = sorted(set(options) - {"mask_fiducials", "tta", "tile", "batch_size"})
+    if unknown:
+        raise BatchError(f"unknown picking option(s) {', '.join(unknown)}")
+    settings = settings_for(model, threshold, options)
     results: list[TaskResult] = []
     pending: list[TaskSpec] = []
     by_tomo: dict[str, Path] = {}
@@ -627,7 +638,7 @@ def run_batch(
                 log(f"{key}: redoing ({why})")
         pending.append(TaskSpec(os.path.abspath(it.tomogram), it.name, os.path.abspath(op),
                                 os.path.abspath(model), settings, device, threshold, threads_per_worker,
-                                label=key, compile=compile))
+                                label=key, compile=compile, options=options))
     for r in results:
         if r.status == "skipped":
             log(f"{r.tomogram}: skipped, finished earlier ({r.n_picks} picks in "

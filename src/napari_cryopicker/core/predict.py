@@ -54,6 +54,9 @@ class PredictConfig:
     # thresholds, so that a threshold slider can show weaker picks too; the thresholds are
     # returned in PredictResult.thresholds (None: only picks above the thresholds)
     score_floor: float | None = None
+    # test-time augmentation: average the class probabilities over this many flips of each
+    # tile (1, 2, 4 or 8: none, x, x and y, x y and z); flips keep the missing wedge where it is
+    tta: int = 1
 
 
 @dataclass
@@ -138,6 +141,28 @@ def _is_oom(e: BaseException) -> bool:
     msg = str(e).lower()
     return isinstance(e, torch.OutOfMemoryError) or (
         isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg))
+
+
+class FlipAverage(torch.nn.Module):
+    """``net`` run on flipped copies of its input, the softmax averaged (flipped back);
+    returns the log of the mean probabilities, so a softmax downstream gives the mean."""
+
+    FLIPS = ((), (4,), (3,), (3, 4), (2,), (2, 4), (2, 3), (2, 3, 4))
+
+    def __init__(self, net: torch.nn.Module, n: int):
+        super().__init__()
+        if n not in (1, 2, 4, 8):
+            raise CryoPickerError(f"test-time augmentation takes 1, 2, 4 or 8 flips, not {n}")
+        self.net, self.flips = net, self.FLIPS[:n]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        acc = None
+        for dims in self.flips:
+            xi = torch.flip(x, dims) if dims else x
+            p = torch.softmax(self.net(xi).float(), dim=1)
+            p = torch.flip(p, dims) if dims else p
+            acc = p if acc is None else acc + p
+        return torch.log((acc / len(self.flips)).clamp_min(1e-12))
 
 
 def _to_input(blocks: list[np.ndarray], device: torch.device, norm) -> torch.Tensor:
@@ -323,6 +348,8 @@ def predict_picks(
         net = compiled.compiled_network(checkpoint, key, (bs, mc.in_channels, *tshape), progress)
     if net is None:
         net = prepare_for_inference(checkpoint.build(device), device)
+    if int(config.tta) > 1:
+        net = FlipAverage(net, int(config.tta))
     norm = normalisation_for(tomogram, checkpoint)
     lowpass = float((checkpoint.normalisation or {}).get("lowpass", 0.0) or 0.0)
     with cudnn_autotune(device):
