@@ -61,6 +61,34 @@ def test_all_panels_widget_and_classes_table(viewer, session, qtbot):
     assert viewer.layers.selection.active is viewer.layers["picks: ribosome"]
 
 
+def test_class_diameters_in_angstrom_stay_right_at_another_binning(viewer, session, tmp_path):
+    import mrcfile
+
+    from napari_cryopicker.core.tomogram import write_tomogram
+
+    w = dock(viewer, ClassesWidget)
+    w.unit.setCurrentText("A")
+    w.name.setText("ribosome")
+    w.diameter.setValue(280.0)  # A
+    w.btn_add.click()
+    assert session.classes["ribosome"].diameter == pytest.approx(280.0 / VOXEL)
+    assert w.table.item(0, 4).text() == "280"
+    session.set_diameter_angstrom("ribosome", 300.0)
+    assert session.classes["ribosome"].diameter == pytest.approx(300.0 / VOXEL)
+    # the same sample binned by 2 (written by mrcfile itself, voxel size in the header)
+    with mrcfile.open(session.tomogram.path) as m:
+        data = m.data.copy()
+    binned = data[:, ::2, ::2][::2]
+    path = write_tomogram(tmp_path / "TS_01_bin2.mrc", binned, 2 * VOXEL)
+    viewer.open(str(path), plugin="napari-cryopicker")
+    tw = dock(viewer, TomogramWidget)
+    tw.combo.setCurrentText("TS_01_bin2")  # the user switches the tomogram to annotate
+    assert session.voxel_size == pytest.approx(2 * VOXEL)
+    assert session.classes["ribosome"].diameter == pytest.approx(300.0 / (2 * VOXEL))  # voxels halve
+    assert session.diameter_angstrom("ribosome") == pytest.approx(300.0)
+    assert w.table.item(0, 3).text() == f"{300.0 / (2 * VOXEL):g}"
+
+
 def test_tomogram_filters_run_in_a_worker(viewer, session, qtbot):
     w = dock(viewer, TomogramWidget)
     assert w.combo.currentText() == "TS_01"
@@ -125,6 +153,9 @@ def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):
     assert not w.sparse.isChecked() and run.config_values()["sparse"] is False  # off by default
     w.sparse.setChecked(True)  # the user says only some particles are picked
     assert run.config_values()["sparse"] is True
+    assert w.binning.currentText() == "auto binning" and run.config_values()["binning"] == "auto"
+    w.binning.setCurrentText("bin 2")  # the user chooses the grid the network works on
+    assert run.config_values()["binning"] == 2
     w.btn_train.click()
     assert run.running and w.btn_stop.isEnabled() and not w.btn_train.isEnabled()
     # napari's animated "in progress" label is slowed (each frame repaints the window)
@@ -144,6 +175,7 @@ def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):
     assert ck.train_config["sparse"] is True and all("left_out" in r for r in ck.history)
     assert w.btn_train.isEnabled() and w.btn_save.isEnabled()
     assert "Model for blob" in w.summary.text()
+    assert ck.binning == 2 and "works at bin 2" in w.summary.text()
     lines = w.plot.ax.get_lines()
     assert lines and len(lines[0].get_xdata()) == len(run.history)
 

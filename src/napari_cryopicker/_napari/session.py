@@ -344,6 +344,7 @@ class PickingSession:
         if layer is self.image_layer:
             return
         tomo = tomogram_from_layer(layer) if layer is not None else None
+        old_vs = self.voxel_size
         self._stash_current()
         self._drop_session_layers()
         self._undo.clear()
@@ -351,6 +352,10 @@ class PickingSession:
         self.image_layer = layer
         self._projection_set = False
         self.tomogram = tomo
+        if tomo is not None and old_vs and tomo.voxel_size and not np.isclose(old_vs, tomo.voxel_size, rtol=1e-3):
+            # a class is a size in A: at another binning its diameter in voxels changes
+            for c in self.classes:
+                c.diameter = c.diameter * old_vs / tomo.voxel_size
         self.autosave_path = default_autosave_path(tomo) if tomo is not None else None
         self.last_autosave_error = None
         if tomo is not None:
@@ -513,6 +518,13 @@ class PickingSession:
         names = self.classes.names
         if 1 <= k <= len(names):
             self.set_active_class(names[k - 1])
+
+    def set_diameter_angstrom(self, name: str, angstrom: float) -> None:
+        """Set a class diameter in A (needs a tomogram, for its voxel size)."""
+        vs = self.voxel_size
+        if not vs:
+            raise CryoPickerError("open a tomogram first: a diameter in A needs its voxel size")
+        self.set_diameter(name, float(angstrom) / vs)
 
     def diameter_angstrom(self, name: str) -> float | None:
         vs = self.voxel_size

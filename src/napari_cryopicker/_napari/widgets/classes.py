@@ -9,6 +9,7 @@ from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QColorDialog,
+    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QHBoxLayout,
@@ -44,13 +45,16 @@ class ClassesWidget(PanelBase):
         self.name = QLineEdit()
         self.name.setPlaceholderText("class name, e.g. ribosome")
         self.diameter = QDoubleSpinBox()
-        self.diameter.setRange(1.0, 500.0)
+        self.diameter.setRange(1.0, 5000.0)
         self.diameter.setValue(12.0)
-        self.diameter.setSuffix(" vox")
-        self.diameter.setToolTip("Particle diameter in voxels of this tomogram")
+        self.diameter.setToolTip("Particle diameter, in voxels of this tomogram or in A")
+        self.unit = QComboBox()
+        self.unit.addItems(["vox", "A"])
+        self.unit.setToolTip("A: the diameter in Angstrom, turned into voxels with the tomogram's voxel size "
+                             "(and kept in A when a tomogram at another binning is opened)")
         self.btn_add = QPushButton("Add class")
         self.btn_remove = QPushButton("Remove")
-        for w in (self.name, self.diameter, self.btn_add, self.btn_remove):
+        for w in (self.name, self.diameter, self.unit, self.btn_add, self.btn_remove):
             row.addWidget(w)
         lay.addLayout(row)
 
@@ -143,7 +147,13 @@ class ClassesWidget(PanelBase):
         name = self.name.text().strip()
         if not name:
             raise ValueError("type a class name first")
-        self.session.add_class(name, self.diameter.value())
+        d = self.diameter.value()
+        if self.unit.currentText() == "A":
+            vs = self.session.voxel_size
+            if not vs:
+                raise ValueError("open a tomogram first: a diameter in A needs its voxel size")
+            d = d / vs
+        self.session.add_class(name, d)
         self.name.clear()
         if self.session.tomogram is not None:
             self.session.set_active_class(name)
@@ -170,6 +180,13 @@ class ClassesWidget(PanelBase):
             colour = QColorDialog.getColor(QColor(self.session.classes[name].colour), self, f"Colour of {name}")
             if colour.isValid():
                 self.session.set_colour(name, colour.name())
+        elif col == 4 and self.session.voxel_size:
+            from qtpy.QtWidgets import QInputDialog
+
+            value, ok = QInputDialog.getDouble(self, f"Diameter of {name}", "diameter (A)",
+                                               self.session.diameter_angstrom(name), 1.0, 50000.0, 1)
+            if ok:
+                self.session.set_diameter_angstrom(name, value)
         elif col in (3, 4):
             from qtpy.QtWidgets import QInputDialog
 
