@@ -263,3 +263,24 @@ def test_binning_auto_and_fine_tuning_keep_a_consistent_factor(small_sim):
     assert training_binning(sim.classes, TrainConfig(binning=1), init=ck) == 2
     with pytest.raises(CryoPickerError, match="binning"):
         training_binning(sim.classes, TrainConfig(binning="two"))
+    with pytest.raises(CryoPickerError, match="threshold_rule"):
+        train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**TINY, "threshold_rule": "click"}))
+
+
+def test_thresholds_from_the_held_out_clicks_ignore_unclicked_picks():
+    """Half the median score (and fill) of the picks that found the held-out clicks; picks
+    elsewhere (unclicked particles, or junk) do not move it; too few found: no rule."""
+    from napari_cryopicker.core.picks import Picks
+    from napari_cryopicker.core.train import _threshold_from_clicks
+
+    cls = ParticleClass("ribo", 10)
+    clicks = Picks.from_zyx([[10, 10, 10], [10, 30, 10], [10, 50, 10], [10, 70, 10]], class_name="ribo",
+                            tomogram="v0")
+    found = Picks.from_zyx([[11, 10, 10], [10, 31, 10], [10, 50, 12], [10, 70, 10],  # the clicks
+                            [30, 30, 30], [30, 50, 30], [30, 70, 30]],               # unclicked / junk
+                           class_name="ribo", score=[0.4, 0.5, 0.6, 0.9, 0.95, 0.9, 0.2], tomogram="v0")
+    found.table["fill"] = [0.8, 0.9, 1.0, 1.0, 0.1, 0.1, 0.1]
+    t, f = _threshold_from_clicks(found, clicks, cls, [0.05, 0.8])
+    assert t == pytest.approx(0.5 * 0.55) and f == pytest.approx(0.5 * 0.95)
+    assert _threshold_from_clicks(found.subset([True] + [False] * 6), clicks, cls, [0.05, 0.8]) is None
+    assert _threshold_from_clicks(found, clicks, cls, [0.3, 0.8])[0] == pytest.approx(0.3)  # clipped to the grid

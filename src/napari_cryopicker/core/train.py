@@ -631,6 +631,8 @@ def train_model(
         )
     picks = _checked_picks(tomograms, picks, classes, config)
     device = resolve_device(config.device)
+    if config.threshold_rule not in ("clicks", "f1"):
+        raise CryoPickerError(f"threshold_rule must be 'clicks' or 'f1', not {config.threshold_rule!r}")
     factor = training_binning(classes, config, init)
     work_classes = classes
     if factor > 1:
