@@ -146,11 +146,17 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict) -> dict:
 
 def score(picks, seed: int, shape) -> dict:
     """Per-class scores of ``picks`` against the test truth of seed ``seed`` (full and half radius)."""
-    from napari_cryopicker.core.metrics import evaluate
     from napari_cryopicker.core.realistic import BENCHMARK_CLASSES, realistic_classes
 
-    classes = realistic_classes(10.0, BENCHMARK_CLASSES)
     _, truth = realistic_sim(shape, 200 + seed)
+    return score_against(picks, truth, realistic_classes(10.0, BENCHMARK_CLASSES))
+
+
+def score_against(picks, truth, classes) -> dict:
+    """Per-class scores of ``picks`` against the benchmark classes of ``truth`` (full and half radius)."""
+    from napari_cryopicker.core.metrics import evaluate
+    from napari_cryopicker.core.realistic import BENCHMARK_CLASSES
+
     truth = truth.subset(np.isin(truth.table["class_name"].to_numpy(), list(BENCHMARK_CLASSES)))
     picks = picks.with_tomogram("tomogram")
     out = {}
@@ -217,6 +223,18 @@ def repredict(args) -> int:
     return 0
 
 
+def score_cells(scores: dict) -> list[str]:
+    """One table cell per benchmark class: F1 [F1 at half radius] precision/recall, mean distance."""
+    from napari_cryopicker.core.realistic import BENCHMARK_CLASSES
+
+    cells = []
+    for n in BENCHMARK_CLASSES:
+        a, b = scores["1.0"][n], scores["0.5"][n]
+        cells.append(f"{a['f1']:.2f} [{b['f1']:.2f}] {a['precision']:.2f}/{a['recall']:.2f} "
+                     f"{a['mean_distance']:4.1f}".rjust(28))
+    return cells
+
+
 def print_table(results: list[dict]) -> None:
     from napari_cryopicker.core.realistic import BENCHMARK_CLASSES
 
@@ -225,11 +243,7 @@ def print_table(results: list[dict]) -> None:
     head = f"{'seed':>4}  " + "  ".join(f"{n:>28}" for n in BENCHMARK_CLASSES)
     print(head)
     for r in results:
-        cells = []
-        for n in BENCHMARK_CLASSES:
-            a, b = r["scores"]["1.0"][n], r["scores"]["0.5"][n]
-            cells.append(f"{a['f1']:.2f} [{b['f1']:.2f}] {a['precision']:.2f}/{a['recall']:.2f} "
-                         f"{a['mean_distance']:4.1f}".rjust(28))
+        cells = score_cells(r["scores"])
         print(f"{r['seed']:>4}  " + "  ".join(cells) + f"   (best epoch {r['best_epoch']}/{r['epochs']}, "
               f"predict {r['predict_seconds']:.0f} s)")
     if len(results) > 1:

@@ -469,16 +469,7 @@ def score_picks(picks, vol: Volume, seed: int, args) -> dict:
     """``realistic.score`` (the full tomogram), or the same on the truth inside the crop."""
     if not args.crop:
         return R.score(picks, seed, C.parse_shape(args.shape))
-    from napari_cryopicker.core.metrics import evaluate
-    from napari_cryopicker.core.realistic import BENCHMARK_CLASSES
-
-    truth = vol.truth.subset(np.isin(vol.truth.table["class_name"].to_numpy(), list(BENCHMARK_CLASSES)))
-    out = {}
-    for frac in (1.0, 0.5):
-        rep = evaluate(picks.with_tomogram("tomogram"), truth, args.classes_full, distance_fraction=frac)
-        out[str(frac)] = {n: {k: getattr(s, k) for k in ("n_pred", "n_true", "tp", "precision", "recall", "f1",
-                                                       "mean_distance")} for n, s in rep.per_class.items()}
-    return out
+    return R.score_against(picks, vol.truth, args.classes_full)
 
 
 # ----------------------------------------------------------------------------- report
@@ -489,11 +480,7 @@ def print_table(results: list[dict]) -> None:
           "mean distance of matches (voxels)")
     print(f"{'seed':>4}  {'mode':>6}  " + "  ".join(f"{n:>28}" for n in BENCHMARK_CLASSES))
     for r in results:
-        cells = []
-        for n in BENCHMARK_CLASSES:
-            a, b = r["scores"]["1.0"][n], r["scores"]["0.5"][n]
-            cells.append(f"{a['f1']:.2f} [{b['f1']:.2f}] {a['precision']:.2f}/{a['recall']:.2f} "
-                         f"{a['mean_distance']:4.1f}".rjust(28))
+        cells = R.score_cells(r["scores"])
         thr = " ".join("none" if t is None else f"{t:.1f}" for t in r["thresholds"].values())
         print(f"{r['seed']:>4}  {r['mode']:>6}  " + "  ".join(cells) + f"   (thresholds {thr})")
     for mode in dict.fromkeys(r["mode"] for r in results):
