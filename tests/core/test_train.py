@@ -284,3 +284,21 @@ def test_thresholds_from_the_held_out_clicks_ignore_unclicked_picks():
     assert t == pytest.approx(0.5 * 0.55) and f == pytest.approx(0.5 * 0.95)
     assert _threshold_from_clicks(found.subset([True] + [False] * 6), clicks, cls, [0.05, 0.8]) is None
     assert _threshold_from_clicks(found, clicks, cls, [0.3, 0.8])[0] == pytest.approx(0.3)  # clipped to the grid
+
+
+def test_ema_keeps_the_average_of_the_weights(small_sim):
+    """With ``ema`` the kept model is the moving average of the weights and batch-norm
+    statistics, not the last raw weights: it differs from a plain run's, stays finite, and a
+    bad decay is refused before any training."""
+    tomo, sim = small_sim
+    cfg = {**TINY, "epochs": 2}
+    plain = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**cfg))
+    ema = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**cfg, "ema": 0.9}))
+    assert set(ema.state_dict) == set(plain.state_dict)
+    k = "head.weight"
+    assert torch.isfinite(ema.state_dict[k]).all()
+    assert not torch.allclose(ema.state_dict[k], plain.state_dict[k])
+    bn = [n for n in ema.state_dict if n.endswith("running_var")][0]
+    assert not torch.allclose(ema.state_dict[bn], plain.state_dict[bn])
+    with pytest.raises(CryoPickerError, match="ema"):
+        train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**cfg, "ema": 1.5}))

@@ -80,6 +80,10 @@ class TrainConfig:
     # median score, see _threshold_from_clicks) or "f1" (the best F1 against the held-out
     # clicks, which counts unclicked particles as false picks).
     threshold_rule: str = "clicks"
+    # Validate and keep an exponential moving average of the weights and batch-norm
+    # statistics (decay per step; 0: the raw weights), which smooths the step-to-step
+    # noise of small batches: see docs/method.md.
+    ema: float = 0.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -396,6 +400,16 @@ def _auto_weights(vols, classes, config, crop, rng, n_classes) -> np.ndarray:
     return np.clip(w / w[0], 1.0, 10.0)
 
 
+def _ema_model(net: ResUNet, decay: float):
+    """An exponential moving average of ``net``'s weights and batch-norm buffers (torch's
+    AveragedModel; the first update copies), or None for ``decay`` 0."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def _copy_state(net) -> dict:
     return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
 
@@ -633,6 +647,8 @@ def train_model(
     device = resolve_device(config.device)
     if config.threshold_rule not in ("clicks", "f1"):
         raise CryoPickerError(f"threshold_rule must be 'clicks' or 'f1', not {config.threshold_rule!r}")
+    if not (config.ema == 0 or 0.0 < config.ema < 1.0):
+        raise CryoPickerError(f"ema must be 0 (off) or between 0 and 1 (a decay per step), not {config.ema}")
     factor = training_binning(classes, config, init)
     work_classes = classes
     if factor > 1:
@@ -674,6 +690,8 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
     if init is not None:
         _init_from(net, init, classes)
     net.to(device=device, memory_format=torch.channels_last_3d)
+    ema_net = _ema_model(net, config.ema)
+    eval_net = net if ema_net is None else ema_net.module
     crop = _crop_shape(tomograms[0].shape, config.patch, mcfg.multiple)
     for t in tomograms[1:]:
         crop = tuple(min(a, b) for a, b in zip(crop, _crop_shape(t.shape, config.patch, mcfg.multiple)))
@@ -753,6 +771,8 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
+                if ema_net is not None:
+                    ema_net.update_parameters(net)
                 ep_losses.append(float(loss.detach()))
                 step += 1
                 progress.update(int(1000 * frac_done()), 1000, f"epoch {epoch0 + epoch + 1}: loss {ep_losses[-1]:.3f}")
@@ -776,7 +796,7 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
         )
         if has_val and ((epoch + 1) % config.val_every == 0 or last):
             t_v = time.monotonic()
-            vl, vf, best_t = validate(net, vols, classes, config, device, crop, n_classes, weights, mcfg.multiple, grid)
+            vl, vf, best_t = validate(eval_net, vols, classes, config, device, crop, n_classes, weights, mcfg.multiple, grid)
             val_seconds = time.monotonic() - t_v
             record["val_loss"], record["val_f1"] = vl, vf
             record["val_seconds"] = val_seconds
@@ -790,7 +810,7 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
             state.top_score = max(state.top_score, key[0])
         if key is not None and _better(key, state, config.select_tolerance):
             state.best_key = key
-            state.best_state = _copy_state(net)
+            state.best_state = _copy_state(eval_net)
             state.best_epoch = record["epoch"]
             state.best_score = record["val_f1"]
             state.best_nms = best_t
@@ -808,7 +828,7 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
     if state.best_state is None:
         if cancelled and step == 0:
             raise Cancelled("training was stopped before the first epoch finished; no model was saved")
-        state.best_state = _copy_state(net)
+        state.best_state = _copy_state(eval_net)
         state.best_epoch = state.history[-1]["epoch"] if state.history else None
     return _checkpoint(state, mcfg, classes, vs, config, out)
 
