@@ -270,6 +270,7 @@ class PickingSession:
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.layers.events.removed.connect(self._on_layer_removed)
         viewer.layers.selection.events.active.connect(self._on_active_layer)
+        viewer.dims.events.ndisplay.connect(self._on_ndisplay)
         self._bind_viewer_keys()
 
     @property
@@ -510,7 +511,7 @@ class PickingSession:
             layer = self.layer_for(Key("picks", name))
             self.viewer.layers.selection.active = layer
             with contextlib.suppress(Exception):
-                layer.mode = "add"
+                layer.mode = "add" if self.viewer.dims.ndisplay == 2 else "pan_zoom"
         self.events.active_class.emit(name)
 
     def select_class_number(self, k: int) -> None:
@@ -709,6 +710,26 @@ class PickingSession:
             log.warning("could not take over layer %s: %s", getattr(layer, "name", layer), e)
             _notify(f"CryoPicker could not use layer {getattr(layer, 'name', layer)!r}: {e}", "warning")
 
+    THREE_D_HINT = ("Picking works in the 2D view only: a click in the 3D view has no depth to put a "
+                    "pick at. The picks layers were switched from add to pan/zoom mode; go back to 2D "
+                    "with the 2D/3D button (bottom left of the canvas) to pick.")
+
+    def _on_ndisplay(self, event=None) -> None:
+        """In the 3D view, a click in add mode would put a pick at a depth napari guesses:
+        switch the session's layers out of add mode and say so."""
+        try:
+            if self.viewer.dims.ndisplay != 3 or self.tomogram is None:
+                return
+            switched = False
+            for layer in self.session_layers().values():
+                if getattr(layer, "mode", None) == "add":
+                    layer.mode = "pan_zoom"
+                    switched = True
+            if switched or self.active_class is not None:
+                _notify(self.THREE_D_HINT, "info")
+        except Exception as e:  # an event handler must never pop up a traceback
+            log.warning("3D view: %s", e)
+
     def _on_active_layer(self, event) -> None:
         """Selecting a class's picks (or predicted) layer makes that class the active one."""
         key = self._key_of(event.value)
@@ -890,6 +911,10 @@ class PickingSession:
         return True
 
     # ------------------------------------------------------------------ annotation API
+    def states(self) -> dict[Key, State]:
+        """Every session layer's committed state (a shallow copy of the mapping)."""
+        return dict(self._committed)
+
     def _state(self, key: Key) -> State:
         return self._committed.get(key, State.empty())
 
@@ -1142,8 +1167,11 @@ class PickingSession:
         f["class"] = name
         return rest, cur.data[idx], f[["class", "score", "source"]]
 
-    def accept(self, selection: dict[str, Sequence[int]]) -> int:
-        """Move predictions into the training set (source ``accepted``, score kept)."""
+    def accept(self, selection: dict[str, Sequence[int]], *, as_class: str | None = None) -> int:
+        """Move predictions into the training set (source ``accepted``, score kept), as
+        their own class or, with ``as_class``, as that class (a candidate of the wrong class)."""
+        if as_class is not None and as_class not in self.classes:
+            raise CryoPickerError(f"unknown class {as_class!r}")
         new: dict[Key, State] = {}
         n = 0
         for name, idx in selection.items():
@@ -1152,12 +1180,15 @@ class PickingSession:
                 continue
             rest, data, feats = taken
             new[Key("predicted", name)] = rest
-            acc = self._state(Key("picks", name))
-            new[Key("picks", name)] = State(np.vstack([acc.data, data]),
-                                            pd.concat([acc.features, feats], ignore_index=True))
+            target = as_class or name
+            feats["class"] = target
+            key = Key("picks", target)
+            acc = new[key] if key in new else self._state(key)
+            new[key] = State(np.vstack([acc.data, data]), pd.concat([acc.features, feats], ignore_index=True))
             n += len(data)
         if n:
-            self._edit(f"accept {n} prediction(s)", new)
+            label = f"accept {n} prediction(s)" + (f" as {as_class}" if as_class else "")
+            self._edit(label, new)
         return n
 
     def reject(self, selection: dict[str, Sequence[int]]) -> int:

@@ -8,12 +8,13 @@ from .classes import ClassesWidget
 from .correct import CorrectWidget
 from .export import ExportWidget
 from .labels import LabelsWidget
+from .particles import ParticlesWidget
 from .picking import PickingWidget
 from .tomogram import TomogramWidget
 from .training import TrainingWidget
 
 PANELS = [TomogramWidget, ClassesWidget, LabelsWidget, TrainingWidget, PickingWidget, CorrectWidget,
-          ExportWidget]
+          ParticlesWidget, ExportWidget]
 SHORT = {"Classes & annotation": "Classes", "Correct & retrain": "Correct", "Weak labels": "Labels"}
 
 

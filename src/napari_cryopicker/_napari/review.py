@@ -1,0 +1,195 @@
+"""The particle table's logic, without Qt widgets: one row per pick, prediction and
+rejection of the session tomogram, a review cursor over the candidates (the shown
+predictions, best score first), jump-to, and the answers (accept, reject, accept as
+another class) that move the cursor on. The widget (``widgets/particles.py``) only shows
+:meth:`ParticleReview.rows` and forwards clicks and keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..core.errors import CryoPickerError
+from .session import Key, PickingSession
+
+KIND = {"picks": "pick", "predicted": "prediction", "rejected": "rejected"}
+COLUMNS = ["kind", "class", "score", "z", "y", "x", "z_A", "y_A", "x_A", "source"]
+# (key, what it does), bound on the viewer while a particle table is open: letters that
+# neither napari's Points nor its Image layers use, so they work whatever layer is active
+KEYS = (
+    ("N", "next candidate"),
+    ("B", "previous candidate (back)"),
+    ("G", "good: accept the candidate"),
+    ("R", "reject the candidate"),
+    ("T", "accept it as the active class (choose it with 1-9)"),
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """Where a table row lives: its layer key and index there, and its position (voxels)."""
+
+    key: Key
+    index: int
+    zyx: tuple[float, float, float]
+    class_name: str = ""
+
+
+class ParticleReview:
+    """Rows of every pick / shown prediction / rejection, and a cursor over the candidates."""
+
+    def __init__(self, session: PickingSession):
+        self.session = session
+        self.current: Row | None = None
+
+    # ------------------------------------------------------------------ rows
+    def rows(self) -> pd.DataFrame:
+        """One row per particle: COLUMNS plus ``key`` and ``index`` (its place in its layer).
+        Predictions below their class's threshold are left out, as on the canvas."""
+        s = self.session
+        vs = s.voxel_size or 1.0
+        parts = []
+        for key, state in s.states().items():
+            if not len(state):
+                continue
+            idx = np.arange(len(state))
+            if key.kind == "predicted":
+                idx = np.flatnonzero(s._shown_mask(key.class_name, state))
+                if not len(idx):
+                    continue
+            f = state.features.iloc[idx]
+            zyx = state.data[idx]
+            n = len(idx)
+            cls = f["class"].astype(str).to_numpy() if "class" in f else np.full(n, key.class_name or "")
+            if key.class_name is not None:
+                cls = np.full(n, key.class_name)
+            score = f["score"].to_numpy(dtype=float) if "score" in f else np.full(n, np.nan)
+            source = (f["source"].astype(str).to_numpy() if (key.kind == "picks" and "source" in f)
+                      else np.full(n, KIND[key.kind] if key.kind != "predicted" else "predicted"))
+            parts.append(pd.DataFrame({
+                "kind": KIND[key.kind], "class": cls, "score": score,
+                "z": zyx[:, 0], "y": zyx[:, 1], "x": zyx[:, 2],
+                "z_A": zyx[:, 0] * vs, "y_A": zyx[:, 1] * vs, "x_A": zyx[:, 2] * vs,
+                "source": source, "key": [key] * n, "index": idx,
+            }))
+        if not parts:
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in [*COLUMNS, "key", "index"]})
+        return pd.concat(parts, ignore_index=True)
+
+    def candidates(self) -> pd.DataFrame:
+        """The review queue: shown predictions, best score first (ties: class, z, y, x)."""
+        r = self.rows()
+        r = r[r["kind"] == "prediction"]
+        return r.sort_values(["score", "class", "z", "y", "x"], ascending=[False, True, True, True, True],
+                             kind="stable").reset_index(drop=True)
+
+    @staticmethod
+    def row_of(frame: pd.DataFrame, i: int) -> Row:
+        r = frame.iloc[int(i)]
+        return Row(r["key"], int(r["index"]), (float(r["z"]), float(r["y"]), float(r["x"])), str(r["class"]))
+
+    # ------------------------------------------------------------------ viewer
+    def go_to(self, row: Row) -> None:
+        """Centre the viewer on ``row`` (moving the slice to it) and select it in its layer."""
+        s = self.session
+        world = np.asarray(row.zyx, float) * np.asarray(s.scale, float)
+        if s.image_layer is not None:
+            world = world + np.asarray(s.image_layer.translate[-3:], float)
+        v = s.viewer
+        lead = v.dims.ndim - 3
+        point = list(v.dims.point)
+        point[lead:] = world.tolist()
+        v.dims.point = point
+        v.camera.center = tuple(world)
+        layer = s.layer_for(row.key, create=False)
+        if layer is not None:
+            with s._muted():
+                layer.selected_data = {row.index}
+        self.current = row
+
+    # ------------------------------------------------------------------ the cursor
+    def _position(self, queue: pd.DataFrame) -> int | None:
+        """Where the current candidate is in ``queue`` (matched by layer and position)."""
+        if self.current is None or not len(queue):
+            return None
+        c = self.current
+        same = (queue["key"] == c.key).to_numpy()
+        d = np.abs(queue[["z", "y", "x"]].to_numpy(float) - np.asarray(c.zyx)).max(axis=1)
+        hit = np.flatnonzero(same & (d < 1e-6))
+        return int(hit[0]) if len(hit) else None
+
+    def step(self, delta: int) -> Row | None:
+        """Move to the next (+1) or previous (-1) candidate and show it; None when there is
+        none. From no current candidate, +1 goes to the best one."""
+        q = self.candidates()
+        if not len(q):
+            self.current = None
+            return None
+        pos = self._position(q)
+        if pos is None:
+            pos = 0 if delta >= 0 else len(q) - 1
+        else:
+            pos = int(np.clip(pos + delta, 0, len(q) - 1))
+        row = self.row_of(q, pos)
+        self.go_to(row)
+        return row
+
+    def _answer(self, fn) -> Row | None:
+        """Apply ``fn(class_name, index)`` to the current candidate, then show the one that
+        followed it in the queue (or the one before, at the end)."""
+        q = self.candidates()
+        pos = self._position(q)
+        if pos is None:
+            if self.current is not None and self.current.key.kind != "predicted":
+                raise CryoPickerError(f"the selected row is a {KIND[self.current.key.kind]}, not a prediction: "
+                                      "only predictions are accepted or rejected here")
+            raise CryoPickerError("no candidate is selected: press N (or click a prediction row) first")
+        row = self.current
+        fn(row.key.class_name, row.index)
+        q = self.candidates()
+        if not len(q):
+            self.current = None
+            return None
+        nxt = self.row_of(q, min(pos, len(q) - 1))
+        self.go_to(nxt)
+        return nxt
+
+    def accept(self) -> Row | None:
+        return self._answer(lambda name, i: self.session.accept({name: [i]}))
+
+    def reject(self) -> Row | None:
+        return self._answer(lambda name, i: self.session.reject({name: [i]}))
+
+    def accept_as(self, class_name: str | None = None) -> Row | None:
+        """Accept the candidate as ``class_name`` (default: the session's active class)."""
+        target = class_name or self.session.active_class
+        if not target:
+            raise CryoPickerError("choose the class first (number keys 1-9 or the Classes panel)")
+        return self._answer(lambda name, i: self.session.accept({name: [i]}, as_class=target))
+
+
+def ortho_slices(data, zyx, half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The XY, XZ and YZ planes through ``zyx`` (voxels) of a (z, y, x) volume, each
+    (2 half + 1) square, NaN outside the volume; reads only those three planes (a memory
+    map stays on disk). XY is indexed [y, x], XZ [z, x], YZ [z, y]."""
+    c = np.rint(np.asarray(zyx, float)).astype(int)
+    n = 2 * int(half) + 1
+    shape = data.shape[-3:]
+
+    def window(axis):
+        lo, hi = c[axis] - half, c[axis] + half + 1
+        a, b = max(lo, 0), min(hi, shape[axis])
+        return slice(a, b), slice(a - lo, a - lo + max(0, b - a))
+
+    out = []
+    for fixed, (r, q) in ((0, (1, 2)), (1, (0, 2)), (2, (0, 1))):
+        plane = np.full((n, n), np.nan, np.float32)
+        if 0 <= c[fixed] < shape[fixed]:
+            (sr, dr), (sq, dq) = window(r), window(q)
+            idx = [slice(None)] * 3
+            idx[fixed], idx[r], idx[q] = int(c[fixed]), sr, sq
+            plane[dr, dq] = np.asarray(data[tuple(idx)], dtype=np.float32)
+        out.append(plane)
+    return out[0], out[1], out[2]

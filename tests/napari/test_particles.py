@@ -1,0 +1,165 @@
+"""The Particles panel: a sortable table of every particle, jump-to on a click, and review keys
+that accept / reject / re-class candidates and move on (real viewer, real Qt events)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gui_helpers import VOXEL, dock
+from qtpy.QtCore import Qt
+
+from napari_cryopicker.core.picks import Picks
+
+
+@pytest.fixture
+def reviewed(viewer, session):
+    from napari_cryopicker._napari.widgets.particles import ParticlesWidget
+
+    session.add_class("ribosome", 8)
+    session.add_class("proteasome", 6)
+    session.add_pick((5, 6, 7), "ribosome")
+    # scores 0.9 > 0.7 > 0.5 > 0.3: the review queue is this order
+    pred = Picks.from_zyx([[20, 40, 44], [10, 16, 16], [16, 48, 20], [25, 10, 50]],
+                          class_name=["ribosome", "proteasome", "ribosome", "proteasome"],
+                          score=[0.7, 0.9, 0.3, 0.5], voxel_size=VOXEL)
+    session.set_predictions(pred, skip_known=False)
+    w = dock(viewer, ParticlesWidget)
+    return w, session
+
+
+def _cell(w, row, col):
+    from napari_cryopicker._napari.review import COLUMNS
+
+    return w.model.data(w.model.index(row, COLUMNS.index(col)))
+
+
+def _click_header(w, qtbot, col):
+    from qtpy.QtCore import QPoint
+
+    h = w.table.horizontalHeader()
+    x = h.sectionViewportPosition(col) + h.sectionSize(col) // 2
+    qtbot.mouseClick(h.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(x, h.height() // 2))
+
+
+def test_the_table_lists_every_particle_and_sorts_by_any_column(reviewed, qtbot):
+    w, s = reviewed
+    assert w.model.rowCount() == 5
+    assert sorted(w.model.frame["kind"]) == ["pick", "prediction", "prediction", "prediction", "prediction"]
+    # default order: best score first
+    assert [_cell(w, i, "score") for i in range(4)] == ["1.000", "0.900", "0.700", "0.500"]
+    # a click on the z header sorts by z
+    from napari_cryopicker._napari.review import COLUMNS
+
+    w.show()
+    _click_header(w, qtbot, COLUMNS.index("z"))
+    z = [float(_cell(w, i, "z")) for i in range(5)]
+    assert z == sorted(z) or z == sorted(z, reverse=True)
+    _click_header(w, qtbot, COLUMNS.index("z"))  # again: the other way
+    assert [float(_cell(w, i, "z")) for i in range(5)] == z[::-1]
+    # positions in A beside the voxels
+    row = int(np.flatnonzero(w.model.frame["kind"] == "pick")[0])
+    assert float(_cell(w, row, "x_A")) == pytest.approx(7 * VOXEL, abs=0.5)
+    # the threshold hides a prediction from the table as from the canvas
+    s.set_threshold("ribosome", 0.5)
+    assert w.model.rowCount() == 4
+    w.show_kind.setCurrentIndex(3)  # rejected only
+    assert w.model.rowCount() == 0
+
+
+def test_clicking_a_row_centres_the_viewer_and_moves_the_slice(reviewed, viewer, qtbot):
+    w, s = reviewed
+    f = w.model.frame
+    row = int(np.flatnonzero((f["kind"] == "prediction") & (f["z"] == 25))[0])
+    rect = w.table.visualRect(w.model.index(row, 1))
+    qtbot.mouseClick(w.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert viewer.dims.point[0] == pytest.approx(25 * VOXEL)
+    assert viewer.camera.center[-2:] == pytest.approx((10 * VOXEL, 50 * VOXEL))
+    layer = viewer.layers["predicted: proteasome"]
+    assert layer.selected_data == {int(f.loc[row, "index"])}
+    assert "z 25" in w.where.text()
+
+
+def test_review_keys_answer_and_move_on(reviewed, viewer, qtbot):
+    w, s = reviewed
+    canvas = viewer.window._qt_viewer.canvas.native
+    viewer.layers.selection.active = viewer.layers["picks: ribosome"]
+    qtbot.keyClick(canvas, "n")  # the best candidate: proteasome 0.9 at z 10
+    assert w.review.current.zyx == (10, 16, 16)
+    assert viewer.dims.point[0] == pytest.approx(10 * VOXEL)
+    assert len(w.ortho.images) == 3 and w.ortho.images[1].width() == 2 * w.ortho.half + 1
+    qtbot.keyClick(canvas, "n")
+    qtbot.keyClick(canvas, "b")
+    assert w.review.current.zyx == (10, 16, 16)
+    qtbot.keyClick(canvas, "g")  # accept -> a proteasome pick; on to ribosome 0.7
+    assert s.counts()["proteasome"]["accepted"] == 1
+    assert w.review.current.zyx == (20, 40, 44)
+    qtbot.keyClick(canvas, "r")  # reject -> a negative; on to proteasome 0.5
+    assert s.counts()["ribosome"]["rejected"] == 1
+    assert w.review.current.zyx == (25, 10, 50)
+    s.set_active_class("ribosome")
+    qtbot.keyClick(canvas, "t")  # a proteasome candidate that is a ribosome
+    picks = s.annotations()
+    assert len(picks.select(class_name="ribosome")) == 2
+    assert np.allclose(picks.select(class_name="ribosome").zyx[-1], (25, 10, 50))
+    assert w.review.current.zyx == (16, 48, 20)  # the last one left
+    assert w.model.rowCount() == 5
+    kinds = w.model.frame["kind"].value_counts().to_dict()
+    assert kinds == {"pick": 3, "rejected": 1, "prediction": 1}
+    # every answer is one undo step
+    s.undo()
+    assert len(s.annotations().select(class_name="ribosome")) == 1
+    assert "N next candidate" in w.keys_help.text()
+
+
+def test_answers_need_a_candidate(reviewed, viewer):
+    from napari_cryopicker.core.errors import CryoPickerError
+
+    w, s = reviewed
+    with pytest.raises(CryoPickerError, match="press N"):
+        w.review.accept()
+    f = w.model.frame
+    w.review.go_to(w.review.row_of(f, int(np.flatnonzero(f["kind"] == "pick")[0])))
+    with pytest.raises(CryoPickerError, match="not a prediction"):
+        w.review.reject()
+    # the button reports it instead of raising
+    w.btn_reject.click()
+    assert s.counts()["ribosome"]["rejected"] == 0
+
+
+def test_ortho_planes_read_from_the_memory_map(tomo_path):
+    """XY / XZ / YZ through a particle, from the MRC on disk, NaN beyond its edges."""
+    import mrcfile
+
+    from napari_cryopicker._napari.review import ortho_slices
+    from napari_cryopicker.core.tomogram import open_tomogram
+
+    tomo = open_tomogram(tomo_path)
+    with mrcfile.open(tomo_path) as m:
+        vol = np.asarray(m.data, dtype=np.float32)
+    xy, xz, yz = ortho_slices(tomo.data, (10.2, 16, 15.6), 4)
+    np.testing.assert_array_equal(xy, vol[10, 12:21, 12:21])
+    np.testing.assert_array_equal(xz, vol[6:15, 16, 12:21])
+    np.testing.assert_array_equal(yz, vol[6:15, 12:21, 16])
+    xy, xz, _ = ortho_slices(tomo.data, (0, 1, 62), 3)
+    assert np.isnan(xz[:3]).all() and np.isfinite(xz[3:, :5]).all() and np.isnan(xz[:, 5:]).all()
+
+
+def test_the_3d_view_leaves_add_mode_and_says_picking_is_2d(viewer, session, qtbot):
+    from napari_cryopicker._napari.session import PickingSession
+
+    session.add_class("ribosome", 8)
+    session.set_active_class("ribosome")
+    layer = viewer.layers["picks: ribosome"]
+    assert layer.mode == "add"
+    seen = []
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.notification_ready.connect(lambda n: seen.append(n.message))
+    viewer.dims.ndisplay = 3
+    assert layer.mode == "pan_zoom"
+    assert any(PickingSession.THREE_D_HINT in m for m in seen)
+    session.select_class_number(1)  # a number key in 3D does not arm add mode
+    assert layer.mode == "pan_zoom"
+    viewer.dims.ndisplay = 2
+    session.select_class_number(1)
+    assert layer.mode == "add"
