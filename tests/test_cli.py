@@ -91,26 +91,39 @@ def test_train_predict_round_trip(simdir, tmp_path, capsys, monkeypatch):
     a, b = (starfile.read(p) for p in (out, out2))
     a, b = (x["particles"] if isinstance(x, dict) else x for x in (a, b))
     assert len(b) > 0 and abs(len(a) - len(b)) <= max(2, len(a) // 10)
-    # --compile on builds the network compiled for the CPU once, and picks the same with it
-    # (a stand-in for AOTInductor: tests/core/test_predict.py runs the real one)
+    # --compile on builds the network compiled for the CPU once and picks with it (the same
+    # picks); off never runs it; auto runs it once this process has it loaded. A stand-in for
+    # AOTInductor that counts its calls (tests/core/test_predict.py runs the real one).
     import torch
 
     from napari_cryopicker.core import compiled
 
-    built = []
+    built, calls = [], []
+
+    class Counted(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            calls.append(tuple(x.shape))
+            return self.net(x)
+
     monkeypatch.delenv("CRYOPICKER_COMPILE", raising=False)
     monkeypatch.setenv("CRYOPICKER_COMPILE_CACHE", str(tmp_path / "compiled"))
     monkeypatch.setattr(compiled, "_LOADED", {})
     monkeypatch.setattr(compiled, "_PREDICTED", {})
     monkeypatch.setattr(compiled, "_build", lambda net, shape, path: (built.append(shape), torch.save(net, path)))
-    monkeypatch.setattr(compiled, "_load", lambda path, batch: torch.load(path, weights_only=False))
+    monkeypatch.setattr(compiled, "_load", lambda path, batch: Counted(torch.load(path, weights_only=False)))
     out3 = tmp_path / "picks3.star"
-    for flag in ("on", "off", "auto"):
+    for flag, runs_compiled in (("on", True), ("off", False), ("auto", True)):
+        calls.clear()
         assert main(["predict", "--model", str(model), "--tomogram", str(simdir / "tomogram.mrc"),
                      "--out", str(out3), "--threshold", "0.0", "--device", "cpu", "--compile", flag]) == 0
         c = starfile.read(out3)
         c = c["particles"] if isinstance(c, dict) else c
-        assert len(c) == len(a)
+        assert len(c) == len(a), flag
+        assert bool(calls) == runs_compiled, flag
         assert len(built) == 1 and len(list((tmp_path / "compiled").glob("*.pt2"))) == 1
 
 

@@ -511,7 +511,7 @@ def _run_on_dask(specs: list[TaskSpec], scheduler: str | None, workers: int | No
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError as exc:  # pragma: no cover - declared dependency
-        raise BatchError(f"batch picking needs dask.distributed ({exc}); pip install 'distributed'") from None
+        raise BatchError(f"batch picking needs dask.distributed ({exc}); pip install 'napari-cryopicker[cluster]'") from None
     cluster = None
     if scheduler:
         try:

@@ -43,29 +43,30 @@ def ensure(progress: Progress | None) -> Progress:
 
 
 class TerminalBar:
-    """A minimal progress bar for the CLI (stderr, only on a terminal)."""
+    """The CLI's progress bar: tqdm on stderr, only when stderr is a terminal (a batch job's
+    log gets no carriage-return noise)."""
 
-    def __init__(self, stream=None, width: int = 30):
+    def __init__(self, stream=None):
         import sys
 
         self.stream = stream if stream is not None else sys.stderr
-        self.width = width
         self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._last = ""
+        self._bar = None
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         if not self.enabled:
             return
-        frac = 0.0 if total <= 0 else min(1.0, done / total)
-        n = int(frac * self.width)
-        line = f"\r[{'#' * n}{'.' * (self.width - n)}] {done}/{total} {message}"[:120]
-        if line != self._last:
-            self.stream.write(line.ljust(len(self._last)))
-            self.stream.flush()
-            self._last = line
+        from tqdm import tqdm
+
+        if self._bar is None or self._bar.total != total:
+            self.close()
+            self._bar = tqdm(total=total, file=self.stream, dynamic_ncols=True, leave=True,
+                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+        self._bar.n = min(done, total) if total > 0 else done
+        self._bar.set_description_str(message[:60], refresh=False)
+        self._bar.refresh()
 
     def close(self) -> None:
-        if self.enabled and self._last:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._last = ""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
