@@ -231,6 +231,13 @@ def test_binned_training_picks_the_full_tomogram_in_its_own_voxels(tmp_path):
     assert ck.classes.diameters == train_sim.classes.diameters  # the user's, not the binned ones
     res = predict_picks(Tomogram(test_sim.data, 10.0), ck, return_probability=True)
     assert res.label.shape == test_sim.data.shape and res.probability.shape[1:] == test_sim.data.shape
+    # what the GUI shows lazily: the working grid's arg-max class and its probability
+    sm = res.score_map
+    assert sm.factor == 2 and sm.label.shape == tuple(n // 2 for n in test_sim.data.shape)
+    assert sm.confidence.dtype == np.uint8 and sm.offset == 0.5
+    z, y, x = (np.asarray(test_sim.picks.zyx[0]) // 2).astype(int)
+    assert res.label[2 * z + 1, 2 * y + 1, 2 * x] == sm.label[z, y, x]
+    assert np.mean(np.argmax(res.probability, axis=0)[::2, ::2, ::2] == sm.label) > 0.99  # float16 ties
     assert res.picks.voxel_size == 10.0
     rep = evaluate(res.picks.with_tomogram("t"), test_sim.picks.with_tomogram("t"), test_sim.classes,
                    distance_fraction=0.5)

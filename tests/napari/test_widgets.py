@@ -89,7 +89,7 @@ def test_class_diameters_in_angstrom_stay_right_at_another_binning(viewer, sessi
     assert w.table.item(0, 3).text() == f"{300.0 / (2 * VOXEL):g}"
 
 
-def test_tomogram_filters_run_in_a_worker(viewer, session, qtbot):
+def test_tomogram_filters_run_in_a_worker(viewer, session, qtbot, monkeypatch):
     w = dock(viewer, TomogramWidget)
     assert w.combo.currentText() == "TS_01"
     w.sigma.setValue(1.0)
@@ -110,6 +110,26 @@ def test_tomogram_filters_run_in_a_worker(viewer, session, qtbot):
     qtbot.waitUntil(lambda: not runs_for(session)["filter"].running, timeout=10000)
     assert any("band-pass" in lyr.name for lyr in viewer.layers)
     assert session.image_layer.name == "TS_01"  # filters never replace the picked tomogram
+    # Stop: a slow filter stops between slabs and adds no layer
+    import napari_cryopicker._napari.filters as filters_mod
+
+    real = filters_mod.FILTERS["gaussian"]
+
+    def slow(vol, **kw):
+        import time
+
+        time.sleep(0.3)
+        return real(vol, **kw)
+
+    monkeypatch.setitem(filters_mod.FILTERS, "gaussian", slow)
+    monkeypatch.setattr(filters_mod, "SLAB", 2)
+    w.sigma.setValue(2.0)
+    w.btn_gauss.click()
+    qtbot.waitUntil(lambda: w.btn_stop.isEnabled(), timeout=5000)
+    w.btn_stop.click()
+    qtbot.waitUntil(lambda: not runs_for(session)["filter"].running, timeout=10000)
+    assert "TS_01 [gaussian s=2]" not in viewer.layers
+    assert runs_for(session)["filter"].task.last_outcome.status == "cancelled"
 
 
 def test_weak_label_preview(viewer, picked, qtbot):
@@ -229,12 +249,14 @@ def test_training_errors_become_notifications(viewer, picked, qtbot, monkeypatch
 def _fake_predict(monkeypatch, picks_by_class, shape=SHAPE, thresholds=None, seen_configs=None):
     import napari_cryopicker.core.predict as predict_mod
 
+    from napari_cryopicker.core.predict import ScoreMap
+
     class Result:
-        def __init__(self, picks, probability):
-            self.picks, self.probability = picks, probability
+        def __init__(self, picks, score_map):
+            self.picks, self.score_map = picks, score_map
             self.thresholds = dict(thresholds or {})
 
-    def fake(tomogram, checkpoint, config=None, progress=None, return_probability=False):
+    def fake(tomogram, checkpoint, config=None, progress=None):
         import time
 
         if seen_configs is not None:
@@ -243,10 +265,12 @@ def _fake_predict(monkeypatch, picks_by_class, shape=SHAPE, thresholds=None, see
             time.sleep(0.1)
             progress.check()
             progress.update(i + 1, 3, "inference")
-        prob = np.zeros((len(checkpoint.classes) + 1, *shape), np.float16) if return_probability else None
-        if prob is not None:
-            prob[1, 10, 16, 16] = 1.0
-        return Result(picks_by_class, prob)
+        # what a model working at bin 2 keeps: the arg-max class and its probability
+        work = tuple(n // 2 for n in shape)
+        lab, conf = np.zeros(work, np.uint8), np.zeros(work, np.uint8)
+        lab[5, 8, 8], conf[5, 8, 8] = 1, 200
+        lab[5, 8, 9], conf[5, 8, 9] = 2, 250  # another class wins here
+        return Result(picks_by_class, ScoreMap(lab, conf, 2, tuple(shape)))
 
     monkeypatch.setattr(predict_mod, "predict_picks", fake)
 
@@ -275,7 +299,14 @@ def test_picking_run_and_threshold_slider(viewer, picked, qtbot, monkeypatch):
     assert picked.last_skipped == 1
     assert set(layer.features["source"]) == {"predicted"}
     assert tuple(layer.scale) == pytest.approx((VOXEL,) * 3)
-    assert "probability: blob" in viewer.layers
+    # the probability map: lazy over the working grid (bin 2), no copy; where the class wins
+    prob = viewer.layers["probability: blob"]
+    assert type(prob.data).__module__.startswith("dask")
+    assert tuple(prob.scale) == pytest.approx((2 * VOXEL,) * 3)
+    assert tuple(prob.translate) == pytest.approx((0.5 * VOXEL,) * 3)
+    assert int(prob.data[5, 8, 8].compute()) == 200 and int(prob.data[5, 8, 9].compute()) == 0
+    # working voxel (5, 8, 8) covers tomogram voxels 10-11, 16-17: its centre is at 10.5, 16.5
+    assert prob.world_to_data((10.5 * VOXEL, 16.5 * VOXEL, 16.5 * VOXEL)) == pytest.approx((5, 8, 8))
     # candidates down to a low floor come back; the slider starts at the model's threshold
     assert configs[-1].score_floor == pytest.approx(0.05)
     slider = w.sliders["blob"]
@@ -347,7 +378,14 @@ def test_real_training_then_picking(viewer, picked, qtbot, tmp_path):
     pick.start(probability=True)
     qtbot.waitUntil(lambda: not pick.running, timeout=60000)
     assert pick.task.last_outcome.ok, pick.task.last_outcome.message
-    assert "probability: blob" in viewer.layers
+    # the probability map: lazy over the working grid (bin 2), no copy; where the class wins
+    prob = viewer.layers["probability: blob"]
+    assert type(prob.data).__module__.startswith("dask")
+    assert tuple(prob.scale) == pytest.approx((2 * VOXEL,) * 3)
+    assert tuple(prob.translate) == pytest.approx((0.5 * VOXEL,) * 3)
+    assert int(prob.data[5, 8, 8].compute()) == 200 and int(prob.data[5, 8, 9].compute()) == 0
+    # working voxel (5, 8, 8) covers tomogram voxels 10-11, 16-17: its centre is at 10.5, 16.5
+    assert prob.world_to_data((10.5 * VOXEL, 16.5 * VOXEL, 16.5 * VOXEL)) == pytest.approx((5, 8, 8))
     assert viewer.layers["probability: blob"].data.shape == SHAPE
     pred = picked.predictions(shown_only=False)
     assert set(pred.table["source"]) <= {"predicted"}

@@ -79,8 +79,8 @@ class TomogramPanel:
         scale = tuple(src.scale)
         units = tuple(str(u) for u in src.units)
 
-        def compute():
-            return filters.apply(kind, data, **params)
+        def compute(progress):
+            return filters.apply(kind, data, progress, **params)
 
         def show(vol: np.ndarray):
             from ..core.tomogram import percentile_stats
@@ -167,7 +167,7 @@ class LabelsPreview:
     def preview(self, *, background: bool = True):
         args = self._inputs()
         if background:
-            self.job.start(lambda: self._compute(*args), self.show)
+            self.job.start(lambda progress: self._compute(*args), self.show)
             return None
         return self.show(self._compute(*args))
 

@@ -369,7 +369,7 @@ class PickingRun:
             from ..core.predict import PredictConfig, predict_picks
 
             cfg = _config(PredictConfig, values)
-            return predict_picks(tomo, ckpt, cfg, progress=progress, return_probability=probability)
+            return predict_picks(tomo, ckpt, cfg, progress=progress)
 
         self._ckpt = ckpt
         self.task.start(job, self._result)
@@ -386,8 +386,8 @@ class PickingRun:
         for name, t in (getattr(result, "thresholds", None) or {}).items():
             s.thresholds[name] = float(t)  # each slider starts at the model's threshold
         s.set_predictions(picks, checkpoint_classes=self._ckpt.classes)
-        if self.show_probability and getattr(result, "probability", None) is not None:
-            show_probability(s, result.probability, self._ckpt.classes)
+        if self.show_probability and getattr(result, "score_map", None) is not None:
+            show_probability(s, result.score_map, self._ckpt.classes)
         fid = getattr(result, "fiducials", None)
         if fid is not None and (len(fid) or FIDUCIALS_LAYER in s.viewer.layers):
             show_fiducials(s, fid)
@@ -430,26 +430,39 @@ def show_fiducials(session: PickingSession, fiducials):
 CANDIDATE_FLOOR = 0.05
 
 
-def show_probability(session: PickingSession, probability: np.ndarray, classes) -> list:
-    """One Image layer per class ("probability: <class>"), replacing earlier ones."""
+def show_probability(session: PickingSession, score_map, classes) -> list:
+    """One Image layer per class ("probability: <class>"), replacing earlier ones: the
+    class's probability where it is the arg-max class (what MP-NMS picks from), 0 elsewhere.
+
+    Lazy (dask, computed per displayed slice) over the :class:`~..core.predict.ScoreMap`
+    that picking keeps anyway, on the network's working grid (scaled and shifted onto the
+    tomogram): no copy of the volume, one byte per working voxel."""
+    import dask.array as da
+
     viewer = session.viewer
+    lab, conf = score_map.label, score_map.confidence
+    chunks = (min(8, lab.shape[0]), *lab.shape[1:])
+    lab_d = da.from_array(lab, chunks=chunks, asarray=False)
+    conf_d = da.from_array(conf, chunks=chunks, asarray=False)
+    f = int(score_map.factor)
+    kw = session.layer_kwargs()
+    scale = tuple(float(v) * f for v in kw["scale"])
+    translate = tuple(float(v) * score_map.offset for v in kw["scale"])
     out = []
-    prob = np.asarray(probability)
     for k, c in enumerate(classes, start=1):
-        if k >= prob.shape[0]:
-            break
         name = f"probability: {c.name}"
-        vol = prob[k].astype(np.float32)
+        vol = da.where(lab_d == k, conf_d, np.uint8(0))
         if name in viewer.layers:
             layer = viewer.layers[name]
             layer.data = vol
+            layer.scale, layer.translate = scale, translate
         else:
             from napari.utils.colormaps import Colormap
 
             cmap = Colormap([[0, 0, 0, 0], _rgba(c.colour)], name=f"cryopicker-{c.name}")
             layer = viewer.add_image(
-                vol, name=name, **session.layer_kwargs(), colormap=cmap, blending="additive",
-                contrast_limits=(0.0, 1.0), opacity=0.6,
+                vol, name=name, **{**kw, "scale": scale}, translate=translate, colormap=cmap,
+                blending="additive", contrast_limits=(0, 255), opacity=0.6,
                 metadata={META: {"kind": "probability", "class": c.name, "tomogram": session.tomogram_name}},
             )
         out.append(layer)
@@ -477,12 +490,13 @@ class VolumeJob:
     def running(self) -> bool:
         return self.task.running
 
-    def start(self, compute: Callable[[], np.ndarray], show: Callable[[np.ndarray], Any]) -> None:
+    def start(self, compute: Callable[[Progress], np.ndarray], show: Callable[[np.ndarray], Any]) -> None:
+        """``compute(progress)`` in the thread (it may report progress and stop between
+        steps), then ``show(result)`` in the GUI thread."""
         def job(progress: Progress):
             progress.update(0, 1, "computing")
-            out = compute()
+            out = compute(progress)
             progress.check()
-            progress.update(1, 1, "done")
             return out
 
         self.task.start(job, show, total=1)

@@ -1,4 +1,7 @@
-"""Process-wide allocator setting for long inference runs (glibc only).
+"""Memory helpers: the machine's RAM, scratch arrays that spill to disk, and a
+process-wide allocator setting for long inference runs (glibc only).
+
+The allocator setting:
 
 glibc's malloc serves blocks above its mmap threshold (128 KiB, growing to at most
 32 MiB) with a fresh ``mmap`` and returns them to the system on ``free``. A 3D network's
@@ -18,6 +21,9 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import tempfile
+
+import numpy as np
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -45,3 +51,24 @@ def keep_freed_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**31
     mallopt.restype = ctypes.c_int
     _done = bool(mallopt(M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(mallopt(M_TRIM_THRESHOLD, int(trim_threshold)))
     return _done
+
+
+def physical_memory() -> int:
+    """Bytes of RAM of this machine (8 GiB where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 8 << 30
+
+
+def scratch_zeros(shape, dtype, on_disk: bool, scratch_dir: str | None = None) -> np.ndarray:
+    """A zero array in RAM, or memory-mapped on an unlinked scratch file (freed when the
+    array is; pages never written cost neither RAM nor disk)."""
+    if not on_disk:
+        return np.zeros(shape, dtype=dtype)
+    fd, name = tempfile.mkstemp(prefix="cryopicker-", suffix=".scratch", dir=scratch_dir)
+    os.close(fd)
+    try:
+        return np.memmap(name, dtype=dtype, mode="w+", shape=tuple(shape))
+    finally:
+        os.unlink(name)

@@ -11,8 +11,6 @@ probability (uint8, 0..255). MP-NMS (:mod:`.nms`) then runs over those in z-slab
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 
@@ -23,6 +21,7 @@ from scipy import ndimage
 from . import compiled
 from .errors import CryoPickerError, CryoPickerWarning
 from .model import Checkpoint, cudnn_autotune, prepare_for_inference, resolve_device
+from .memory import physical_memory, scratch_zeros
 from .binning import binned_tomogram, classes_binned, picks_from_binned, unbin_map
 from .nms import NMSParams, mp_nms
 from .picks import Picks
@@ -60,12 +59,44 @@ class PredictConfig:
 
 
 @dataclass
+class ScoreMap:
+    """What MP-NMS picks from, on the grid the network ran on: per voxel the arg-max class
+    (0 background) and its probability (uint8, 255 = 1). Two bytes per working voxel (a
+    quarter of a byte per tomogram voxel at bin 2), already computed, on disk for large
+    tomograms. Working voxel j lies at tomogram voxel ``factor * j + offset``."""
+
+    label: np.ndarray
+    confidence: np.ndarray
+    factor: int = 1
+    shape: tuple[int, ...] | None = None  # the tomogram's (z, y, x)
+
+    @property
+    def offset(self) -> float:
+        return (self.factor - 1) / 2.0
+
+    def full_label(self) -> np.ndarray:
+        """The arg-max class on the tomogram's own grid (a copy when binned: 1 byte per voxel)."""
+        if self.factor <= 1 or self.shape is None:
+            return self.label
+        return unbin_map(self.label, self.factor, self.shape)
+
+
+@dataclass
 class PredictResult:
     picks: Picks
-    label: np.ndarray | None = None        # (z, y, x) uint8 arg-max class
     probability: np.ndarray | None = None  # (C+1, z, y, x) float16 when requested
     fiducials: object | None = None  # core.fiducials.Fiducials found (mask_fiducials)
     thresholds: dict = field(default_factory=dict)  # per class: the score threshold the picks are meant for
+    score_map: ScoreMap | None = None  # the arg-max class and its probability on the working grid
+
+    @property
+    def label(self) -> np.ndarray | None:
+        """(z, y, x) uint8 arg-max class on the tomogram's grid (made on first use when binned)."""
+        if self.score_map is None:
+            return None
+        if "_label" not in self.__dict__:
+            self.__dict__["_label"] = self.score_map.full_label()
+        return self.__dict__["_label"]
 
 
 def _tile_shape(shape, tile: int, margin: int, multiple: int) -> tuple[int, ...]:
@@ -115,26 +146,6 @@ def read_block(data: np.ndarray, start, size, dtype=np.float32) -> np.ndarray:
 def normalisation_for(tomo: Tomogram, ckpt: Checkpoint | None = None) -> tuple[float, float]:
     norm = (ckpt.normalisation if ckpt is not None else {}) or {}
     return robust_normalisation(tomo.data, norm.get("lo", 0.5), norm.get("hi", 99.5))
-
-
-def _physical_memory() -> int:
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return 8 << 30
-
-
-def _zeros(shape, dtype, on_disk: bool, scratch_dir: str | None) -> np.ndarray:
-    """A zero array in RAM, or memory-mapped on an unlinked scratch file (freed when the
-    array is; pages never written cost neither RAM nor disk)."""
-    if not on_disk:
-        return np.zeros(shape, dtype=dtype)
-    fd, name = tempfile.mkstemp(prefix="cryopicker-", suffix=".scratch", dir=scratch_dir)
-    os.close(fd)
-    try:
-        return np.memmap(name, dtype=dtype, mode="w+", shape=tuple(shape))
-    finally:
-        os.unlink(name)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -254,10 +265,10 @@ def segment(
     tshape = _tile_shape(shape, config.tile, m, multiple)
     starts = [tile_starts(n, t, m) for n, t in zip(shape, tshape)]
     jobs = [(z, y, x) for z in starts[0] for y in starts[1] for x in starts[2]]
-    limit = config.max_ram_output if config.max_ram_output is not None else _physical_memory() // 4
+    limit = config.max_ram_output if config.max_ram_output is not None else physical_memory() // 4
     on_disk = 2 * int(np.prod(shape)) > limit
-    label = _zeros(shape, np.uint8, on_disk, config.scratch_dir)  # tiles skipped as empty stay 0
-    conf = _zeros(shape, np.uint8, on_disk, config.scratch_dir)
+    label = scratch_zeros(shape, np.uint8, on_disk, config.scratch_dir)  # tiles skipped as empty stay 0
+    conf = scratch_zeros(shape, np.uint8, on_disk, config.scratch_dir)
     full = np.zeros((n_classes + 1, *shape), dtype=np.float16) if config.keep_probability else None
     if full is not None:
         full[0] = 1.0
@@ -370,10 +381,10 @@ def predict_picks(
         label, conf, classes_binned(checkpoint.classes, factor), params or None, tomogram=tomogram.name,
         voxel_size=tomogram.voxel_size, progress=progress,
     )
+    score_map = ScoreMap(label, conf, factor, tuple(full_tomogram.shape))
     if factor > 1:  # back to the tomogram's own voxels
         picks = picks_from_binned(picks, factor)
         picks.voxel_size = full_tomogram.voxel_size
-        label = unbin_map(label, factor, full_tomogram.shape)
         full = None if full is None else unbin_map(full, factor, full_tomogram.shape)
         tomogram = full_tomogram
     fiducials = None
@@ -383,7 +394,8 @@ def predict_picks(
         fiducials = find_fiducials(tomogram.data, tomogram.voxel_size, progress=progress)
         if len(fiducials):
             picks = picks.subset(off_fiducials(picks.zyx, fiducials))
-    return PredictResult(picks=picks, label=label, probability=full, fiducials=fiducials, thresholds=thresholds)
+    return PredictResult(picks=picks, probability=full, fiducials=fiducials, thresholds=thresholds,
+                         score_map=score_map)
 
 
-__all__ = ["PredictConfig", "PredictResult", "predict_picks", "segment", "NMSParams"]
+__all__ = ["PredictConfig", "PredictResult", "ScoreMap", "predict_picks", "segment", "NMSParams"]

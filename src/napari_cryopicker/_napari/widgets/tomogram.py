@@ -45,8 +45,11 @@ class TomogramWidget(PanelBase):
         self.slab.setValue(5)
         self.btn_slab = QPushButton("Slab average")
         form.addRow("z-slices", _row(self.slab, self.btn_slab))
+        self.btn_stop = QPushButton("Stop")
+        self.btn_stop.setToolTip("stop the filter being computed (no layer is added)")
+        self.btn_stop.setEnabled(False)
         self.status = hint_label()
-        f.addWidget(self.status)
+        f.addWidget(_row(self.status, self.btn_stop))
 
         self.combo.currentTextChanged.connect(self._chosen)
         self.btn_gauss.clicked.connect(lambda: self._filter("gaussian", sigma=self.sigma.value()))
@@ -54,6 +57,7 @@ class TomogramWidget(PanelBase):
             lambda: self._filter("bandpass", fine=self.fine.value(), coarse=self.coarse.value()))
         self.btn_eq.clicked.connect(lambda: self._filter("equalise"))
         self.btn_slab.clicked.connect(lambda: self._filter("slab", n=self.slab.value()))
+        self.btn_stop.clicked.connect(self.logic.job.stop)
         self.on(self.viewer.layers.events.inserted, self._refresh)
         self.on(self.viewer.layers.events.removed, self._refresh)
         self.on(self.session.events.tomogram, self._refresh)
@@ -94,6 +98,7 @@ class TomogramWidget(PanelBase):
             return
         for b in (self.btn_gauss, self.btn_band, self.btn_eq, self.btn_slab):
             b.setEnabled(not running)
+        self.btn_stop.setEnabled(running)
         if not running:
             self.status.setText("")
 
