@@ -9,6 +9,7 @@ import json
 import shutil
 import warnings
 
+import numpy as np
 import pytest
 import starfile
 import torch
@@ -70,9 +71,9 @@ def test_expand_globs_lists_and_folders(tmp_path):
     assert names(expand_tomograms([str(tmp_path / "*.mrc"), str(tmp_path / "a.mrc")])) == ["a.mrc", "b.mrc"]
     assert names(expand_tomograms([tmp_path / "list.txt"])) == ["b.mrc", "d.mrc", "missing.mrc"]
     assert names(expand_tomograms([tmp_path])) == ["a.mrc", "b.mrc", "c.rec"]
-    zarr = inputs_from_paths([tmp_path / "e.zarr", tmp_path / "a.mrc"])
-    assert [(i.name, i.problem is None) for i in zarr] == [("e", False), ("a", True)]
-    assert "OME-Zarr" in zarr[0].problem
+    both = inputs_from_paths([tmp_path / "e.zarr", tmp_path / "TS_1" / "VoxelSpacing10.000" / "wbp.zarr",
+                              tmp_path / "a.mrc"])
+    assert [(i.name, i.problem) for i in both] == [("e", None), ("TS_1", None), ("a", None)]
     assert names(expand_tomograms([str(tmp_path / "**" / "*.mrc")])) == ["a.mrc", "b.mrc", "d.mrc"]
     with pytest.raises(BatchError, match="matches no tomogram"):
         expand_tomograms([str(tmp_path / "*.st")])
@@ -182,21 +183,31 @@ def test_clashing_names_stop_before_running(data, tmp_path, capsys):
 
 
 def test_copick_project_runs(data, tmp_path):
+    """A project made by the copick library (OME-Zarr tomograms) beside a run with an MRC."""
+    copick = pytest.importorskip("copick")
+    from napari_cryopicker.core.tomogram import open_tomogram
+
     root = tmp_path / "overlay"
-    run_a = root / "ExperimentRuns" / "TS_A" / "VoxelSpacing10.000"
-    run_b = root / "ExperimentRuns" / "TS_B" / "VoxelSpacing10.000"
-    run_a.mkdir(parents=True)
-    (run_b / "wbp.zarr").mkdir(parents=True)
-    shutil.copy(data / "tomos" / "TS_00.mrc", run_a / "wbp.mrc")
     cfg = tmp_path / "copick.json"
-    cfg.write_text(json.dumps({"name": "t", "pickable_objects": [], "overlay_root": f"local://{root}"}))
+    cfg.write_text(json.dumps({"config_type": "filesystem", "name": "t", "version": "0.5.0",
+                               "pickable_objects": [], "overlay_root": f"local://{root}",
+                               "overlay_fs_args": {"auto_mkdir": True}}))
+    project = copick.from_file(str(cfg))
+    vol = np.asarray(open_tomogram(data / "tomos" / "TS_00.mrc").data)
+    project.new_run("TS_A").new_voxel_spacing(10.0).new_tomogram("wbp").from_numpy(vol)
+    run_b = root / "ExperimentRuns" / "TS_B" / "VoxelSpacing10.000"
+    run_b.mkdir(parents=True)
+    shutil.copy(data / "tomos" / "TS_00.mrc", run_b / "wbp.mrc")
+    (root / "ExperimentRuns" / "TS_C" / "VoxelSpacing10.000").mkdir(parents=True)  # no tomogram
     inputs = copick_tomograms(cfg, voxel_size=10.0)
-    assert [(i.name, i.problem is None) for i in inputs] == [("TS_A", True), ("TS_B", False)]
-    assert "OME-Zarr" in inputs[1].problem
-    rep = run_batch(inputs, data / "m.pt", tmp_path / "out", device="cpu", log=lambda s: None)
-    assert [r.status for r in rep.results] == ["done", "failed"]
+    assert [(i.name, i.problem is None) for i in inputs] == [("TS_A", True), ("TS_B", True), ("TS_C", False)]
+    assert inputs[0].tomogram.suffix == ".zarr"
+    rep = run_batch(inputs[:2], data / "m.pt", tmp_path / "out", device="cpu", log=lambda s: None)
+    assert [r.status for r in rep.results] == ["done", "done"]
     merged = starfile.read(tmp_path / "out" / "all_picks.star", always_dict=True)["particles"]
-    assert set(merged["rlnTomoName"].astype(str)) == {"TS_A"}  # named by run, not by "wbp"
+    per = merged.groupby(merged["rlnTomoName"].astype(str)).size().to_dict()
+    assert set(per) == {"TS_A", "TS_B"}  # named by run, not by "wbp"
+    assert abs(per["TS_A"] - per["TS_B"]) <= max(2, per["TS_B"] // 10)  # the same volume, read from OME-Zarr
     with pytest.raises(BatchError, match="not a local folder"):
         cfg.write_text(json.dumps({"overlay_root": "s3://bucket/project"}))
         copick_tomograms(cfg)

@@ -115,18 +115,6 @@ class Edit:
     changes: list[tuple[Key, State, State]] = field(default_factory=list)
 
 
-class _NamedTomogram(Tomogram):
-    """A :class:`Tomogram` whose name does not come from a file (sample, in-memory)."""
-
-    def __init__(self, *args, label: str = "tomogram", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._label = label
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return self._label
-
-
 def tomogram_from_layer(layer: Image) -> Tomogram:
     """A core :class:`Tomogram` view of a napari Image layer (no copy of the data)."""
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
@@ -140,7 +128,7 @@ def tomogram_from_layer(layer: Image) -> Tomogram:
     vs = float(cm.get("voxel_size") or scale[-1])
     path = cm.get("path") or getattr(getattr(layer, "source", None), "path", None)
     label = cm.get("tomogram") or (Path(path).stem if path else layer.name)
-    return _NamedTomogram(
+    return Tomogram(
         data=data,
         voxel_size=vs,
         path=Path(path) if path else None,

@@ -140,17 +140,14 @@ def expand_tomograms(specs: Iterable[str | os.PathLike]) -> list[Path]:
     return sorted(unique.values(), key=lambda q: (q.name, str(q)))
 
 
-ZARR_PROBLEM = "is OME-Zarr, which cryopicker cannot read yet; export it as MRC ({mrc}) and pick that"
-
-
 def inputs_from_paths(paths: Sequence[Path]) -> list[BatchInput]:
     from .formats._common import tomo_name
+    from .omezarr import run_name
 
     out = []
     for p in map(Path, paths):
-        zarr = p.suffix.lower() == ".zarr"
-        out.append(BatchInput(p, tomo_name(p.name) or p.stem,
-                              ZARR_PROBLEM.format(mrc=p.with_suffix(".mrc").name) if zarr else None))
+        name = run_name(p) if p.suffix.lower() == ".zarr" else (tomo_name(p.name) or p.stem)
+        out.append(BatchInput(p, name))
     return out
 
 
@@ -179,10 +176,11 @@ def copick_tomograms(config: str | os.PathLike, tomo_type: str | None = None,
                      voxel_size: float | None = None) -> list[BatchInput]:
     """One :class:`BatchInput` per run of a local copick project (runs named by folder).
 
-    A run's tomogram is ``<root>/ExperimentRuns/<run>/VoxelSpacing<vs>/<type>.mrc`` (the
-    overlay root, then the static root). ``tomo_type`` picks the type when a run has
-    several; ``voxel_size`` (the model's) picks the spacing when there are several. A run
-    whose tomogram is OME-Zarr only, or is missing or ambiguous, gets a ``problem``.
+    A run's tomogram is ``<root>/ExperimentRuns/<run>/VoxelSpacing<vs>/<type>.zarr`` (OME-Zarr,
+    as the copick library writes it) or ``<type>.mrc`` (the overlay root, then the static
+    root). ``tomo_type`` picks the type when a run has several; ``voxel_size`` (the
+    model's) picks the spacing when there are several. A run whose tomogram is missing or
+    ambiguous gets a ``problem``.
     """
     cfg = Path(config)
     try:
@@ -223,16 +221,12 @@ def copick_tomograms(config: str | os.PathLike, tomo_type: str | None = None,
             near = [t for t in cands if (v := _voxel_spacing(t.parent)) and math.isclose(v, voxel_size, rel_tol=0.05)]
             cands = near or cands
         where = runs[name][0]
-        mrc = [t for t in cands if t.suffix.lower() != ".zarr"]
-        if len(mrc) == 1:
-            out.append(BatchInput(mrc[0], name))
-        elif len(mrc) > 1:
-            choices = ", ".join(str(t.relative_to(where)) for t in mrc)
+        if len(cands) == 1:
+            out.append(BatchInput(cands[0], name))
+        elif len(cands) > 1:
+            choices = ", ".join(str(t.relative_to(where)) for t in cands)
             out.append(BatchInput(where, name, f"several tomograms ({choices}); choose one with "
                                                "--copick-tomogram TYPE"))
-        elif cands:
-            z = cands[0]
-            out.append(BatchInput(z, name, ZARR_PROBLEM.format(mrc=f"{z.with_suffix('.mrc').name} beside it")))
         else:
             what = f"no '{tomo_type}' tomogram" if tomo_type else "no tomogram"
             out.append(BatchInput(where, name, f"{what} under VoxelSpacing*/"))

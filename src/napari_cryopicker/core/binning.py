@@ -66,7 +66,7 @@ def binned_tomogram(tomo: Tomogram, factor: int, progress: Progress | None = Non
         return tomo
     xyz = tomo.voxel_size_xyz
     return Tomogram(data=bin_volume(tomo.data, f, progress), voxel_size=tomo.voxel_size * f, path=tomo.path,
-                    voxel_size_xyz=None if xyz is None else tuple(v * f for v in xyz))
+                    voxel_size_xyz=None if xyz is None else tuple(v * f for v in xyz), label=tomo.label)
 
 
 def picks_to_binned(picks: Picks, factor: int) -> Picks:

@@ -24,13 +24,16 @@ TOMOGRAM_SUFFIXES = (".mrc", ".rec", ".map", ".st", ".mrcs", ".ali")
 class Tomogram:
     """A tomogram: a (z, y, x) array (usually a read-only memory map) and its voxel size."""
 
-    data: np.ndarray
+    data: np.ndarray  # or a lazy array that slices like one (an OME-Zarr level)
     voxel_size: float  # Angstrom, isotropic (x of the header)
     path: Path | None = None
     voxel_size_xyz: tuple[float, float, float] | None = None
+    label: str | None = None  # the name, where the file's stem is not it (a copick run)
 
     @property
     def name(self) -> str:
+        if self.label:
+            return self.label
         return self.path.stem if self.path is not None else "tomogram"
 
     @property
@@ -61,13 +64,20 @@ def read_voxel_size(path: str | os.PathLike) -> float | None:
     return vs if vs > 0 else None
 
 
-def open_tomogram(path: str | os.PathLike, mmap: bool = True) -> Tomogram:
-    """Open an MRC tomogram as a (z, y, x) memory map with its voxel size.
+def open_tomogram(path: str | os.PathLike, mmap: bool = True, *, level: int = 0) -> Tomogram:
+    """Open an MRC tomogram as a (z, y, x) memory map with its voxel size, or one scale
+    ``level`` of an OME-Zarr tomogram (lazy; see :mod:`.omezarr`).
 
     Raises :class:`TomogramError` with a message naming the file for anything that is
-    not a readable 3D MRC volume. A zero voxel size warns and assumes 1 Angstrom.
+    not a readable 3D volume. A zero voxel size warns and assumes 1 Angstrom.
     """
     p = Path(path)
+    from .omezarr import is_ome_zarr, open_ome_zarr
+
+    if is_ome_zarr(p):
+        return open_ome_zarr(p, level)
+    if level:
+        raise TomogramError(f"{p}: an MRC file has one scale level; bin it, or open an OME-Zarr tomogram")
     if p.is_dir():
         raise TomogramError(f"{p}: is a directory, not a tomogram file; give the .mrc file inside it")
     if not p.exists():
