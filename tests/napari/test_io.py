@@ -141,3 +141,29 @@ def test_sample_data_opens_tomogram_and_picks(viewer):
         assert 1 <= len(p.data) <= 6
         assert tuple(p.scale) == tuple(images[0].scale)
         assert set(p.features["source"]) == {"manual"}
+
+
+def test_open_ome_zarr_tomogram_as_multiscale(viewer, tmp_path):
+    """A copick-written OME-Zarr tomogram opens as one lazy multiscale layer with its voxel
+    size, named by its run, and becomes the session tomogram (picks read level 0)."""
+    copick = pytest.importorskip("copick")
+    import json
+
+    from napari_cryopicker._napari.session import get_session
+
+    vol = np.random.default_rng(1).normal(0, 1, (16, 48, 40)).astype(np.float32)
+    cfg = tmp_path / "copick.json"
+    cfg.write_text(json.dumps({"config_type": "filesystem", "name": "t", "version": "0.5.0", "pickable_objects": [],
+                               "overlay_root": f"local://{tmp_path / 'proj'}",
+                               "overlay_fs_args": {"auto_mkdir": True}}))
+    copick.from_file(str(cfg)).new_run("TS_09").new_voxel_spacing(12.0).new_tomogram("wbp").from_numpy(vol)
+    path = tmp_path / "proj" / "ExperimentRuns" / "TS_09" / "VoxelSpacing12.000" / "wbp.zarr"
+    s = get_session(viewer)
+    layers = viewer.open(str(path), plugin=PLUGIN)
+    assert len(layers) == 1
+    layer = layers[0]
+    assert layer.name == "TS_09" and layer.multiscale and len(layer.data) == 3
+    assert tuple(layer.scale) == pytest.approx((12.0,) * 3)
+    assert not isinstance(layer.data[0], np.ndarray)
+    assert s.tomogram is not None and s.tomogram.name == "TS_09" and s.voxel_size == pytest.approx(12.0)
+    np.testing.assert_allclose(np.asarray(s.tomogram.data[4]), vol[4])

@@ -34,8 +34,12 @@ def _single_path(path) -> str | None:
 def get_reader(path):
     """Return a reader function for ``path`` or ``None`` if this plugin cannot read it."""
     p = _single_path(path)
-    if p is None or os.path.isdir(p):
+    if p is None:
         return None
+    if os.path.isdir(p):
+        from ..core.omezarr import is_ome_zarr
+
+        return read_ome_zarr_layers if is_ome_zarr(p) and _looks_like_ome_zarr(p) else None
     low = p.lower()
     if low.endswith(TOMOGRAM_EXTENSIONS):
         return read_tomogram_layers if _looks_like_mrc(p) else None
@@ -52,6 +56,40 @@ def _looks_like_mrc(path: str) -> bool:
             return m.header is not None and int(m.header.nz) >= 1
     except Exception:
         return False
+
+
+def _looks_like_ome_zarr(path: str) -> bool:
+    try:
+        from ..core.omezarr import levels
+
+        return bool(levels(path))
+    except Exception:
+        return False
+
+
+def read_ome_zarr_layers(path):
+    """An OME-Zarr tomogram as one multiscale Image layer (every level, lazy; napari reads
+    only the chunks it shows). The session picks from level 0."""
+    p = _single_path(path)
+    try:
+        from ..core.omezarr import levels, open_ome_zarr
+        from ..core.tomogram import percentile_stats
+
+        lv = levels(p)
+        tomos = [open_ome_zarr(p, k) for k in range(len(lv))]
+        lo, hi = percentile_stats(tomos[-1].data)
+        t0 = tomos[0]
+        meta = {
+            "name": t0.name, "scale": t0.scale, "units": ("angstrom",) * 3, "contrast_limits": (lo, hi),
+            "multiscale": len(tomos) > 1,
+            "metadata": {META: {"kind": "tomogram", "path": os.path.abspath(p), "voxel_size": t0.voxel_size,
+                                "tomogram": t0.name, "levels": [x.voxel_size for x in lv]}},
+        }
+        data = [t.data for t in tomos] if len(tomos) > 1 else t0.data
+        return [(data, meta, "image")]
+    except Exception as e:  # a readable message, never a traceback
+        _notify_error(f"Could not open {p} as an OME-Zarr tomogram: {e}")
+        return None
 
 
 def _looks_like_picks(path: str) -> bool:
