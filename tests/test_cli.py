@@ -165,3 +165,47 @@ def test_demo_runs_on_the_realistic_preset(tmp_path, capsys):
         assert cls in text
     assert (out / "model.pt").exists() and (out / "picks" / "test.csv").exists()
     assert (out / "train" / "tomogram.mrc").exists() and (out / "test" / "picks.csv").exists()
+
+
+def test_train_and_predict_on_a_copick_project(simdir, tmp_path, capsys):
+    """A project the copick library made (two runs, OME-Zarr tomograms, a user's picks):
+    `cryopicker train --copick` learns its particle objects from those picks, and `cryopicker
+    predict --copick ... --copick-user` stores the picks where copick reads them."""
+    copick = pytest.importorskip("copick")
+    import json
+
+    import numpy as np
+
+    from napari_cryopicker.core.tomogram import open_tomogram
+
+    truth = pd.read_csv(simdir / "picks.csv")
+    names = sorted(truth["class"].unique())[:2]
+    cfg = tmp_path / "copick.json"
+    objects = [{"name": n, "is_particle": True, "label": i + 1, "radius": 60.0} for i, n in enumerate(names)]
+    cfg.write_text(json.dumps({"config_type": "filesystem", "name": "t", "version": "0.5.0",
+                               "pickable_objects": objects, "overlay_root": f"local://{tmp_path / 'proj'}",
+                               "overlay_fs_args": {"auto_mkdir": True}}))
+    root = copick.from_file(str(cfg))
+    vol = np.asarray(open_tomogram(simdir / "tomogram.mrc").data)
+    for run_name in ("TS_1", "TS_2"):
+        run = root.new_run(run_name)
+        run.new_voxel_spacing(10.0).new_tomogram("wbp").from_numpy(vol)
+    for n in names:  # alice clicked TS_1 only
+        sel = truth[truth["class"] == n]
+        pk = root.get_run("TS_1").new_picks(n, "0", "alice")
+        pk.from_numpy(sel[["x", "y", "z"]].to_numpy(float) * 10.0)
+    model = tmp_path / "m.pt"
+    assert main(["train", "--copick", str(cfg), "--copick-user", "alice", "--out", str(model), "--epochs", "1",
+                 "--device", "cpu", "--patch", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "training on 1 run(s): TS_1" in out
+    from napari_cryopicker.core.model import load_checkpoint
+
+    assert load_checkpoint(model).classes.names == names  # the project's objects, diameter from the radius
+    assert main(["predict", "--model", str(model), "--copick", str(cfg), "--out", str(tmp_path / "picks"),
+                 "--threshold", "0.0", "--device", "cpu", "--copick-user", "cryopicker",
+                 "--copick-session", "1"]) == 0
+    fresh = copick.from_file(str(cfg))
+    for run_name in ("TS_1", "TS_2"):
+        stored = fresh.get_run(run_name).get_picks(user_id="cryopicker", session_id="1")
+        assert stored and sum(len(p.points) for p in stored) > 0, run_name

@@ -165,13 +165,18 @@ def cmd_train(a) -> int:
 
     if len(a.tomogram) != len(a.picks):
         raise CLIError(f"give one --picks per --tomogram (got {len(a.tomogram)} tomograms, {len(a.picks)} picks)")
+    if not a.tomogram and not a.copick:
+        raise CLIError("give the training data: --tomogram T.mrc --picks P.star (repeat per tomogram), "
+                       "or --copick CONFIG.json")
     init = load_checkpoint(a.init) if a.init else None
     classes = _classes_arg(a.classes)
+    tomos, picks = [], []
+    if a.copick:
+        classes = _copick_training(a, classes, tomos, picks)
     if classes is None:
         if init is None:
             raise CLIError("give the particle classes: --class NAME=DIAMETER_VOXELS (one per class)")
         classes = init.classes
-    tomos, picks = [], []
     for tp, pp in zip(a.tomogram, a.picks):
         t = _load_tomogram(tp)
         p = _read_picks(pp, voxel_size=t.voxel_size, tomogram=None).with_tomogram(t.name)
@@ -206,6 +211,38 @@ def cmd_train(a) -> int:
     best = "" if ckpt.best_score is None else f", best val F3 {ckpt.best_score:.3f} at epoch {ckpt.best_epoch}"
     print(f"saved {a.out} ({time.monotonic() - t0:.0f} s{best})")
     return 0
+
+
+def _copick_training(a, classes, tomos: list, picks: list):
+    """Append each copick run with picks of --copick-user/--copick-session (and its
+    tomogram) to ``tomos``/``picks``; the project's particle objects are the classes unless
+    --class gives them."""
+    import numpy as np
+
+    from .core.batch import copick_tomograms
+    from .core.copick_project import open_project, project_classes, read_project_picks
+
+    root = open_project(a.copick)
+    for inp in copick_tomograms(a.copick, a.copick_tomogram, a.copick_voxel_size):
+        if inp.problem:
+            continue
+        t = _load_tomogram(str(inp.tomogram))
+        p = read_project_picks(root, t.voxel_size, user_id=a.copick_user, session_id=a.copick_session,
+                               runs=[inp.name])
+        if classes is None:
+            classes = project_classes(root, t.voxel_size)
+        p = p.subset(np.isin(p.table["class_name"].to_numpy(), classes.names)) if len(p) else p
+        if len(p):
+            tomos.append(t)
+            picks.append(p.with_tomogram(t.name))
+    if not tomos:
+        who = " ".join(x for x in (a.copick_user and f"user {a.copick_user}",
+                                   a.copick_session and f"session {a.copick_session}") if x)
+        raise CLIError(f"{a.copick}: no run has picks{' of ' + who if who else ''} of its particle objects "
+                       "next to a tomogram")
+    print(f"copick: training on {len(tomos)} run(s): " + ", ".join(f"{t.name} ({len(p)} picks)"
+                                                                     for t, p in zip(tomos, picks)))
+    return classes
 
 
 def _outputs_for(out: Path, tomos: list[Path]) -> list[Path]:
@@ -251,6 +288,8 @@ def _predict_batch(a) -> int:
         options=_predict_options(a),
     )
     n = {s: len(report.with_status(s)) for s in ("done", "skipped", "failed")}
+    if a.copick and a.copick_user:
+        _copick_write_back(a, report, ckpt)
     if report.merged is not None:
         print(f"merged {report.merged_picks} picks from {report.merged_tomograms} tomogram(s) -> {report.merged}")
     print(f"{n['done']} picked, {n['skipped']} skipped (finished earlier), {n['failed']} failed")
@@ -260,6 +299,25 @@ def _predict_batch(a) -> int:
         merged = a.merged or "merged picks"
         print(f"cryopicker: error: {merged}: {report.merge_error}", file=sys.stderr)
     return 0 if report.ok else EXIT_SOME_FAILED
+
+
+def _copick_write_back(a, report, ckpt) -> None:
+    """Store the picks of every finished copick run in the project (--copick-user and
+    --copick-session), where copick and napari-copick read them."""
+    from .core.copick_project import open_project, write_project_picks
+    from .core.formats import read_picks
+    from .core.picks import Picks
+
+    if not a.copick_session:
+        raise CLIError("--copick-user needs --copick-session too (copick files are per user and session)")
+    parts = []
+    for r in report.results:
+        if r.status in ("done", "skipped") and r.outputs:
+            parts.append(read_picks(r.outputs[0], voxel_size=ckpt.voxel_size).with_tomogram(r.name))
+    picks = Picks.concat(parts)
+    picks.voxel_size = ckpt.voxel_size
+    done = write_project_picks(open_project(a.copick), picks, user_id=a.copick_user, session_id=a.copick_session)
+    print(f"copick: stored {len(picks)} picks as {a.copick_user}/{a.copick_session} in {len(done)} file(s)")
 
 
 _COMPILE = {"auto": "auto", "on": True, "off": False}
@@ -366,8 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_convert)
 
     t = sub.add_parser("train", help="train a picking model on annotated tomograms")
-    t.add_argument("--tomogram", action="append", required=True)
-    t.add_argument("--picks", action="append", required=True)
+    t.add_argument("--tomogram", action="append", default=[])
+    t.add_argument("--picks", action="append", default=[])
     t.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME=DIAMETER_VOXELS")
     t.add_argument("--out", required=True)
     t.add_argument("--epochs", type=int, default=40)
@@ -383,6 +441,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only some of the particles in the tomograms are picked: blobs the network finds away "
                         "from every pick are not taught as background (off by default: measured, plain "
                         "training did as well or better even with 40 of 113 particles picked)")
+    c = t.add_argument_group("copick project (train on its runs' picks; needs the copick library)")
+    c.add_argument("--copick", default=None, metavar="CONFIG.json",
+                   help="train on every run of this copick project that has picks (its particle objects are "
+                        "the classes unless --class gives them)")
+    c.add_argument("--copick-user", default=None, metavar="USER", help="only this user's picks")
+    c.add_argument("--copick-session", default=None, metavar="SESSION", help="only this session's picks")
+    c.add_argument("--copick-tomogram", default=None, metavar="TYPE", help="tomogram type (e.g. wbp, denoised)")
+    c.add_argument("--copick-voxel-size", type=float, default=None, metavar="A",
+                   help="voxel spacing to use where runs have several")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("predict", help="pick particles with a trained model")
@@ -409,9 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tomograms", action="append", default=[], metavar="GLOB_OR_LISTFILE",
                    help="tomograms by glob ('data/**/*.mrc', quoted), list file (one path a line) or folder")
     b.add_argument("--copick", default=None, metavar="CONFIG.json",
-                   help="pick every run of a local copick project (runs holding .mrc tomograms)")
+                   help="pick every run of a local copick project (OME-Zarr or MRC tomograms)")
     b.add_argument("--copick-tomogram", default=None, metavar="TYPE",
                    help="copick tomogram type when a run has several (e.g. wbp, denoised)")
+    b.add_argument("--copick-user", default=None, metavar="USER",
+                   help="also store the picks in the copick project as this user (with --copick-session), "
+                        "where copick and napari-copick read them")
+    b.add_argument("--copick-session", default=None, metavar="SESSION", help="copick session id of the stored picks")
     b.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on this dask.distributed scheduler (e.g. tcp://host:8786) instead of a local cluster")
     b.add_argument("--workers", type=int, default=None, metavar="N",

@@ -1,0 +1,79 @@
+"""copick projects through the copick library: classes from pickable objects, picks written
+back where copick reads them (ExperimentRuns/<run>/Picks/), and read again."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_cryopicker.core.copick_project import (open_project, project_classes, read_project_picks,
+                                                    write_project_picks)
+from napari_cryopicker.core.errors import CryoPickerError
+from napari_cryopicker.core.picks import Picks
+
+copick = pytest.importorskip("copick")
+VS = 10.0
+
+
+@pytest.fixture
+def project(tmp_path):
+    cfg = tmp_path / "copick.json"
+    objects = [
+        {"name": "ribosome", "is_particle": True, "label": 1, "color": [255, 0, 0, 255], "radius": 140.0},
+        {"name": "proteasome", "is_particle": True, "label": 2, "color": [0, 128, 255, 255], "radius": 80.0},
+        {"name": "membrane", "is_particle": False, "label": 3, "color": [0, 255, 0, 255]},
+    ]
+    cfg.write_text(json.dumps({"config_type": "filesystem", "name": "t", "version": "0.5.0",
+                               "pickable_objects": objects, "overlay_root": f"local://{tmp_path / 'proj'}",
+                               "overlay_fs_args": {"auto_mkdir": True}}))
+    root = copick.from_file(str(cfg))
+    for run in ("TS_1", "TS_2"):
+        root.new_run(run)
+    return cfg, tmp_path / "proj"
+
+
+def test_classes_come_from_the_pickable_particles(project):
+    root = open_project(project[0])
+    classes = project_classes(root, VS)
+    assert classes.names == ["ribosome", "proteasome"]  # the membrane is no particle
+    assert classes["ribosome"].diameter == pytest.approx(28.0)
+    assert classes["ribosome"].colour.lower() == "#ff0000"
+
+
+def test_picks_written_back_are_read_by_copick_and_by_us(project):
+    cfg, folder = project
+    picks = Picks.from_zyx([[10, 20, 30], [5, 6, 7], [40, 41, 42]], class_name=["ribosome", "ribosome", "proteasome"],
+                           score=[0.9, 0.8, 0.7], tomogram=["TS_1", "TS_1", "TS_2"], voxel_size=VS)
+    picks.table[["rot", "tilt", "psi"]] = [[0.0, 0.0, 0.0], [30.0, 40.0, 50.0], [0.0, 90.0, 0.0]]
+    done = write_project_picks(open_project(cfg), picks, user_id="cryopicker", session_id="1")
+    assert sorted(done) == ["TS_1/ribosome", "TS_2/proteasome"]
+    assert (folder / "ExperimentRuns" / "TS_1" / "Picks" / "cryopicker_1_ribosome.json").exists()
+    # copick itself, from a fresh root, sees them
+    run = copick.from_file(str(cfg)).get_run("TS_1")
+    (pk,) = run.get_picks(object_name="ribosome", user_id="cryopicker", session_id="1")
+    xyz, mats = pk.numpy()
+    np.testing.assert_allclose(xyz, [[300, 200, 100], [70, 60, 50]])
+    assert [p.score for p in pk.points] == pytest.approx([0.9, 0.8])
+    back = read_project_picks(open_project(cfg), VS, user_id="cryopicker")
+    assert len(back) == 3 and set(back.tomograms) == {"TS_1", "TS_2"}
+    b = back.select(class_name="ribosome")
+    np.testing.assert_allclose(b.zyx, [[10, 20, 30], [5, 6, 7]])
+    np.testing.assert_allclose(b.table[["rot", "tilt", "psi"]].to_numpy()[1], [30, 40, 50], atol=1e-6)
+    # writing again replaces that user's and session's picks, not adds to them
+    write_project_picks(open_project(cfg), picks.select(class_name="ribosome"), user_id="cryopicker", session_id="1")
+    assert len(read_project_picks(open_project(cfg), VS, user_id="cryopicker").select(class_name="ribosome")) == 2
+    assert len(read_project_picks(open_project(cfg), VS, user_id="someone-else")) == 0
+
+
+def test_bad_names_are_refused_with_the_projects_names(project):
+    root = open_project(project[0])
+    with pytest.raises(CryoPickerError, match="ferritin.*not pickable objects.*proteasome, ribosome"):
+        write_project_picks(root, Picks.from_zyx([[1, 2, 3]], class_name="ferritin", tomogram="TS_1",
+                                                 voxel_size=VS), user_id="u", session_id="1")
+    with pytest.raises(CryoPickerError, match="TS_9 are not runs"):
+        write_project_picks(root, Picks.from_zyx([[1, 2, 3]], class_name="ribosome", tomogram="TS_9",
+                                                 voxel_size=VS), user_id="u", session_id="1")
+    with pytest.raises(CryoPickerError, match="no such copick config"):
+        open_project(project[1] / "nope.json")
