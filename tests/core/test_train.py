@@ -309,3 +309,23 @@ def test_ema_keeps_the_average_of_the_weights(small_sim):
     assert not torch.allclose(ema.state_dict[bn], plain.state_dict[bn])
     with pytest.raises(CryoPickerError, match="ema"):
         train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**cfg, "ema": 1.5}))
+
+
+def test_discriminate_adds_a_class_decision_loss_on_particle_voxels_only():
+    """The extra term is a cross-entropy among the particle classes on particle voxels: it
+    is zero where the right class already wins by far, grows when two classes are confused,
+    and background voxels do not count."""
+    from napari_cryopicker.core.train import loss_fn
+
+    cfg = TrainConfig(ce_weight=0.0, dice_weight=0.0, discriminate=1.0)
+    target = torch.tensor([[[[1, 2, 0]]]])  # (B, z, y, x): class 1, class 2, background
+    sure = torch.tensor([[[[0.0, 0.0, 9.0]]], [[[9.0, 0.0, 0.0]]], [[[0.0, 9.0, 0.0]]]])[None]
+    confused = torch.tensor([[[[0.0, 0.0, 9.0]]], [[[5.0, 5.0, 0.0]]], [[[5.0, 5.0, 0.0]]]])[None]
+    w = torch.ones(3)
+    assert float(loss_fn(sure, target, 2, w, cfg)) < 1e-3
+    assert float(loss_fn(confused, target, 2, w, cfg)) == pytest.approx(np.log(2), rel=1e-4)
+    # the background voxel's logits do not matter
+    other = confused.clone()
+    other[0, :, 0, 0, 2] = torch.tensor([0.0, 9.0, 0.0])
+    assert float(loss_fn(other, target, 2, w, cfg)) == pytest.approx(float(loss_fn(confused, target, 2, w, cfg)))
+    assert float(loss_fn(confused, target, 2, w, TrainConfig(ce_weight=0.0, dice_weight=0.0))) == 0.0

@@ -84,6 +84,10 @@ class TrainConfig:
     # statistics (decay per step; 0: the raw weights), which smooths the step-to-step
     # noise of small batches: see docs/method.md.
     ema: float = 0.0
+    # Weight of a second cross-entropy among the particle classes only, on the voxels
+    # labelled as a particle: the class decision (mitoribosome or ribosome?) gets its own
+    # gradient instead of drowning in the particle-or-background one. 0: off.
+    discriminate: float = 0.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -381,6 +385,11 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, n_classes: int, weights,
         denom = (p + oh).sum(dims)[1:]
         dice = (2 * inter + 1.0) / (denom + 1.0)
         loss = loss + config.dice_weight * (1 - dice.mean())
+    if config.discriminate and n_classes > 1:
+        fg = (tgt > 0).float() * (valid.float() if voxel_weight is None else valid.float() * voxel_weight)
+        if float(fg.sum()) > 0:
+            ce_fg = F.cross_entropy(logits.float()[:, 1:], (tgt - 1).clamp_min(0), reduction="none")
+            loss = loss + config.discriminate * (ce_fg * fg).sum() / fg.sum()
     return loss
 
 
