@@ -293,6 +293,22 @@ def test_thresholds_from_the_held_out_clicks_ignore_unclicked_picks():
     assert _threshold_from_clicks(found, clicks, cls, [0.3, 0.8])[0] == pytest.approx(0.3)  # clipped to the grid
 
 
+def test_without_found_clicks_the_threshold_comes_from_the_best_picks():
+    """A class whose held-out clicks were not found (an unsure network) gets half the median
+    of its best picks (as many as clicks), not a fixed default that would drop them all."""
+    from napari_cryopicker.core.picks import Picks
+    from napari_cryopicker.core.train import _threshold_from_top_picks
+
+    cls = ParticleClass("mito", 10)
+    clicks = Picks.from_zyx([[10, 10, 10], [10, 30, 10], [10, 50, 10]], class_name="mito", tomogram="v0")
+    found = Picks.from_zyx([[40, 10, 10], [40, 30, 10], [40, 50, 10], [40, 70, 10], [40, 90, 10]],
+                           class_name="mito", score=[0.22, 0.18, 0.3, 0.06, 0.1], tomogram="v0")
+    found.table["fill"] = [0.6, 0.4, 0.8, 0.1, 0.2]
+    t, f = _threshold_from_top_picks(found, clicks, cls, [0.05, 0.8])
+    assert t == pytest.approx(0.5 * 0.22) and f == pytest.approx(0.5 * 0.6)  # top 3: 0.3, 0.22, 0.18
+    assert _threshold_from_top_picks(found.subset([False] * 5), clicks, cls, [0.05, 0.8]) == (0.05, 0.0)
+
+
 def test_ema_keeps_the_average_of_the_weights(small_sim):
     """With ``ema`` the kept model is the moving average of the weights and batch-norm
     statistics, not the last raw weights: it differs from a plain run's, stays finite, and a
