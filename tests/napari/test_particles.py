@@ -163,3 +163,16 @@ def test_the_3d_view_leaves_add_mode_and_says_picking_is_2d(viewer, session, qtb
     viewer.dims.ndisplay = 2
     session.select_class_number(1)
     assert layer.mode == "add"
+
+
+def test_doubtful_first_orders_by_distance_to_the_threshold(reviewed, viewer):
+    w, s = reviewed
+    s.thresholds.update({"ribosome": 0.62, "proteasome": 0.45})
+    w.order.setCurrentText("doubtful first")
+    q = w.review.candidates()
+    # |score - threshold|: proteasome 0.5 -> 0.05, ribosome 0.7 -> 0.08, proteasome 0.9 -> 0.45
+    # (ribosome 0.3 is below its threshold: not shown, not queued)
+    assert [tuple(r) for r in q[["class", "score"]].to_numpy()][:3] == [
+        ("proteasome", 0.5), ("ribosome", 0.7), ("proteasome", 0.9)]
+    w.next()
+    assert w.review.current.zyx == (25, 10, 50)

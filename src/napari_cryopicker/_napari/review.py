@@ -40,9 +40,12 @@ class Row:
 class ParticleReview:
     """Rows of every pick / shown prediction / rejection, and a cursor over the candidates."""
 
+    ORDERS = ("best first", "doubtful first")
+
     def __init__(self, session: PickingSession):
         self.session = session
         self.current: Row | None = None
+        self.order = "best first"
 
     # ------------------------------------------------------------------ rows
     def rows(self) -> pd.DataFrame:
@@ -79,11 +82,21 @@ class ParticleReview:
         return pd.concat(parts, ignore_index=True)
 
     def candidates(self) -> pd.DataFrame:
-        """The review queue: shown predictions, best score first (ties: class, z, y, x)."""
+        """The review queue: the shown predictions, best score first, or (``order`` "doubtful
+        first") those scoring nearest their class's threshold first, where an answer tells
+        the model most (ties: class, z, y, x)."""
         r = self.rows()
-        r = r[r["kind"] == "prediction"]
-        return r.sort_values(["score", "class", "z", "y", "x"], ascending=[False, True, True, True, True],
-                             kind="stable").reset_index(drop=True)
+        r = r[r["kind"] == "prediction"].copy()
+        if self.order == "doubtful first":
+            t = r["class"].map(lambda c: self.session.thresholds.get(c, self.session.default_threshold))
+            r["_key"] = (r["score"] - t.astype(float)).abs()
+            ascending = True
+        else:
+            r["_key"] = r["score"]
+            ascending = False
+        r = r.sort_values(["_key", "class", "z", "y", "x"], ascending=[ascending, True, True, True, True],
+                          kind="stable")
+        return r.drop(columns="_key").reset_index(drop=True)
 
     @staticmethod
     def row_of(frame: pd.DataFrame, i: int) -> Row:

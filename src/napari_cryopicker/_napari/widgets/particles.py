@@ -158,7 +158,12 @@ class ParticlesWidget(PanelBase):
         self.model.sort(COLUMNS.index("score"), Qt.SortOrder.DescendingOrder)
         self.table.horizontalHeader().setSortIndicator(COLUMNS.index("score"), Qt.SortOrder.DescendingOrder)
 
-        r = self.group("Review the candidates (best score first)")
+        r = self.group("Review the candidates")
+        self.order = QComboBox()
+        self.order.addItems(list(ParticleReview.ORDERS))
+        self.order.setToolTip("best first: the surest predictions first; doubtful first: those scoring nearest "
+                              "their class's threshold, where an answer teaches the model most")
+        r.addWidget(self.order)
         row = QHBoxLayout()
         self.btn_prev = QPushButton("< Back (B)")
         self.btn_next = QPushButton("Next (N) >")
@@ -185,6 +190,7 @@ class ParticlesWidget(PanelBase):
         self.btn_accept.clicked.connect(self.accept)
         self.btn_reject.clicked.connect(self.reject)
         self.btn_as.clicked.connect(self.accept_as_active)
+        self.order.currentTextChanged.connect(self._set_order)
         self.on(self.session.events.picks, self._refresh)
         self.on(self.session.events.tomogram, self._refresh)
         self._bind_keys()
@@ -259,6 +265,9 @@ class ParticlesWidget(PanelBase):
     def _row_clicked(self, index):
         self.review.go_to(self.review.row_of(self.model.frame, index.row()))
         self._show_current()
+
+    def _set_order(self, text: str) -> None:
+        self.review.order = text
 
     # ------------------------------------------------------------------ actions
     @reports_errors
