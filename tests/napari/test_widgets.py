@@ -454,3 +454,63 @@ def test_export_errors_are_notifications(viewer, session, tmp_path):
 def test_predicted_layer_key_is_tracked(viewer, picked):
     picked.set_predictions(Picks.from_zyx([(1, 1, 1)], class_name="blob", score=0.5, voxel_size=VOXEL))
     assert picked.layer_for(Key("predicted", "blob"), create=False) is viewer.layers["predicted: blob"]
+
+
+def test_opened_picks_layers_can_join_the_training_set(viewer, session, tmp_path, qtbot):
+    """Picks files opened with File > Open are shown, not trained on, until the user says so."""
+    from napari_cryopicker.core.formats import write_picks
+
+    picks = Picks.from_zyx([[3, 10, 20], [5, 30, 40], [8, 50, 12]], class_name=["ribosome", "ribosome", "fas"],
+                           tomogram="TS_01", voxel_size=VOXEL)
+    path = write_picks(picks, tmp_path / "colleague.star", "relion4")[0]
+    w = dock(viewer, ClassesWidget)
+    assert not w.btn_opened.isEnabled()
+    opened = viewer.open(str(path), plugin="napari-cryopicker")
+    assert len(opened) == 2 and session.annotations().counts() == {}
+    assert w.btn_opened.isEnabled() and "(3 picks)" in w.btn_opened.text()
+    w.btn_opened.click()
+    c = session.counts()
+    assert c["ribosome"]["imported"] == 2 and c["fas"]["imported"] == 1
+    np.testing.assert_allclose(np.sort(session.annotations().zyx, axis=0), np.sort(picks.zyx, axis=0))
+    assert not any(lyr.visible for lyr in opened) and not w.btn_opened.isEnabled()
+    session.undo()
+    assert session.counts()["fas"]["imported"] == 0
+
+
+def test_a_copick_project_in_the_tomogram_panel(viewer, tmp_path, qtbot):
+    """Open a project the copick library made, open a run with a user's picks, pick more,
+    store them back: copick reads them from ExperimentRuns/<run>/Picks/."""
+    copick = pytest.importorskip("copick")
+    import json
+
+    from napari_cryopicker._napari.session import get_session
+
+    cfg = tmp_path / "copick.json"
+    objects = [{"name": "ribosome", "is_particle": True, "label": 1, "radius": 120.0, "color": [230, 159, 0, 255]},
+               {"name": "proteasome", "is_particle": True, "label": 2, "radius": 75.0}]
+    cfg.write_text(json.dumps({"config_type": "filesystem", "name": "t", "version": "0.5.0",
+                               "pickable_objects": objects, "overlay_root": f"local://{tmp_path / 'proj'}",
+                               "overlay_fs_args": {"auto_mkdir": True}}))
+    root = copick.from_file(str(cfg))
+    vol = np.random.default_rng(2).normal(0, 1, (24, 48, 48)).astype(np.float32)
+    for name in ("TS_1", "TS_2"):
+        root.new_run(name).new_voxel_spacing(10.0).new_tomogram("wbp").from_numpy(vol)
+    root.get_run("TS_1").new_picks("ribosome", "0", "alice").from_numpy(np.array([[100.0, 200.0, 50.0]]))
+    w = dock(viewer, TomogramWidget)
+    w.open_project(str(cfg))
+    assert [w.runs.itemText(i) for i in range(w.runs.count())] == ["TS_1", "TS_2"]
+    w.runs.setCurrentText("TS_1")
+    w.user.setText("alice")
+    w.btn_run.click()
+    s = get_session(viewer)
+    assert s.tomogram is not None and s.tomogram.name == "TS_1" and s.voxel_size == pytest.approx(10.0)
+    assert s.classes.names == ["ribosome", "proteasome"] and s.classes["ribosome"].diameter == pytest.approx(24.0)
+    np.testing.assert_allclose(s.annotations().zyx, [[5.0, 20.0, 10.0]])
+    s.add_pick((10, 30, 30), "proteasome")
+    w.user.setText("cryopicker")
+    w.session_id.setText("1")
+    w.btn_store.click()
+    fresh = copick.from_file(str(cfg)).get_run("TS_1")
+    stored = {p.pickable_object_name: p.numpy()[0] for p in fresh.get_picks(user_id="cryopicker", session_id="1")}
+    np.testing.assert_allclose(stored["proteasome"], [[300.0, 300.0, 100.0]])
+    np.testing.assert_allclose(stored["ribosome"], [[100.0, 200.0, 50.0]])

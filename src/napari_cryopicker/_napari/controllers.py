@@ -331,3 +331,78 @@ class Exporter:
                     raise CryoPickerError(f"{FORMAT_LABELS.get(fmt, fmt)}: {e}") from None
                 written.extend(Path(p) for p in out)
         return written
+
+
+# ----------------------------------------------------------------------------- copick
+class CopickPanel:
+    """A copick project in the viewer (through the copick library): open a run's tomogram
+    with a user's picks, and store the session's picks back in the project."""
+
+    PLUGIN = "napari-cryopicker"
+
+    def __init__(self, session: PickingSession):
+        self.session = session
+        self.config: Path | None = None
+        self.root = None
+        self._inputs: dict = {}
+
+    def load(self, config: str | os.PathLike) -> list[str]:
+        """Open the project; returns its run names (those with a tomogram first)."""
+        from ..core.batch import copick_tomograms
+        from ..core.copick_project import open_project
+
+        root = open_project(config)
+        inputs = copick_tomograms(config)
+        self.config, self.root = Path(config), root
+        self._inputs = {i.name: i for i in inputs}
+        return sorted(self._inputs, key=lambda n: (self._inputs[n].problem is not None, n))
+
+    def runs(self) -> list[str]:
+        return sorted(self._inputs)
+
+    def _require(self):
+        if self.root is None:
+            raise CryoPickerError("open a copick project first (its config .json)")
+        return self.root
+
+    def open_run(self, run: str, *, user_id: str | None = None, session_id: str | None = None) -> int:
+        """Open the run's tomogram (OME-Zarr or MRC) as the session tomogram, the project's
+        particle objects as classes, and the picks of ``user_id``/``session_id`` (None:
+        nobody's) as training picks. Returns how many picks were added."""
+        from ..core.copick_project import project_classes, read_project_picks
+
+        root = self._require()
+        inp = self._inputs.get(run)
+        if inp is None:
+            raise CryoPickerError(f"{self.config}: no run {run!r}")
+        if inp.problem:
+            raise CryoPickerError(f"run {run}: {inp.problem}")
+        s = self.session
+        layers = s.viewer.open(str(inp.tomogram), plugin=self.PLUGIN)
+        image = next((lyr for lyr in layers if lyr.__class__.__name__ == "Image"), None)
+        if image is None:
+            raise CryoPickerError(f"{inp.tomogram}: could not be opened as a tomogram")
+        s.set_tomogram(image)
+        vs = s.voxel_size or 1.0
+        s.ensure_classes(project_classes(root, vs))
+        if not user_id and not session_id:
+            return 0
+        picks = read_project_picks(root, vs, user_id=user_id or None, session_id=session_id or None, runs=[run])
+        picks = picks.subset(np.isin(picks.table["class_name"].to_numpy(), s.classes.names)) if len(picks) else picks
+        return s.import_picks(picks.with_tomogram(s.tomogram_name)) if len(picks) else 0
+
+    def save(self, *, user_id: str, session_id: str, what: str = "annotations") -> list[str]:
+        """Store this tomogram's picks (``what`` as in :meth:`Exporter.collect`) in the
+        project as ``user_id``/``session_id``, where copick and napari-copick read them."""
+        from ..core.copick_project import write_project_picks
+
+        root = self._require()
+        s = self.session
+        tomo = s._require_tomogram()
+        if tomo.name not in self._inputs:
+            raise CryoPickerError(f"the tomogram {tomo.name!r} is not a run of {self.config}")
+        picks = Exporter(s).collect(what).with_tomogram(tomo.name)
+        if not len(picks):
+            raise CryoPickerError("there are no picks to store")
+        picks.voxel_size = s.voxel_size
+        return write_project_picks(root, picks, user_id=user_id, session_id=session_id)

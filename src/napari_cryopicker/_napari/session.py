@@ -939,6 +939,35 @@ class PickingSession:
         self._edit(label or f"add {len(picks)} pick(s)", new_states)
         return len(picks)
 
+    def opened_picks_layers(self) -> list:
+        """Points layers opened from picks files (File > Open) that are not in the training
+        set: the reader marks them ``imported``; this tomogram's or unnamed ones."""
+        from napari.layers import Points
+
+        out = []
+        for layer in self.viewer.layers:
+            cm = cp_meta(layer)
+            if isinstance(layer, Points) and cm.get("kind") == "imported" and len(layer.data) and \
+                    cm.get("tomogram") in (None, "", self.tomogram_name):
+                out.append(layer)
+        return out
+
+    def train_on_opened_picks(self) -> int:
+        """Add the picks of every opened picks layer (:meth:`opened_picks_layers`) to the
+        training set (source ``imported``, one undo step each) and hide those layers."""
+        self._require_tomogram()
+        n = 0
+        for layer in self.opened_picks_layers():
+            picks = picks_from_layer(layer)
+            if picks.voxel_size is None:
+                picks.voxel_size = float(cp_meta(layer).get("voxel_size") or self.voxel_size or 1.0)
+            n += self.import_picks(picks.with_tomogram(self.tomogram_name))
+            layer.visible = False
+            meta = dict(layer.metadata)
+            meta[META] = {**cp_meta(layer), "kind": "imported-used"}
+            layer.metadata = meta
+        return n
+
     def import_picks(self, picks: Picks) -> int:
         """Add picks read from a file (source ``imported``), rescaled to the tomogram."""
         tomo = self._require_tomogram()

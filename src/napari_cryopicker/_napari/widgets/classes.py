@@ -68,6 +68,10 @@ class ClassesWidget(PanelBase):
         for w in (self.btn_undo, self.btn_redo, self.btn_import, self.btn_save):
             row2.addWidget(w)
         edit.addLayout(row2)
+        self.btn_opened = QPushButton("Train on opened picks layers")
+        self.btn_opened.setToolTip("Picks files opened with File > Open are shown but not trained on: add "
+                                   "their picks to the training set (source 'imported'; undoable)")
+        edit.addWidget(self.btn_opened)
         self.status = hint_label()
         edit.addWidget(self.status)
 
@@ -78,6 +82,9 @@ class ClassesWidget(PanelBase):
         self.btn_redo.clicked.connect(self._redo)
         self.btn_import.clicked.connect(self._import)
         self.btn_save.clicked.connect(self._save_as)
+        self.btn_opened.clicked.connect(self._train_on_opened)
+        self.on(self.viewer.layers.events.inserted, self._refresh_opened)
+        self.on(self.viewer.layers.events.removed, self._refresh_opened)
         self.table.itemSelectionChanged.connect(self._row_selected)
         self.table.cellDoubleClicked.connect(self._double_clicked)
         ev = self.session.events
@@ -86,6 +93,7 @@ class ClassesWidget(PanelBase):
         self.on(ev.history, self._refresh_history)
         self._refresh()
         self._refresh_history()
+        self._refresh_opened()
 
     # ------------------------------------------------------------------ view
     def _refresh(self, *_):
@@ -194,6 +202,21 @@ class ClassesWidget(PanelBase):
                                                self.session.classes[name].diameter, 1.0, 500.0, 1)
             if ok:
                 self.session.set_diameter(name, value)
+
+    def _refresh_opened(self, *_):
+        layers = self.session.opened_picks_layers() if self.session.tomogram is not None else []
+        n = sum(len(lyr.data) for lyr in layers)
+        self.btn_opened.setEnabled(bool(layers))
+        self.btn_opened.setText(f"Train on opened picks layers ({n} picks)" if layers
+                                else "Train on opened picks layers")
+
+    @reports_errors
+    def _train_on_opened(self, *_):
+        n = self.session.train_on_opened_picks()
+        from ..workers import notify
+
+        notify(f"Added {n} opened pick(s) to the training set")
+        self._refresh_opened()
 
     @reports_errors
     def _undo(self, *_):

@@ -5,13 +5,16 @@ from __future__ import annotations
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QLineEdit,
     QPushButton,
     QSpinBox,
 )
 
-from ..controllers import TomogramPanel
+from ..controllers import CopickPanel, TomogramPanel
+from ..workers import notify
 from ._common import PanelBase, hint_label, reports_errors
 
 
@@ -51,6 +54,33 @@ class TomogramWidget(PanelBase):
         self.status = hint_label()
         f.addWidget(_row(self.status, self.btn_stop))
 
+        c = self.group("copick project")
+        self.copick = CopickPanel(self.session)
+        self.btn_copick = QPushButton("Open copick project...")
+        self.btn_copick.setToolTip("a copick config (.json): its runs, tomograms (OME-Zarr or MRC) and "
+                                   "particle objects (the classes)")
+        self.runs = QComboBox()
+        self.runs.setToolTip("the run to open")
+        self.user = QLineEdit()
+        self.user.setPlaceholderText("user id")
+        self.user.setToolTip("read this user's picks when opening a run; store picks as this user")
+        self.session_id = QLineEdit()
+        self.session_id.setPlaceholderText("session id")
+        self.btn_run = QPushButton("Open run")
+        self.btn_store = QPushButton("Store picks in project")
+        self.btn_store.setToolTip("write this tomogram's picks into the project as user/session, where copick "
+                                  "and napari-copick read them (replaces that user's and session's picks)")
+        c.addWidget(self.btn_copick)
+        c.addWidget(_row(self.runs, self.btn_run))
+        c.addWidget(_row(self.user, self.session_id, self.btn_store))
+        self.copick_info = hint_label("No project open.")
+        c.addWidget(self.copick_info)
+        self.btn_copick.clicked.connect(self._open_project)
+        self.btn_run.clicked.connect(self._open_run)
+        self.btn_store.clicked.connect(self._store)
+        for b in (self.btn_run, self.btn_store):
+            b.setEnabled(False)
+
         self.combo.currentTextChanged.connect(self._chosen)
         self.btn_gauss.clicked.connect(lambda: self._filter("gaussian", sigma=self.sigma.value()))
         self.btn_band.clicked.connect(
@@ -83,6 +113,32 @@ class TomogramWidget(PanelBase):
             where = f"; annotations autosaved to {self.session.autosave_path.name}" \
                 if self.session.autosave_path else "; not autosaved (no file)"
             self.info.setText(f"{t.name}: {x} x {y} x {z} voxels, {t.voxel_size:.4g} A/voxel{where}")
+
+    @reports_errors
+    def _open_project(self, *_):
+        path, _ = QFileDialog.getOpenFileName(self, "Open copick project", "", "copick config (*.json);;All (*)")
+        if path:
+            self.open_project(path)
+
+    def open_project(self, path: str) -> None:
+        runs = self.copick.load(path)
+        self.runs.clear()
+        self.runs.addItems(runs)
+        for b in (self.btn_run, self.btn_store):
+            b.setEnabled(bool(runs))
+        objects = ", ".join(o.name for o in self.copick.root.pickable_objects)
+        self.copick_info.setText(f"{len(runs)} run(s); objects: {objects or 'none'}")
+
+    @reports_errors
+    def _open_run(self, *_):
+        run = self.runs.currentText()
+        n = self.copick.open_run(run, user_id=self.user.text().strip(), session_id=self.session_id.text().strip())
+        notify(f"Opened run {run}" + (f" with {n} pick(s)" if n else ""))
+
+    @reports_errors
+    def _store(self, *_):
+        done = self.copick.save(user_id=self.user.text().strip(), session_id=self.session_id.text().strip())
+        notify(f"Stored the picks of {', '.join(done)} in the copick project")
 
     @reports_errors
     def _chosen(self, name: str):
