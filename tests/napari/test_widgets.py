@@ -514,3 +514,14 @@ def test_a_copick_project_in_the_tomogram_panel(viewer, tmp_path, qtbot):
     stored = {p.pickable_object_name: p.numpy()[0] for p in fresh.get_picks(user_id="cryopicker", session_id="1")}
     np.testing.assert_allclose(stored["proteasome"], [[300.0, 300.0, 100.0]])
     np.testing.assert_allclose(stored["ribosome"], [[100.0, 200.0, 50.0]])
+
+
+def test_every_panel_fits_the_dock_without_a_horizontal_scrollbar(viewer):
+    """The tabbed dock is 430 px wide: no panel may need more (the class table's count
+    columns and the Labels tab used to)."""
+    from napari_cryopicker._napari.widgets.all_panels import PANELS, CryoPickerWidget
+
+    dock_w = CryoPickerWidget(viewer)
+    width = dock_w.minimumWidth()
+    too_wide = {cls.title: cls(viewer).minimumSizeHint().width() for cls in PANELS}
+    assert {k: v for k, v in too_wide.items() if v > width - 12} == {}

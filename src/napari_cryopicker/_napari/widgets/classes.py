@@ -30,7 +30,8 @@ class ClassesWidget(PanelBase):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        lay = self.group("Particle classes (press 1-9 to switch; click in the tomogram to pick)")
+        lay = self.group("Particle classes")
+        lay.addWidget(hint_label("Press 1-9 to switch class; click in the tomogram to pick."))
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().setVisible(False)
@@ -59,15 +60,18 @@ class ClassesWidget(PanelBase):
         lay.addLayout(row)
 
         edit = self.group("Annotation")
-        row2 = QHBoxLayout()
+        row2, row3 = QHBoxLayout(), QHBoxLayout()  # two rows: the panel fits the dock's width
         self.btn_undo = QPushButton("Undo")
         self.btn_redo = QPushButton("Redo")
         self.btn_import = QPushButton("Import picks...")
         self.btn_import.setToolTip("Add picks from a RELION/Dynamo/copick/CSV file to the training set")
         self.btn_save = QPushButton("Save as...")
-        for w in (self.btn_undo, self.btn_redo, self.btn_import, self.btn_save):
+        for w in (self.btn_undo, self.btn_redo):
             row2.addWidget(w)
+        for w in (self.btn_import, self.btn_save):
+            row3.addWidget(w)
         edit.addLayout(row2)
+        edit.addLayout(row3)
         self.btn_opened = QPushButton("Train on opened picks layers")
         self.btn_opened.setToolTip("Picks files opened with File > Open are shown but not trained on: add "
                                    "their picks to the training set (source 'imported'; undoable)")

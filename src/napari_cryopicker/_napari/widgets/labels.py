@@ -18,8 +18,11 @@ class LabelsWidget(PanelBase):
         self.logic = LabelsPreview(self.session)
         lay = self.group("Weak labels used for training")
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # fits the dock's width
         lay.addLayout(form)
         self.mode = QComboBox()
+        self.mode.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.mode.setMinimumContentsLength(16)
         for text, value in MODES:
             self.mode.addItem(text, value)
         self.mode.setCurrentIndex([v for _, v in MODES].index(self.session.label_mode))
