@@ -222,9 +222,13 @@ def _copick_training(a, classes, tomos: list, picks: list):
     from .core.batch import copick_tomograms
     from .core.copick_project import open_project, project_classes, read_project_picks
 
+    if not a.copick_user:
+        raise CLIError("--copick needs --copick-user: whose picks to train on (a project also holds "
+                       "other users' picks, and the picks tools such as cryopicker stored)")
     root = open_project(a.copick)
     for inp in copick_tomograms(a.copick, a.copick_tomogram, a.copick_voxel_size):
         if inp.problem:
+            print(f"copick: run {inp.name} left out: {inp.problem}", file=sys.stderr)
             continue
         t = _load_tomogram(str(inp.tomogram))
         p = read_project_picks(root, t.voxel_size, user_id=a.copick_user, session_id=a.copick_session,
@@ -308,12 +312,13 @@ def _copick_write_back(a, report, ckpt) -> None:
     from .core.formats import read_picks
     from .core.picks import Picks
 
-    if not a.copick_session:
-        raise CLIError("--copick-user needs --copick-session too (copick files are per user and session)")
+    from .core.tomogram import open_tomogram
+
     parts = []
     for r in report.results:
         if r.status in ("done", "skipped") and r.outputs:
-            parts.append(read_picks(r.outputs[0], voxel_size=ckpt.voxel_size).with_tomogram(r.name))
+            vs = open_tomogram(r.tomogram).voxel_size  # the run's own voxels (the model's within 5 %)
+            parts.append(read_picks(r.outputs[0], voxel_size=vs).with_tomogram(r.name).rescaled(ckpt.voxel_size))
     picks = Picks.concat(parts)
     picks.voxel_size = ckpt.voxel_size
     done = write_project_picks(open_project(a.copick), picks, user_id=a.copick_user, session_id=a.copick_session)
@@ -327,6 +332,10 @@ def cmd_predict(a) -> int:
     if not (a.tomogram or a.tomograms or a.copick):
         raise CLIError("give the tomograms: --tomogram T.mrc, --tomograms 'GLOB' or LIST.txt, "
                        "or --copick CONFIG.json")
+    if (a.copick_user or a.copick_session) and not a.copick:
+        raise CLIError("--copick-user and --copick-session store picks in a copick project: give --copick CONFIG.json")
+    if bool(a.copick_user) != bool(a.copick_session):
+        raise CLIError("give both --copick-user and --copick-session (copick files are per user and session)")
     if _batch_requested(a):
         return _predict_batch(a)
     from .core.formats import write_picks

@@ -61,10 +61,28 @@ def test_picks_written_back_are_read_by_copick_and_by_us(project):
     b = back.select(class_name="ribosome")
     np.testing.assert_allclose(b.zyx, [[10, 20, 30], [5, 6, 7]])
     np.testing.assert_allclose(b.table[["rot", "tilt", "psi"]].to_numpy()[1], [30, 40, 50], atol=1e-6)
-    # writing again replaces that user's and session's picks, not adds to them
-    write_project_picks(open_project(cfg), picks.select(class_name="ribosome"), user_id="cryopicker", session_id="1")
-    assert len(read_project_picks(open_project(cfg), VS, user_id="cryopicker").select(class_name="ribosome")) == 2
+    # writing again replaces that user's and session's picks, not adds to them; a class
+    # without picks now is emptied in the runs written
+    two = picks.select(class_name="ribosome").copy()
+    two.table["tomogram"] = ["TS_1", "TS_2"]
+    write_project_picks(open_project(cfg), two, user_id="cryopicker", session_id="1")
+    again = read_project_picks(open_project(cfg), VS, user_id="cryopicker")
+    assert len(again) == 2 and again.class_names == ["ribosome"]
     assert len(read_project_picks(open_project(cfg), VS, user_id="someone-else")) == 0
+
+
+def test_reading_adds_the_transforms_shift_and_keeps_zero_scores(project):
+    """copick's particle centre is the location plus the transform's translation (refined
+    shifts, copick's full_positions); a score of 0 stays 0."""
+    cfg, _ = project
+    run = copick.from_file(str(cfg)).get_run("TS_1")
+    mats = np.tile(np.eye(4), (2, 1, 1))
+    mats[0, :3, 3] = [5.0, -10.0, 20.0]
+    run.new_picks("ribosome", "0", "sta").from_numpy(np.array([[100.0, 200.0, 300.0], [10.0, 20.0, 30.0]]), mats,
+                                                     scores=np.array([0.0, 0.5]))
+    p = read_project_picks(open_project(cfg), VS, user_id="sta")
+    np.testing.assert_allclose(p.zyx, [[32.0, 19.0, 10.5], [3.0, 2.0, 1.0]])
+    assert list(p.table["score"]) == [0.0, 0.5]
 
 
 def test_bad_names_are_refused_with_the_projects_names(project):

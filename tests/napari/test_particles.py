@@ -60,8 +60,8 @@ def test_the_table_lists_every_particle_and_sorts_by_any_column(reviewed, qtbot)
     row = int(np.flatnonzero(w.model.frame["kind"] == "pick")[0])
     assert float(_cell(w, row, "x_A")) == pytest.approx(7 * VOXEL, abs=0.5)
     # the threshold hides a prediction from the table as from the canvas
-    s.set_threshold("ribosome", 0.5)
-    assert w.model.rowCount() == 4
+    s.set_threshold("ribosome", 0.5)  # (the table rebuilds once a burst of edits is over)
+    qtbot.waitUntil(lambda: w.model.rowCount() == 4, timeout=2000)
     w.show_kind.setCurrentIndex(3)  # rejected only
     assert w.model.rowCount() == 0
 
@@ -102,9 +102,8 @@ def test_review_keys_answer_and_move_on(reviewed, viewer, qtbot):
     assert len(picks.select(class_name="ribosome")) == 2
     assert np.allclose(picks.select(class_name="ribosome").zyx[-1], (25, 10, 50))
     assert w.review.current.zyx == (16, 48, 20)  # the last one left
-    assert w.model.rowCount() == 5
-    kinds = w.model.frame["kind"].value_counts().to_dict()
-    assert kinds == {"pick": 3, "rejected": 1, "prediction": 1}
+    qtbot.waitUntil(lambda: w.model.frame["kind"].value_counts().to_dict() == {"pick": 3, "rejected": 1,
+                                                                               "prediction": 1}, timeout=2000)
     # every answer is one undo step
     s.undo()
     assert len(s.annotations().select(class_name="ribosome")) == 1
@@ -176,3 +175,37 @@ def test_doubtful_first_orders_by_distance_to_the_threshold(reviewed, viewer):
         ("proteasome", 0.5), ("ribosome", 0.7), ("proteasome", 0.9)]
     w.next()
     assert w.review.current.zyx == (25, 10, 50)
+
+
+def test_two_tables_share_the_keys_and_give_them_back(reviewed, viewer, qtbot):
+    """The table exists as a tab and as a panel of its own: the newest one answers the keys;
+    when it goes, the other one gets them back; when both go, N does nothing again."""
+    from napari.utils.key_bindings import coerce_keybinding
+
+    from napari_cryopicker._napari.widgets.particles import ParticlesWidget
+
+    first, s = reviewed
+    second = ParticlesWidget(viewer)
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.keyClick(canvas, "n")
+    assert second.review.current is not None and first.review.current is None
+    with qtbot.waitSignal(second.destroyed, timeout=3000):
+        second.deleteLater()
+    qtbot.keyClick(canvas, "n")
+    assert first.review.current is not None
+    viewer.window.remove_dock_widget(first.parentWidget() if first.parentWidget() is not None else first)
+    with qtbot.waitSignal(first.destroyed, timeout=3000):
+        first.deleteLater()
+    assert viewer.keymap.get(coerce_keybinding("N")) is None
+
+
+def test_an_answer_goes_to_the_particle_on_screen_after_other_edits(reviewed, viewer, qtbot):
+    """Indices move when another panel (or an undo) edits the layer: the answer follows the
+    candidate's position, not its old index."""
+    w, s = reviewed
+    q = w.review.candidates()
+    w.review.go_to(w.review.row_of(q, int(np.flatnonzero(q["z"] == 25)[0])))  # proteasome #2 of 2
+    s.accept({"proteasome": [0]})  # the Correct panel accepts proteasome #1: #2 becomes #1
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, "g")
+    got = sorted(map(tuple, s.annotations().select(class_name="proteasome").zyx.tolist()))
+    assert got == [(10, 16, 16), (25, 10, 50)]

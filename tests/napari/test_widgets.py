@@ -378,15 +378,13 @@ def test_real_training_then_picking(viewer, picked, qtbot, tmp_path):
     pick.start(probability=True)
     qtbot.waitUntil(lambda: not pick.running, timeout=60000)
     assert pick.task.last_outcome.ok, pick.task.last_outcome.message
-    # the probability map: lazy over the working grid (bin 2), no copy; where the class wins
+    # the probability map: lazy, on the model's working grid, placed on the tomogram
     prob = viewer.layers["probability: blob"]
-    assert type(prob.data).__module__.startswith("dask")
-    assert tuple(prob.scale) == pytest.approx((2 * VOXEL,) * 3)
-    assert tuple(prob.translate) == pytest.approx((0.5 * VOXEL,) * 3)
-    assert int(prob.data[5, 8, 8].compute()) == 200 and int(prob.data[5, 8, 9].compute()) == 0
-    # working voxel (5, 8, 8) covers tomogram voxels 10-11, 16-17: its centre is at 10.5, 16.5
-    assert prob.world_to_data((10.5 * VOXEL, 16.5 * VOXEL, 16.5 * VOXEL)) == pytest.approx((5, 8, 8))
-    assert viewer.layers["probability: blob"].data.shape == SHAPE
+    f = picked.checkpoint.binning
+    assert type(prob.data).__module__.startswith("dask") and prob.data.dtype == np.uint8
+    assert prob.data.shape == tuple(n // f for n in SHAPE)
+    assert tuple(prob.scale) == pytest.approx((f * VOXEL,) * 3)
+    assert tuple(prob.translate) == pytest.approx(((f - 1) / 2 * VOXEL,) * 3)
     pred = picked.predictions(shown_only=False)
     assert set(pred.table["source"]) <= {"predicted"}
     assert ((pred.table["score"] >= 0) & (pred.table["score"] <= 1)).all()
@@ -462,17 +460,19 @@ def test_opened_picks_layers_can_join_the_training_set(viewer, session, tmp_path
 
     picks = Picks.from_zyx([[3, 10, 20], [5, 30, 40], [8, 50, 12]], class_name=["ribosome", "ribosome", "fas"],
                            tomogram="TS_01", voxel_size=VOXEL)
-    path = write_picks(picks, tmp_path / "colleague.star", "relion4")[0]
+    other = Picks.from_zyx([[9, 9, 9]], class_name="ribosome", tomogram="TS_02", voxel_size=VOXEL)
+    path = write_picks(Picks.concat([picks, other]), tmp_path / "colleague.star", "relion4")[0]
     w = dock(viewer, ClassesWidget)
     assert not w.btn_opened.isEnabled()
     opened = viewer.open(str(path), plugin="napari-cryopicker")
-    assert len(opened) == 2 and session.annotations().counts() == {}
-    assert w.btn_opened.isEnabled() and "(3 picks)" in w.btn_opened.text()
+    assert len(opened) == 3 and session.annotations().counts() == {}  # per tomogram and class
+    assert w.btn_opened.isEnabled() and "(3 picks)" in w.btn_opened.text()  # this tomogram's only
     w.btn_opened.click()
     c = session.counts()
     assert c["ribosome"]["imported"] == 2 and c["fas"]["imported"] == 1
     np.testing.assert_allclose(np.sort(session.annotations().zyx, axis=0), np.sort(picks.zyx, axis=0))
-    assert not any(lyr.visible for lyr in opened) and not w.btn_opened.isEnabled()
+    mine = [lyr for lyr in opened if "TS_02" not in lyr.name]
+    assert not any(lyr.visible for lyr in mine) and not w.btn_opened.isEnabled()
     session.undo()
     assert session.counts()["fas"]["imported"] == 0
 

@@ -388,7 +388,17 @@ class CopickPanel:
         if not user_id and not session_id:
             return 0
         picks = read_project_picks(root, vs, user_id=user_id or None, session_id=session_id or None, runs=[run])
-        picks = picks.subset(np.isin(picks.table["class_name"].to_numpy(), s.classes.names)) if len(picks) else picks
+        if not len(picks):
+            return 0
+        keep = np.isin(picks.table["class_name"].to_numpy(), s.classes.names)
+        # opened before: the autosave brought these picks back already; add only new ones
+        known = s.annotations(include_rejected=True)
+        for name in set(picks.class_names) & set(known.class_names):
+            rows = np.flatnonzero(picks.table["class_name"].to_numpy() == name)
+            ref = known.select(class_name=name).zyx
+            d = np.min(np.linalg.norm(picks.zyx[rows][:, None] - ref[None], axis=2), axis=1)
+            keep[rows[d <= 1.0]] = False
+        picks = picks.subset(keep)
         return s.import_picks(picks.with_tomogram(s.tomogram_name)) if len(picks) else 0
 
     def save(self, *, user_id: str, session_id: str, what: str = "annotations") -> list[str]:

@@ -157,20 +157,25 @@ def picks_layer_data(picks, *, stem: str, kind: str = "imported") -> list[tuple]
     """One Points layer-data tuple per class of ``picks`` (voxel coordinates, Angstrom scale)."""
     vs = picks.voxel_size or 1.0
     out = []
-    for i, name in enumerate(picks.class_names or []):
-        sub = picks.select(class_name=name)
-        kw = points_layer_kwargs(
-            sub,
-            kind=kind,
-            class_name=name,
-            colour=PALETTE[i % len(PALETTE)],
-            diameter=DEFAULT_DIAMETER,
-            scale=(vs, vs, vs),
-            tomogram=(sub.tomograms[0] if sub.tomograms else ""),
-            name=f"{stem}: {name}",
-            source="imported",
-        )
-        out.append((sub.zyx, kw, "points"))
+    tomos = picks.tomograms or [""]
+    for t in tomos:  # a file of several tomograms: one layer per tomogram and class
+        of_t = picks.select(tomogram=t) if len(tomos) > 1 else picks
+        for i, name in enumerate(picks.class_names or []):
+            sub = of_t.select(class_name=name)
+            if not len(sub):
+                continue
+            kw = points_layer_kwargs(
+                sub,
+                kind=kind,
+                class_name=name,
+                colour=PALETTE[i % len(PALETTE)],
+                diameter=DEFAULT_DIAMETER,
+                scale=(vs, vs, vs),
+                tomogram=(sub.tomograms[0] if sub.tomograms else ""),
+                name=f"{stem}: {t}: {name}" if len(tomos) > 1 else f"{stem}: {name}",
+                source="imported",
+            )
+            out.append((sub.zyx, kw, "points"))
     return out
 
 

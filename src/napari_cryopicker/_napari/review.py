@@ -107,9 +107,7 @@ class ParticleReview:
     def go_to(self, row: Row) -> None:
         """Centre the viewer on ``row`` (moving the slice to it) and select it in its layer."""
         s = self.session
-        world = np.asarray(row.zyx, float) * np.asarray(s.scale, float)
-        if s.image_layer is not None:
-            world = world + np.asarray(s.image_layer.translate[-3:], float)
+        world = np.asarray(row.zyx, float) * np.asarray(s.scale, float)  # as the points layers place it
         v = s.viewer
         lead = v.dims.ndim - 3
         point = list(v.dims.point)
@@ -124,12 +122,21 @@ class ParticleReview:
 
     # ------------------------------------------------------------------ the cursor
     def _position(self, queue: pd.DataFrame) -> int | None:
-        """Where the current candidate is in ``queue`` (matched by layer and position)."""
-        if self.current is None or not len(queue):
+        """Where the current candidate is in ``queue``, matched by layer and position (an
+        edit elsewhere, or an undo, moves indices); ``current`` takes its index there."""
+        hit = self.find(queue)
+        if hit is None:
+            return None
+        self.current = self.row_of(queue, hit)
+        return hit
+
+    def find(self, frame: pd.DataFrame) -> int | None:
+        """The row of ``frame`` holding the current particle (by layer and position)."""
+        if self.current is None or not len(frame):
             return None
         c = self.current
-        same = (queue["key"] == c.key).to_numpy()
-        d = np.abs(queue[["z", "y", "x"]].to_numpy(float) - np.asarray(c.zyx)).max(axis=1)
+        same = (frame["key"] == c.key).to_numpy()
+        d = np.abs(frame[["z", "y", "x"]].to_numpy(float) - np.asarray(c.zyx)).max(axis=1)
         hit = np.flatnonzero(same & (d < 1e-6))
         return int(hit[0]) if len(hit) else None
 

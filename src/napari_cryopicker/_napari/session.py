@@ -961,7 +961,7 @@ class PickingSession:
             picks = picks_from_layer(layer)
             if picks.voxel_size is None:
                 picks.voxel_size = float(cp_meta(layer).get("voxel_size") or self.voxel_size or 1.0)
-            n += self.import_picks(picks.with_tomogram(self.tomogram_name))
+            n += self.import_picks(picks if picks.tomograms else picks.with_tomogram(self.tomogram_name))
             layer.visible = False
             meta = dict(layer.metadata)
             meta[META] = {**cp_meta(layer), "kind": "imported-used"}

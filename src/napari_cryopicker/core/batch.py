@@ -220,6 +220,13 @@ def copick_tomograms(config: str | os.PathLike, tomo_type: str | None = None,
         if voxel_size and len(spacings) > 1:
             near = [t for t in cands if (v := _voxel_spacing(t.parent)) and math.isclose(v, voxel_size, rel_tol=0.05)]
             cands = near or cands
+        # one file per spacing and type: an MRC exported beside the OME-Zarr it came from wins
+        by_kind: dict = {}
+        for t in cands:
+            k = (t.parent.name, t.stem)
+            if k not in by_kind or t.suffix.lower() != ".zarr":
+                by_kind[k] = t
+        cands = list(by_kind.values())
         where = runs[name][0]
         if len(cands) == 1:
             out.append(BatchInput(cands[0], name))

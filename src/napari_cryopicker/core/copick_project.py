@@ -59,9 +59,12 @@ def read_project_picks(root, voxel_size: float, *, user_id: str | None = None, s
         for pk in run.get_picks(user_id=user_id, session_id=session_id):
             if not pk.points:
                 continue
-            xyz, mats = pk.numpy()
-            zyx = np.asarray(xyz, float)[:, ::-1] / float(voxel_size)
-            scores = [float(getattr(pt, "score", 1.0) or 1.0) for pt in pk.points]
+            loc, mats = pk.numpy()
+            # the particle centre: the location plus its transform's translation (shifts refined
+            # by subtomogram averaging), as copick's full_positions() gives it
+            xyz = np.asarray(loc, float) + np.asarray(mats, float)[:, :3, 3]
+            zyx = xyz[:, ::-1] / float(voxel_size)
+            scores = [1.0 if pt.score is None else float(pt.score) for pt in pk.points]
             p = Picks.from_zyx(zyx, class_name=pk.pickable_object_name, score=scores, source="imported",
                                tomogram=run.name, voxel_size=float(voxel_size))
             p.table[ANGLES] = matrices_to_relion(np.asarray(mats, float)[:, :3, :3])
@@ -91,6 +94,11 @@ def write_project_picks(root, picks: Picks, *, user_id: str, session_id: str) ->
     written = []
     for name in picks.tomograms:
         run = runs[name]
+        # this user's and session's earlier picks of classes that have none now are emptied:
+        # the project then holds exactly ``picks`` for them
+        for old in run.get_picks(user_id=user_id, session_id=session_id):
+            if old.pickable_object_name not in picks.select(tomogram=name).class_names and old.points:
+                old.from_numpy(np.zeros((0, 3)))
         for cls in picks.class_names:
             sub = picks.select(class_name=cls, tomogram=name)
             if not len(sub):

@@ -8,7 +8,7 @@ import weakref
 
 import numpy as np
 import pandas as pd
-from qtpy.QtCore import QAbstractTableModel, QModelIndex, QPointF, QRectF, Qt
+from qtpy.QtCore import QAbstractTableModel, QModelIndex, QPointF, QRectF, Qt, QTimer
 from qtpy.QtGui import QColor, QImage, QPainter, QPen
 from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QPushButton, QTableView,
                             QWidget)
@@ -128,6 +128,15 @@ class OrthoView(QWidget):
         p.end()
 
 
+def _bound_to(viewer, key: str):
+    """The function bound to ``key`` on the viewer (napari normalises key names)."""
+    from napari.utils.key_bindings import coerce_keybinding
+
+    with contextlib.suppress(Exception):
+        return viewer.keymap.get(coerce_keybinding(key))
+    return None
+
+
 class ParticlesWidget(PanelBase):
     title = "Particles"
 
@@ -191,8 +200,9 @@ class ParticlesWidget(PanelBase):
         self.btn_reject.clicked.connect(self.reject)
         self.btn_as.clicked.connect(self.accept_as_active)
         self.order.currentTextChanged.connect(self._set_order)
-        self.on(self.session.events.picks, self._refresh)
-        self.on(self.session.events.tomogram, self._refresh)
+        self._pending = False
+        self.on(self.session.events.picks, self._refresh_soon)
+        self.on(self.session.events.tomogram, self._new_tomogram)
         self._bind_keys()
         self._refresh()
 
@@ -211,22 +221,37 @@ class ParticlesWidget(PanelBase):
             _run.__doc__ = f"CryoPicker particle table: {name.replace('_', ' ')}"
             return _run
 
-        for key, name in actions.items():
-            with contextlib.suppress(Exception):
-                self.viewer.bind_key(key, handler(name), overwrite=True)
-                self._bound.append(key)
         viewer = self.viewer
-        keys = list(self._bound)
+        mine, previous = {}, {}
+        for key, name in actions.items():
+            fn = handler(name)
+            with contextlib.suppress(Exception):
+                previous[key] = viewer.bind_key(key, fn, overwrite=True)
+                mine[key] = fn
+        self._bound = list(mine)
 
         def _unbind(*_):
-            for k in keys:
+            """Give each key back to what it did before, unless a later panel took it over."""
+            for k, fn in mine.items():
                 with contextlib.suppress(Exception):
-                    viewer.bind_key(k, None)
+                    if _bound_to(viewer, k) is fn:
+                        viewer.bind_key(k, previous.get(k), overwrite=True)
 
         self.destroyed.connect(_unbind)
 
     # ------------------------------------------------------------------ table
+    def _refresh_soon(self, *_):
+        """Coalesce bursts of edits (a threshold slider's ticks) into one rebuild."""
+        if not self._pending:
+            self._pending = True
+            QTimer.singleShot(60, self._refresh)
+
+    def _new_tomogram(self, *_):
+        self.review.current = None
+        self._refresh()
+
     def _refresh(self, *_):
+        self._pending = False
         rows = self.review.rows()
         kind = SHOW[self.show_kind.currentIndex()]
         shown = rows if kind == "all" else rows[rows["kind"] == kind]
@@ -244,11 +269,10 @@ class ParticlesWidget(PanelBase):
             self.ortho.clear()
             return
         self._show_ortho(cur)
-        f = self.model.frame
-        hit = np.flatnonzero(((f["key"] == cur.key) & (f["index"] == cur.index)).to_numpy()) if len(f) else []
-        if len(hit):
-            self.table.selectRow(int(hit[0]))
-            self.table.scrollTo(self.model.index(int(hit[0]), 0))
+        hit = self.review.find(self.model.frame)
+        if hit is not None:
+            self.table.selectRow(hit)
+            self.table.scrollTo(self.model.index(hit, 0))
         z, y, x = cur.zyx
         self.where.setText(f"At {cur.key.name} #{cur.index + 1}: z {z:.0f}, y {y:.0f}, x {x:.0f} (voxels)")
 
