@@ -44,10 +44,9 @@ def main() -> int:
     s.set_predictions(res.picks.with_tomogram(s.tomogram_name), checkpoint_classes=ck.classes)
     panels.show_panel(ParticlesWidget)
     w = panels.panel(ParticlesWidget)
-    w.order.setCurrentText("doubtful first")
-    for _ in range(3):
+    for _ in range(4):  # the fourth-best candidate
         w.next()
-    viewer.camera.zoom = 2.5
+    viewer.camera.zoom = 0.45  # screen pixels per Angstrom: ~150 voxels across the canvas
     for _ in range(20):
         QApplication.processEvents()
     viewer.screenshot(a.out, canvas_only=False)
