@@ -182,19 +182,12 @@ def test_clashing_names_stop_before_running(data, tmp_path, capsys):
     assert len(err) == 1 and "same name 'TS_00'" in err[0]
 
 
-def test_copick_project_runs(data, tmp_path):
+def test_copick_project_runs(data, tmp_path, copick_project):
     """A project made by the copick library (OME-Zarr tomograms) beside a run with an MRC."""
-    copick = pytest.importorskip("copick")
     from napari_cryopicker.core.tomogram import open_tomogram
 
-    root = tmp_path / "overlay"
-    cfg = tmp_path / "copick.json"
-    cfg.write_text(json.dumps({"config_type": "filesystem", "name": "t", "version": "0.5.0",
-                               "pickable_objects": [], "overlay_root": f"local://{root}",
-                               "overlay_fs_args": {"auto_mkdir": True}}))
-    project = copick.from_file(str(cfg))
     vol = np.asarray(open_tomogram(data / "tomos" / "TS_00.mrc").data)
-    project.new_run("TS_A").new_voxel_spacing(10.0).new_tomogram("wbp").from_numpy(vol)
+    cfg, root, _ = copick_project(runs={"TS_A": vol})
     run_b = root / "ExperimentRuns" / "TS_B" / "VoxelSpacing10.000"
     run_b.mkdir(parents=True)
     shutil.copy(data / "tomos" / "TS_00.mrc", run_b / "wbp.mrc")

@@ -167,29 +167,20 @@ def test_demo_runs_on_the_realistic_preset(tmp_path, capsys):
     assert (out / "train" / "tomogram.mrc").exists() and (out / "test" / "picks.csv").exists()
 
 
-def test_train_and_predict_on_a_copick_project(simdir, tmp_path, capsys):
+def test_train_and_predict_on_a_copick_project(simdir, tmp_path, capsys, copick_project):
     """A project the copick library made (two runs, OME-Zarr tomograms, a user's picks):
     `cryopicker train --copick` learns its particle objects from those picks, and `cryopicker
     predict --copick ... --copick-user` stores the picks where copick reads them."""
     copick = pytest.importorskip("copick")
-    import json
-
     import numpy as np
 
     from napari_cryopicker.core.tomogram import open_tomogram
 
     truth = pd.read_csv(simdir / "picks.csv")
     names = sorted(truth["class"].unique())[:2]
-    cfg = tmp_path / "copick.json"
     objects = [{"name": n, "is_particle": True, "label": i + 1, "radius": 60.0} for i, n in enumerate(names)]
-    cfg.write_text(json.dumps({"config_type": "filesystem", "name": "t", "version": "0.5.0",
-                               "pickable_objects": objects, "overlay_root": f"local://{tmp_path / 'proj'}",
-                               "overlay_fs_args": {"auto_mkdir": True}}))
-    root = copick.from_file(str(cfg))
     vol = np.asarray(open_tomogram(simdir / "tomogram.mrc").data)
-    for run_name in ("TS_1", "TS_2"):
-        run = root.new_run(run_name)
-        run.new_voxel_spacing(10.0).new_tomogram("wbp").from_numpy(vol)
+    cfg, _, root = copick_project(objects, runs={"TS_1": vol, "TS_2": vol})
     for n in names:  # alice clicked TS_1 only
         sel = truth[truth["class"] == n]
         pk = root.get_run("TS_1").new_picks(n, "0", "alice")

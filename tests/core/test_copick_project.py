@@ -3,8 +3,6 @@ back where copick reads them (ExperimentRuns/<run>/Picks/), and read again."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -18,20 +16,14 @@ VS = 10.0
 
 
 @pytest.fixture
-def project(tmp_path):
-    cfg = tmp_path / "copick.json"
+def project(copick_project):
     objects = [
         {"name": "ribosome", "is_particle": True, "label": 1, "color": [255, 0, 0, 255], "radius": 140.0},
         {"name": "proteasome", "is_particle": True, "label": 2, "color": [0, 128, 255, 255], "radius": 80.0},
         {"name": "membrane", "is_particle": False, "label": 3, "color": [0, 255, 0, 255]},
     ]
-    cfg.write_text(json.dumps({"config_type": "filesystem", "name": "t", "version": "0.5.0",
-                               "pickable_objects": objects, "overlay_root": f"local://{tmp_path / 'proj'}",
-                               "overlay_fs_args": {"auto_mkdir": True}}))
-    root = copick.from_file(str(cfg))
-    for run in ("TS_1", "TS_2"):
-        root.new_run(run)
-    return cfg, tmp_path / "proj"
+    cfg, folder, _ = copick_project(objects, runs={"TS_1": None, "TS_2": None})
+    return cfg, folder
 
 
 def test_classes_come_from_the_pickable_particles(project):

@@ -3,8 +3,6 @@ their metadata and a chosen scale level."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -20,14 +18,9 @@ def volume():
     return np.random.default_rng(0).normal(0, 1, (24, 40, 36)).astype(np.float32)
 
 
-def test_a_copick_tomogram_opens_lazily_at_each_level(tmp_path, volume):
-    copick = pytest.importorskip("copick")
-    cfg = tmp_path / "copick.json"
-    cfg.write_text(json.dumps({"config_type": "filesystem", "name": "t", "version": "0.5.0", "pickable_objects": [],
-                               "overlay_root": f"local://{tmp_path / 'proj'}",
-                               "overlay_fs_args": {"auto_mkdir": True}}))
-    copick.from_file(str(cfg)).new_run("TS_07").new_voxel_spacing(10.0).new_tomogram("wbp").from_numpy(volume)
-    path = tmp_path / "proj" / "ExperimentRuns" / "TS_07" / "VoxelSpacing10.000" / "wbp.zarr"
+def test_a_copick_tomogram_opens_lazily_at_each_level(copick_project, volume):
+    _, folder, _ = copick_project(runs={"TS_07": volume})
+    path = folder / "ExperimentRuns" / "TS_07" / "VoxelSpacing10.000" / "wbp.zarr"
     lv = levels(path)
     assert [x.voxel_size for x in lv] == [10.0, 20.0, 40.0]
     t = open_tomogram(path)

@@ -143,21 +143,14 @@ def test_sample_data_opens_tomogram_and_picks(viewer):
         assert set(p.features["source"]) == {"manual"}
 
 
-def test_open_ome_zarr_tomogram_as_multiscale(viewer, tmp_path):
+def test_open_ome_zarr_tomogram_as_multiscale(viewer, copick_project):
     """A copick-written OME-Zarr tomogram opens as one lazy multiscale layer with its voxel
     size, named by its run, and becomes the session tomogram (picks read level 0)."""
-    copick = pytest.importorskip("copick")
-    import json
-
     from napari_cryopicker._napari.session import get_session
 
     vol = np.random.default_rng(1).normal(0, 1, (16, 48, 40)).astype(np.float32)
-    cfg = tmp_path / "copick.json"
-    cfg.write_text(json.dumps({"config_type": "filesystem", "name": "t", "version": "0.5.0", "pickable_objects": [],
-                               "overlay_root": f"local://{tmp_path / 'proj'}",
-                               "overlay_fs_args": {"auto_mkdir": True}}))
-    copick.from_file(str(cfg)).new_run("TS_09").new_voxel_spacing(12.0).new_tomogram("wbp").from_numpy(vol)
-    path = tmp_path / "proj" / "ExperimentRuns" / "TS_09" / "VoxelSpacing12.000" / "wbp.zarr"
+    _, folder, _ = copick_project(runs={"TS_09": vol}, voxel_size=12.0)
+    path = folder / "ExperimentRuns" / "TS_09" / "VoxelSpacing12.000" / "wbp.zarr"
     s = get_session(viewer)
     layers = viewer.open(str(path), plugin=PLUGIN)
     assert len(layers) == 1

@@ -477,24 +477,17 @@ def test_opened_picks_layers_can_join_the_training_set(viewer, session, tmp_path
     assert session.counts()["fas"]["imported"] == 0
 
 
-def test_a_copick_project_in_the_tomogram_panel(viewer, tmp_path, qtbot):
+def test_a_copick_project_in_the_tomogram_panel(viewer, tmp_path, qtbot, copick_project):
     """Open a project the copick library made, open a run with a user's picks, pick more,
     store them back: copick reads them from ExperimentRuns/<run>/Picks/."""
     copick = pytest.importorskip("copick")
-    import json
 
     from napari_cryopicker._napari.session import get_session
 
-    cfg = tmp_path / "copick.json"
     objects = [{"name": "ribosome", "is_particle": True, "label": 1, "radius": 120.0, "color": [230, 159, 0, 255]},
                {"name": "proteasome", "is_particle": True, "label": 2, "radius": 75.0}]
-    cfg.write_text(json.dumps({"config_type": "filesystem", "name": "t", "version": "0.5.0",
-                               "pickable_objects": objects, "overlay_root": f"local://{tmp_path / 'proj'}",
-                               "overlay_fs_args": {"auto_mkdir": True}}))
-    root = copick.from_file(str(cfg))
     vol = np.random.default_rng(2).normal(0, 1, (24, 48, 48)).astype(np.float32)
-    for name in ("TS_1", "TS_2"):
-        root.new_run(name).new_voxel_spacing(10.0).new_tomogram("wbp").from_numpy(vol)
+    cfg, _, root = copick_project(objects, runs={"TS_1": vol, "TS_2": vol})
     root.get_run("TS_1").new_picks("ribosome", "0", "alice").from_numpy(np.array([[100.0, 200.0, 50.0]]))
     w = dock(viewer, TomogramWidget)
     w.open_project(str(cfg))
