@@ -16,7 +16,10 @@ Scenarios (``--scenario``):
   offcentre  40 clicks per class, each off the centre by up to half a radius (human clicks)
 
 ``--set KEY=VALUE`` overrides a TrainConfig field (engine experiments, e.g.
-``--set f_maps=16,32,48,64``); ``--predict KEY=VALUE`` a PredictConfig field. Results go
+``--set f_maps=16,32,48,64``; ``--set seed=K`` trains the same clicks along another
+trajectory, to measure the run-to-run spread); ``--predict KEY=VALUE`` a PredictConfig field.
+The learning-rate schedule follows steps: a run is repeated bit for bit on the same CPU
+by ``--set epochs=N --time-limit 0`` with the N it printed. Results go
 to benchmarks/.cache/realistic/<tag>_s<seed>.json and a summary is printed at the end.
 Run it alone: 2 cores shared with anything else train fewer steps in the budget.
 
@@ -118,13 +121,18 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict) -> dict:
     t0 = time.monotonic()
 
     def on_epoch(r):
-        history.append({k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_f1")}
+        history.append({k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_f1", "self_labelled")}
                        | {"seconds": round(time.monotonic() - t0, 1)})
         vf = "-" if r.get("val_f1") is None else f"{r['val_f1']:.3f}"
         print(f"  seed {seed} epoch {r['epoch']:3d} {time.monotonic() - t0:6.0f} s  loss {r['train_loss']:.3f}  "
-              f"val F3 {vf}", flush=True)
+              f"val F3 {vf}" + (f"  self-labelled {r['self_labelled']}" if r.get("self_labelled") else ""),
+              flush=True)
 
+    from napari_cryopicker.core.train import training_binning
+
+    spied = _spy_self_label(train_truth, classes, training_binning(classes, cfg))
     ckpt = train_model([open_tomogram(train_mrc)], [picks], classes, cfg, on_epoch=on_epoch)
+    spied.undo()
     train_s = time.monotonic() - t0
     t1 = time.monotonic()
     test = open_tomogram(test_mrc)
@@ -138,10 +146,46 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict) -> dict:
     scores = score(res.picks, seed, shape)
     return {"seed": seed, "scenario": args.scenario, "clicks": picks.counts(), "train_seconds": round(train_s, 1),
             "predict_seconds": round(predict_s, 1), "best_epoch": ckpt.best_epoch, "epochs": len(ckpt.history),
+            "train_seed": cfg.seed, "self_label_check": spied.report,
             "history": history, "scores": scores,
             "thresholds": {k: v.get("t_lm") for k, v in (ckpt.postprocess or {}).items()},
             "overrides": {k: str(v) for k, v in overrides.items()},
             "predict_overrides": {k: str(v) for k, v in predict_overrides.items()}}
+
+
+class _spy_self_label:
+    """While training, check each self-labelled pick against the training truth (the
+    engine never sees it): how many per class sit on a particle of that class."""
+
+    def __init__(self, truth, classes, factor: int):
+        import napari_cryopicker.core.train as T
+        from napari_cryopicker.core.binning import picks_from_binned
+
+        self.T, self.orig, self.report = T, T._self_label, {}
+
+        def spy(net, vols, *a, **k):
+            before = len(vols[0].picks)
+            out = self.orig(net, vols, *a, **k)
+            new = vols[0].picks.subset(np.arange(len(vols[0].picks)) >= before)
+            new = picks_from_binned(new, factor) if factor > 1 else new
+            for c in classes:
+                got = new.select(class_name=c.name)
+                ok = 0
+                if len(got):
+                    from scipy.spatial import cKDTree
+
+                    t = truth.select(class_name=c.name)
+                    d, _ = cKDTree(t.zyx).query(got.zyx)
+                    ok = int((d <= c.radius).sum())
+                self.report[c.name] = {"added": len(got), "on_that_class": ok}
+            print("  self-labelled (on a particle of that class / added): "
+                  + ", ".join(f"{k} {v['on_that_class']}/{v['added']}" for k, v in self.report.items()), flush=True)
+            return out
+
+        T._self_label = spy
+
+    def undo(self):
+        self.T._self_label = self.orig
 
 
 def score(picks, seed: int, shape) -> dict:
@@ -244,8 +288,9 @@ def print_table(results: list[dict]) -> None:
     print(head)
     for r in results:
         cells = score_cells(r["scores"])
+        again = f"; repeat: --set epochs={r['epochs']} --time-limit 0" if r.get("train_seed") is not None else ""
         print(f"{r['seed']:>4}  " + "  ".join(cells) + f"   (best epoch {r['best_epoch']}/{r['epochs']}, "
-              f"predict {r['predict_seconds']:.0f} s)")
+              f"predict {r['predict_seconds']:.0f} s{again})")
     if len(results) > 1:
         mean = [np.mean([r["scores"]["1.0"][n]["f1"] for r in results]) for n in BENCHMARK_CLASSES]
         worst = [np.min([r["scores"]["1.0"][n]["f1"] for r in results]) for n in BENCHMARK_CLASSES]

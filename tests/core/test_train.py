@@ -5,6 +5,7 @@ import torch
 from napari_cryopicker.core.classes import ClassTable, ParticleClass
 from napari_cryopicker.core.errors import Cancelled, CryoPickerError
 from napari_cryopicker.core.model import ModelConfig, ResUNet
+from napari_cryopicker.core.picks import Picks
 from napari_cryopicker.core.progress import Progress
 from napari_cryopicker.core.simulate import simulate_tomogram
 from napari_cryopicker.core.tomogram import Tomogram
@@ -345,3 +346,104 @@ def test_discriminate_adds_a_class_decision_loss_on_particle_voxels_only():
     other[0, :, 0, 0, 2] = torch.tensor([0.0, 9.0, 0.0])
     assert float(loss_fn(other, target, 2, w, cfg)) == pytest.approx(float(loss_fn(confused, target, 2, w, cfg)))
     assert float(loss_fn(confused, target, 2, w, TrainConfig(ce_weight=0.0, dice_weight=0.0))) == 0.0
+
+
+def test_a_run_repeats_bit_for_bit_and_a_timed_run_is_repeated_by_its_epoch_count(small_sim, monkeypatch):
+    """The learning rate follows the step, not the clock: two runs with the same seed and
+    epochs give the same weights, and a time-limited run (here on a fake clock that ticks
+    once per call) is repeated exactly by a plain run of the epochs it planned."""
+    import napari_cryopicker.core.train as train_mod
+
+    tomo, sim = small_sim
+    cfg = dict(TINY, epochs=9)
+    a = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**cfg))
+    b = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**cfg))
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+
+    clock = iter(range(10**9))
+    monkeypatch.setattr(train_mod.time, "monotonic", lambda: float(next(clock)))
+    timed = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(TINY, epochs=10_000), time_limit=150))
+    monkeypatch.undo()
+    planned = [r["planned_epochs"] for r in timed.history]
+    n = len(timed.history)
+    assert planned[0] == 10_000 and set(planned[2:]) == {n} and 8 <= n < 50
+    again = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(TINY, epochs=n)))
+    assert all(torch.equal(timed.state_dict[k], again.state_dict[k]) for k in again.state_dict)
+    assert [r["lr"] for r in timed.history] == [r["lr"] for r in again.history]
+
+
+def test_the_epoch_plan_fits_the_time_limit_and_shrinks_when_the_machine_slows():
+    from napari_cryopicker.core.train import _Plan
+
+    plan = _Plan(TrainConfig(epochs=1000, time_limit=100, warmup_epochs=2, steps_per_epoch=10))
+    plan.after_epoch(1, 10.0)
+    assert plan.epochs == 1000 and not plan.planned      # still warming up: no plan yet
+    plan.after_epoch(2, 20.0)
+    assert plan.epochs == 9 and plan.total_steps == 90    # 2 done + 7 more of 10 s in 97 % of 80 s
+    plan.after_epoch(3, 31.0)
+    assert plan.epochs == 9                               # a little slower: the plan holds
+    plan.after_epoch(4, 56.0)
+    assert plan.epochs == 6                               # at 18 s an epoch since the plan, 2 more fit in 44 s
+    fixed = _Plan(TrainConfig(epochs=6, warmup_epochs=2))
+    fixed.after_epoch(2, 1e6)
+    assert fixed.epochs == 6 and fixed.warm_epochs == 1   # no time limit: never re-planned
+
+
+class _LabelNet(torch.nn.Module):
+    """A stand-in network that reads the class off its input: the test tomogram holds
+    the class number of each voxel (0 background), normalised by the training code."""
+
+    def __init__(self, centre: float, scale: float, n_classes: int):
+        super().__init__()
+        self.centre, self.scale, self.k = centre, scale, n_classes
+
+    def forward(self, x):
+        value = x * self.scale + self.centre
+        ks = torch.arange(self.k + 1, dtype=x.dtype).view(1, -1, 1, 1, 1)
+        return -20.0 * (value - ks) ** 2
+
+
+def test_self_labelling_adds_the_unclicked_particles_the_network_finds():
+    from napari_cryopicker.core.labels import make_labels
+    from napari_cryopicker.core.train import _crop_shape, _prepare, _self_label
+
+    classes = ClassTable([ParticleClass("big", 8.0), ParticleClass("small", 6.0)])
+    rng = np.random.default_rng(0)
+    centres = []
+    while len(centres) < 12:  # particles at least 12 voxels apart, inside the volume
+        c = rng.uniform([8, 8, 8], [40, 88, 88])
+        if all(np.linalg.norm(c - o) > 12 for o in centres):
+            centres.append(np.round(c))
+    names = ["big"] * 6 + ["small"] * 6
+    truth = Picks.from_zyx(np.array(centres), class_name=names, source="imported", voxel_size=10.0)
+    data = make_labels((48, 96, 96), truth, classes, "ball").astype(np.float32)
+    tomo = Tomogram(data, 10.0)
+    first3 = np.array([1, 1, 1, 0, 0, 0] * 2, bool)
+    clicked = Picks.from_zyx(np.array(centres)[first3], class_name=list(np.array(names)[first3]), voxel_size=10.0)
+    cfg = TrainConfig(val_fraction=0.0, device="cpu", self_label=0.5, self_label_max=2.0)
+    vols = _prepare([tomo], [clicked], classes, cfg, _crop_shape(tomo.shape, 32, 8))
+    v = vols[0]
+    net = _LabelNet(v.centre, v.scale, len(classes))
+    assert _self_label(net, vols, classes, cfg, torch.device("cpu"), len(classes), 8) == {"big": 3, "small": 3}
+    assert len(v.picks) == 12 and v.n_pos == 12 and len(v.positives) == 12
+    new = v.picks.subset(np.arange(12) >= 6)
+    unclicked = truth.subset(np.array([0, 0, 0, 1, 1, 1] * 2, bool))
+    for c in ("big", "small"):
+        got, want = new.select(class_name=c).zyx, unclicked.select(class_name=c).zyx
+        d = np.linalg.norm(got[:, None] - want[None], axis=2).min(axis=1)
+        assert (d <= 1.0).all()
+    # a second pass adds nothing: every particle is now known
+    assert _self_label(net, vols, classes, cfg, torch.device("cpu"), len(classes), 8) == {"big": 0, "small": 0}
+    # at most self_label_max x the clicks of a class
+    vols = _prepare([tomo], [clicked], classes, TrainConfig(val_fraction=0.0, self_label_max=0.5), (32, 32, 32))
+    net = _LabelNet(vols[0].centre, vols[0].scale, len(classes))
+    assert _self_label(net, vols, classes, TrainConfig(self_label_max=0.5), torch.device("cpu"), 2, 8) == \
+        {"big": 1, "small": 1}
+
+
+def test_self_labelling_runs_inside_training_and_is_recorded(small_sim):
+    tomo, sim = small_sim
+    half = sim.picks.subset(np.arange(len(sim.picks)) % 2 == 0)
+    ck = train_model([tomo], [half], sim.classes, TrainConfig(**dict(TINY, epochs=8), self_label=0.5))
+    rec = [r for r in ck.history if "self_labelled" in r]
+    assert len(rec) == 1 and rec[0]["epoch"] == 4 and set(rec[0]["self_labelled"]) == set(sim.classes.names)

@@ -42,7 +42,12 @@ class TrainConfig:
     steps_per_epoch: int = 24
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    warmup_fraction: float = 0.05
+    # Learning rate: linear warm-up over the first warmup_epochs, then a cosine down to 3 %
+    # of lr at the last step. The schedule follows steps, never the clock: with a
+    # time_limit the number of epochs is planned once the warm-up has run (from its
+    # measured epoch time), so a run with the same seed, data and epoch count repeats the
+    # same arithmetic (on CPU, bit for bit) whatever the machine's speed.
+    warmup_epochs: int = 2
     label_mode: str = "tball"
     diameter: float | None = None           # one label diameter for every class (paper: 7)
     label_scale: float = 0.5                # else label diameter = label_scale x class diameter
@@ -88,6 +93,14 @@ class TrainConfig:
     # labelled as a particle: the class decision (mitoribosome or ribosome?) gets its own
     # gradient instead of drowning in the particle-or-background one. 0: off.
     discriminate: float = 0.0
+    # Self-labelling (0: off): at this share of the planned steps, the network picks the
+    # training part of each tomogram, and the unclicked particles it finds as surely as the
+    # clicked ones (score >= self_label_score x the median score of its picks on the
+    # clicks, at most self_label_max x the clicks per class) become picks of their class
+    # for the rest of the run, instead of background that contradicts the clicks.
+    self_label: float = 0.0
+    self_label_score: float = 0.75
+    self_label_max: float = 2.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -584,6 +597,63 @@ def _threshold_from_top_picks(found: Picks, truth: Picks, c, grid) -> tuple[floa
     return float(np.clip(0.5 * np.median(top), lo, hi)), float(np.clip(0.5 * np.median(fills), 0.0, 0.6))
 
 
+def _self_label(net, vols: list[_Volume], classes: ClassTable, config: TrainConfig, device, n_classes: int,
+                multiple: int) -> dict[str, int]:
+    """Add the unclicked particles the network finds as surely as the clicked ones to the
+    training picks (see ``TrainConfig.self_label``); returns how many per class.
+
+    Only the training part of each volume is picked (the validation slab keeps its own
+    truth), and nothing within a class diameter of a pick or rejection is added."""
+    from scipy.spatial import cKDTree
+
+    from .predict import PredictConfig, segment
+
+    added = {c.name: 0 for c in classes}
+    base = nms_defaults(classes, config)
+    params = {name: {**p_, "t_lm": 0.05, "min_fill": 0.0} for name, p_ in base.items()}
+    net.eval()
+    with torch.inference_mode():
+        for v in vols:
+            region = tuple(slice(0, int(h)) for h in v.train_hi)
+            cfg = PredictConfig(device=str(device), tile=256, margin=8, batch_size=1)
+            lab, conf, _ = segment(v.tomo, net, n_classes, multiple, cfg, device, (v.centre, v.scale),
+                                   region=region, lowpass=config.lowpass)
+            found = mp_nms(lab, conf, classes, params)
+            if len(found) == 0:
+                continue
+            known = v.picks
+            names = known.table["class_name"].to_numpy()
+            clicked = (known.table["source"] != "rejected").to_numpy()
+            new = []
+            for c in classes:
+                fc = found.select(class_name=c.name)
+                mine = known.subset(clicked & (names == c.name))
+                if len(fc) == 0 or len(mine) < 2:
+                    continue
+                d, i = cKDTree(fc.zyx).query(mine.zyx, distance_upper_bound=c.radius)
+                on_clicks = fc.table["score"].to_numpy()[i[np.isfinite(d)]]
+                if len(on_clicks) < 2:
+                    continue
+                floor = config.self_label_score * float(np.median(on_clicks))
+                far = cKDTree(known.zyx).query(fc.zyx)[0] > c.diameter
+                sc = fc.table["score"].to_numpy()
+                keep = np.flatnonzero(far & (sc >= floor))
+                keep = keep[np.argsort(-sc[keep])][: int(config.self_label_max * len(mine))]
+                if len(keep):
+                    new.append(Picks.from_zyx(fc.zyx[keep], class_name=c.name, score=sc[keep], source="predicted",
+                                              tomogram=str(known.table["tomogram"].iloc[0]),
+                                              voxel_size=known.voxel_size))
+                    added[c.name] += len(keep)
+            if new:
+                v.picks = Picks.concat([v.picks, *new])
+                first = len(v.zyx)
+                v.zyx = np.rint(v.picks.zyx).astype(np.int64)
+                extra = np.arange(first, len(v.zyx))
+                v.positives = np.concatenate([v.positives, extra])
+                v.n_pos += len(extra)
+    return added
+
+
 def _pr(tp, fp, fn):
     p = tp / (tp + fp) if tp + fp else 0.0
     r = tp / (tp + fn) if tp + fn else 0.0
@@ -744,7 +814,6 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
         w = np.asarray(config.class_weights, float)
     weights = torch.tensor(w, dtype=torch.float32, device=device)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = max(1, config.epochs * config.steps_per_epoch)
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -756,20 +825,26 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
     val_seconds = 0.0
     cancelled = False
 
+    plan = _Plan(config)
+    warmup = plan.warm_epochs * config.steps_per_epoch
+    self_labelled = False
+
     def frac_done() -> float:
-        f = step / total_steps
+        """The share of the run done, for the progress bar (the clock counts)."""
+        f = step / plan.total_steps
         if config.time_limit:
             f = max(f, (time.monotonic() - t_start) / config.time_limit)
         return min(1.0, f)
 
-    def lr_at(f: float) -> float:
-        wu = config.warmup_fraction
-        if f < wu:
-            return config.lr * (0.1 + 0.9 * f / wu)
-        q = (f - wu) / max(1e-9, 1 - wu)
+    def lr_at(s: int) -> float:
+        if s < warmup:
+            return config.lr * (0.1 + 0.9 * s / warmup)
+        q = (s - warmup) / max(1, plan.total_steps - warmup)
         return config.lr * (0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * min(1.0, q))))
 
     for epoch in range(config.epochs):
+        if epoch >= plan.epochs:
+            break
         net.train()
         t_ep = time.monotonic()
         ep_losses, ep_left_out = [], []
@@ -790,12 +865,12 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
                     memory_format=torch.channels_last_3d)
                 yb = torch.from_numpy(np.stack(ys).astype(np.int64)).to(device)
                 for g in opt.param_groups:
-                    g["lr"] = lr_at(frac_done())
+                    g["lr"] = lr_at(step)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     logits = net(xb)
                 yb, vw = _voxel_weights(yb, config)
                 if config.sparse:
-                    yb, left_out = _ignore_unpicked_blobs(logits, yb, frac_done() >= config.sparse_warmup)
+                    yb, left_out = _ignore_unpicked_blobs(logits, yb, step >= max(warmup, config.sparse_warmup * plan.total_steps))
                     ep_left_out.append(left_out)
                 loss = loss_fn(logits, yb, n_classes, weights, config, vw)
                 opt.zero_grad(set_to_none=True)
@@ -818,11 +893,12 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
             "train_loss": float(np.mean(ep_losses)),
             "val_loss": None,
             "val_f1": None,
-            "lr": lr_at(frac_done()),
+            "lr": lr_at(max(0, step - 1)),
+            "planned_epochs": plan.epochs,
         }
         if config.sparse:
             record["left_out"] = float(np.mean(ep_left_out)) if ep_left_out else 0.0
-        last = (epoch == config.epochs - 1) or cancelled or (
+        last = (epoch == plan.epochs - 1) or cancelled or (
             config.time_limit is not None and time.monotonic() - t_start + val_seconds > config.time_limit
         )
         if has_val and ((epoch + 1) % config.val_every == 0 or last):
@@ -852,6 +928,11 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
                     warnings.warn(f"{config.checkpoint_path}: cannot save the model of epoch "
                                   f"{record['epoch']} ({e.strerror or e}); training goes on",
                                   CryoPickerWarning, stacklevel=2)
+        plan.after_epoch(epoch + 1, time.monotonic() - t_start)
+        if (config.self_label and not self_labelled and plan.planned and not cancelled
+                and step >= config.self_label * plan.total_steps):
+            self_labelled = True
+            record["self_labelled"] = _self_label(eval_net, vols, classes, config, device, n_classes, mcfg.multiple)
         if on_epoch is not None:
             on_epoch(dict(record))
         if cancelled or (config.time_limit and time.monotonic() - t_start + val_seconds > config.time_limit):
@@ -862,6 +943,49 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
         state.best_state = _copy_state(eval_net)
         state.best_epoch = state.history[-1]["epoch"] if state.history else None
     return _checkpoint(state, mcfg, classes, vs, config, out)
+
+
+class _Plan:
+    """How many epochs a run trains: ``config.epochs``, or with a time limit as many as fit.
+
+    The count is planned once, after the warm-up epochs (whose learning rates do not
+    depend on it), from the last one's measured time (training and validation), so the
+    cosine schedule that follows is a function of the step alone and a run can be
+    repeated exactly with ``epochs`` set to the planned count (8 or more) and no time limit. It is
+    planned again, shorter, only if the run falls a whole epoch behind (the machine got
+    busier); the time limit itself still stops a run at once."""
+
+    def __init__(self, config: TrainConfig):
+        # a short run (under 4 x warmup_epochs) warms up for a quarter of it
+        self.config = config
+        self.warm_epochs = max(1, min(int(config.warmup_epochs), config.epochs // 4))
+        self.epochs = config.epochs
+        self.planned = not config.time_limit
+        self.last_elapsed = 0.0
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, self.epochs * self.config.steps_per_epoch)
+
+    def after_epoch(self, done: int, elapsed: float) -> None:
+        """Called once an epoch (with its validation) is over, ``elapsed`` seconds into the run."""
+        limit = self.config.time_limit
+        seconds = elapsed - self.last_elapsed  # the whole cycle: training, validation, saving
+        self.last_elapsed = elapsed
+        if not limit:
+            return
+        if not self.planned:
+            if done < self.warm_epochs:
+                return
+            # 3 % of the time left to spare, so that the clock's jitter does not cut the last epoch
+            self.epochs = min(self.config.epochs, done + max(0, int(0.97 * (limit - elapsed) / max(seconds, 1e-6))))
+            self.planned, self.mark = True, (done, elapsed)
+            return
+        # the mean epoch since the plan, so a one-off pause (self-labelling, a save) does not re-plan
+        mean = (elapsed - self.mark[1]) / max(1, done - self.mark[0])
+        left = self.epochs - done
+        if left > 0 and elapsed + (left - 1) * mean > limit:
+            self.epochs = done + max(0, int((limit - elapsed) / max(mean, 1e-6)))
 
 
 def _better(key: tuple, state: TrainState, tolerance: float) -> bool:
