@@ -86,7 +86,8 @@ def test_review_keys_answer_and_move_on(reviewed, viewer, qtbot):
     qtbot.keyClick(canvas, "n")  # the best candidate: proteasome 0.9 at z 10
     assert w.review.current.zyx == (10, 16, 16)
     assert viewer.dims.point[0] == pytest.approx(10 * VOXEL)
-    assert len(w.ortho.images) == 3 and w.ortho.images[1].width() == 2 * w.ortho.half + 1
+    qtbot.waitUntil(lambda: len(w.ortho.images) == 3, timeout=3000)  # read off the GUI thread
+    assert w.ortho.images[1].width() == 2 * w.ortho.half + 1
     qtbot.keyClick(canvas, "n")
     qtbot.keyClick(canvas, "b")
     assert w.review.current.zyx == (10, 16, 16)
@@ -143,6 +144,42 @@ def test_ortho_planes_read_from_the_memory_map(tomo_path):
     assert np.isnan(xz[:3]).all() and np.isfinite(xz[3:, :5]).all() and np.isnan(xz[:, 5:]).all()
 
 
+class SlowVolume:
+    """A tomogram on a slow disk: every read takes 0.4 s (an OME-Zarr chunk on a network share)."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+        self.reads = 0
+
+    def __getitem__(self, idx):
+        import time
+
+        time.sleep(0.4)
+        self.reads += 1
+        return self.data[idx]
+
+
+def test_ortho_planes_are_read_off_the_gui_thread_and_only_the_newest_is_shown(reviewed, qtbot):
+    import time
+
+    from napari_cryopicker._napari.widgets.particles import PlaneReader
+
+    w, s = reviewed
+    vol = SlowVolume(np.asarray(s.tomogram.data, dtype=np.float32))
+    shown = []
+    reader = PlaneReader(lambda planes, tag: shown.append((tag, planes)))
+    t = time.monotonic()
+    for i, zyx in enumerate([(10, 16, 16), (20, 40, 44), (16, 48, 20)]):
+        reader.request(vol, zyx, 4, i)
+    assert time.monotonic() - t < 0.3  # three requests, no wait on the GUI thread
+    qtbot.waitUntil(lambda: len(shown) > 0, timeout=5000)
+    qtbot.wait(900)
+    # the second request is overtaken before it starts (the first may be too); only the newest is shown
+    assert [tag for tag, _ in shown] == [2] and vol.reads in (3, 6)  # 3 planes per read; never 9
+    np.testing.assert_array_equal(shown[0][1][0], vol.data[16, 44:53, 16:25])
+    reader.close()
+
+
 def test_the_3d_view_leaves_add_mode_and_says_picking_is_2d(viewer, session, qtbot):
     from napari_cryopicker._napari.session import PickingSession
 
@@ -150,13 +187,11 @@ def test_the_3d_view_leaves_add_mode_and_says_picking_is_2d(viewer, session, qtb
     session.set_active_class("ribosome")
     layer = viewer.layers["picks: ribosome"]
     assert layer.mode == "add"
-    seen = []
-    from napari.utils.notifications import notification_manager
+    from napari_cryopicker._napari.messages import MESSAGES
 
-    notification_manager.notification_ready.connect(lambda n: seen.append(n.message))
     viewer.dims.ndisplay = 3
     assert layer.mode == "pan_zoom"
-    assert any(PickingSession.THREE_D_HINT in m for m in seen)
+    assert MESSAGES.last.text == PickingSession.THREE_D_HINT
     session.select_class_number(1)  # a number key in 3D does not arm add mode
     assert layer.mode == "pan_zoom"
     viewer.dims.ndisplay = 2

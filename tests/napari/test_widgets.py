@@ -38,7 +38,7 @@ def picked(session):
 
 def test_all_panels_widget_and_classes_table(viewer, session, qtbot):
     w = dock(viewer, CryoPickerWidget)
-    assert w.tabs.count() == 8  # Tomogram ... Correct, Particles, Export
+    assert w.tabs.count() == 9  # Tomogram ... Correct, Particles, Export, Project
     classes = w.panel(ClassesWidget)
     classes.name.setText("ribosome")
     classes.diameter.setValue(10)

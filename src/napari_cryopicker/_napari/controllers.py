@@ -273,7 +273,8 @@ class Exporter:
             out.voxel_size = s.voxel_size
         return out
 
-    def filename(self, fmt: str, tomogram: str, class_name: str | None) -> str:
+    @staticmethod
+    def filename(fmt: str, tomogram: str, class_name: str | None) -> str:
         ext = EXTENSIONS.get(fmt, ".txt")
         part = safe_name(class_name) if class_name else "picks"
         if fmt == "copick":

@@ -65,7 +65,7 @@ class Demo:
         self.ok = False
 
     def start(self) -> None:
-        from .workers import notify
+        from .messages import notify
 
         self.viewer.open_sample("napari-cryopicker", "tomogram")
         s = self.session
@@ -98,7 +98,8 @@ class Demo:
         try:
             self.runs["predict"].start()
         except Exception as e:  # pragma: no cover - shown, then finish
-            from .workers import notify, readable_error
+            from .messages import notify
+            from .workers import readable_error
 
             notify(readable_error(e), "error")
             self.on_done(False)
@@ -107,7 +108,7 @@ class Demo:
         self.runs["predict"].finished.disconnect(self._picked)
         self.ok = outcome.ok
         if outcome.ok:
-            from .workers import notify
+            from .messages import notify
 
             s = self.session
             z = s.tomogram.shape[0] // 2
@@ -129,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from .widgets.all_panels import dock_all
-    from .workers import notify, readable_error
+    from .messages import notify
+    from .workers import readable_error
 
     viewer = napari.Viewer(title="CryoPicker")
     if args.screenshot:  # a predictable picture, whatever size napari remembered

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..core.classes import PALETTE
 from .convert import META, points_layer_kwargs
+from .messages import notify
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def read_ome_zarr_layers(path):
         data = [t.data for t in tomos] if len(tomos) > 1 else t0.data
         return [(data, meta, "image")]
     except Exception as e:  # a readable message, never a traceback
-        _notify_error(f"Could not open {p} as an OME-Zarr tomogram: {e}")
+        notify(f"Could not open {p} as an OME-Zarr tomogram: {e}", "warning")
         return None
 
 
@@ -149,7 +150,7 @@ def read_tomogram_layers(path):
     try:
         return [tomogram_layer_data(p)]
     except Exception as e:  # a readable message, never a traceback
-        _notify_error(f"Could not open {p} as a tomogram: {e}")
+        notify(f"Could not open {p} as a tomogram: {e}", "warning")
         return None
 
 
@@ -186,31 +187,14 @@ def read_picks_layers(path):
 
         picks = read_picks(p)
     except Exception as e:
-        _notify_error(f"Could not read picks from {p}: {e}")
+        notify(f"Could not read picks from {p}: {e}", "warning")
         return None
     if len(picks) == 0:
-        _notify_info(f"{p}: holds no picks")
+        notify(f"{p}: holds no picks")
         return None
     return picks_layer_data(picks, stem=Path(p).stem)
 
 
-def _notify_error(msg: str) -> None:
-    log.warning(msg)
-    try:
-        from napari.utils.notifications import show_warning
-
-        show_warning(msg)
-    except Exception:  # pragma: no cover - napari always importable here
-        pass
-
-
-def _notify_info(msg: str) -> None:
-    try:
-        from napari.utils.notifications import show_info
-
-        show_info(msg)
-    except Exception:  # pragma: no cover
-        pass
 
 
 __all__ = ["get_reader", "tomogram_layer_data", "picks_layer_data"]

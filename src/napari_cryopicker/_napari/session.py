@@ -22,8 +22,6 @@ the tomogram (``<stem>.cryopicker.json``) and restored when the tomogram is reop
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import weakref
@@ -37,7 +35,18 @@ import numpy as np
 import pandas as pd
 from psygnal import Signal, SignalGroup
 
-from ..core.atomic import atomic_output
+from ..core.annotations import (
+    ANNOTATION_SOURCES,
+    AUTOSAVE_FORMAT,
+    AUTOSAVE_SUFFIX,
+    backup_path,
+    default_autosave_path,
+    fallback_autosave_path,
+    read_annotation_file,
+    set_aside,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from ..core.classes import ClassTable, ParticleClass
 from ..core.errors import CryoPickerError
 from ..core.picks import Picks
@@ -54,6 +63,7 @@ from .convert import (
     points_layer_kwargs,
     score_colormap,
 )
+from .messages import notify
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -63,10 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-AUTOSAVE_SUFFIX = ".cryopicker.json"
 MODEL_SUFFIX = ".cryopicker.pt"  # the model trained in a session, beside its annotations
-AUTOSAVE_FORMAT = "napari-cryopicker-annotations"
-ANNOTATION_SOURCES = ("manual", "accepted", "imported")
 REJECTED_COLOUR = "#ff4d4d"  # rejected predictions: a red x, plainly visible when shown
 MAX_UNDO = 200
 
@@ -137,32 +144,6 @@ def tomogram_from_layer(layer: Image) -> Tomogram:
     )
 
 
-def default_autosave_path(tomo: Tomogram) -> Path | None:
-    if tomo.path is None:
-        return None
-    return tomo.path.with_name(tomo.path.stem + AUTOSAVE_SUFFIX)
-
-
-def fallback_autosave_path(tomo: Tomogram) -> Path | None:
-    """Per-user location used when the tomogram's folder is not writable."""
-    if tomo.path is None:
-        return None
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "napari-cryopicker" / "autosave"
-    h = hashlib.sha1(str(tomo.path.resolve()).encode()).hexdigest()[:10]
-    return base / f"{tomo.path.stem}-{h}{AUTOSAVE_SUFFIX}"
-
-
-def backup_path(autosave: Path) -> Path:
-    """Where the autosave before the last deletion is kept."""
-    return autosave.with_name(autosave.name + ".bak")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
-    return path
-
-
 def _call_soon(fn: Callable[[], None]) -> None:
     """Run ``fn`` once Qt's event loop runs again (at once where there is no Qt)."""
     try:
@@ -175,12 +156,6 @@ def _call_soon(fn: Callable[[], None]) -> None:
         fn()
     else:
         QTimer.singleShot(0, fn)
-
-
-def write_json_atomic(path: Path, payload: dict) -> Path:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=1))
-    return path
 
 
 def overfitting_hint(history: Sequence[dict], window: int = 3) -> str:
@@ -693,10 +668,10 @@ class PickingSession:
                 return
             self._maybe_adopt(layer)
         except CryoPickerError as e:
-            _notify(str(e), "warning")
+            notify(str(e), "warning")
         except Exception as e:  # an event handler must never pop up a traceback
             log.warning("could not take over layer %s: %s", getattr(layer, "name", layer), e)
-            _notify(f"CryoPicker could not use layer {getattr(layer, 'name', layer)!r}: {e}", "warning")
+            notify(f"CryoPicker could not use layer {getattr(layer, 'name', layer)!r}: {e}", "warning")
 
     THREE_D_HINT = ("Picking works in the 2D view only: a click in the 3D view has no depth to put a "
                     "pick at. The picks layers were switched from add to pan/zoom mode; go back to 2D "
@@ -714,7 +689,7 @@ class PickingSession:
                     layer.mode = "pan_zoom"
                     switched = True
             if switched or self.active_class is not None:
-                _notify(self.THREE_D_HINT, "info")
+                notify(self.THREE_D_HINT, "info")
         except Exception as e:  # an event handler must never pop up a traceback
             log.warning("3D view: %s", e)
 
@@ -985,7 +960,7 @@ class PickingSession:
             mine = mine.copy()
             mine.voxel_size = tomo.voxel_size
         elif tomo.voxel_size and len(mine) and not np.isclose(mine.voxel_size, tomo.voxel_size):
-            _notify(f"The picks were made at {mine.voxel_size:.4g} A per voxel; they were rescaled to "
+            notify(f"The picks were made at {mine.voxel_size:.4g} A per voxel; they were rescaled to "
                     f"{tomo.name}'s {tomo.voxel_size:.4g} A voxels", "warning")
         return self.add_picks(mine, source="imported", label=f"import {len(mine)} pick(s)")
 
@@ -1285,7 +1260,7 @@ class PickingSession:
             self.model_path = target
         except OSError as e:
             self.last_autosave_error = f"{target}: cannot save the model ({e.strerror or e})"
-            _notify(self.last_autosave_error + "; save it with Save model... before closing napari", "warning")
+            notify(self.last_autosave_error + "; save it with Save model... before closing napari", "warning")
 
     # ------------------------------------------------------------------ autosave
     def annotation_payload(self) -> dict:
@@ -1336,7 +1311,7 @@ class PickingSession:
             self.last_autosave_error = (
                 f"{target.parent} is not writable; annotations are autosaved to {fb} instead"
             )
-            _notify(self.last_autosave_error, "warning")
+            notify(self.last_autosave_error, "warning")
             return write_json_atomic(fb, payload)
 
     def _backup_before_shrinking(self, target: Path, n_new: int) -> None:
@@ -1379,15 +1354,15 @@ class PickingSession:
                     break
                 except CryoPickerError as e:
                     # keep the damaged file (the next autosave would overwrite it) and say where
-                    kept = _set_aside(cand)
+                    kept = set_aside(cand)
                     where = f"; it was kept as {kept.name}" if kept is not None else ""
-                    _notify(f"Ignoring autosaved annotations: {e}{where}", "warning")
+                    notify(f"Ignoring autosaved annotations: {e}{where}", "warning")
         if payload is None:
             payload = self._memory.pop(tomo.name, None)
         if payload is not None:
             n = self._load_payload(payload, undoable=False)
             if n:
-                _notify(f"Restored {n} saved pick(s) for {tomo.name}", "info")
+                notify(f"Restored {n} saved pick(s) for {tomo.name}", "info")
 
     def _load_payload(self, payload: dict, *, undoable: bool) -> int:
         tomo = self._require_tomogram()
@@ -1400,7 +1375,7 @@ class PickingSession:
         picks = Picks(df, payload.get("voxel_size"))
         if picks.voxel_size is not None and tomo.voxel_size and not np.isclose(picks.voxel_size, tomo.voxel_size):
             if len(picks):
-                _notify(f"The saved picks were made at {picks.voxel_size:.4g} A per voxel; they were rescaled to "
+                notify(f"The saved picks were made at {picks.voxel_size:.4g} A per voxel; they were rescaled to "
                         f"{tomo.name}'s {tomo.voxel_size:.4g} A voxels", "warning")
             picks = picks.rescaled(tomo.voxel_size)
         active = payload.get("active_class")
@@ -1467,7 +1442,7 @@ class PickingSession:
         if not p.is_absolute() and self.autosave_path is not None:
             p = self.autosave_path.parent / p
         if not p.exists():
-            _notify(f"The model saved with these annotations ({p}) is missing; train again or load a model",
+            notify(f"The model saved with these annotations ({p}) is missing; train again or load a model",
                     "warning")
             return
         from .workers import runs_for
@@ -1516,86 +1491,6 @@ class PickingSession:
         for key, fn in self._key_handlers.items():
             with contextlib.suppress(Exception):
                 layer.bind_key(key, (lambda f: (lambda _layer=None: f()))(fn), overwrite=True)
-
-
-def read_annotation_file(path: str | os.PathLike) -> dict:
-    """The payload of a saved annotation file, checked; CryoPickerError naming the file if not."""
-    p = Path(path)
-    if p.is_dir():
-        raise CryoPickerError(f"{p}: is a directory; give the .cryopicker.json file")
-    try:
-        payload = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CryoPickerError(f"{p}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise CryoPickerError(f"{p}: not a readable annotation file ({e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != AUTOSAVE_FORMAT:
-        raise CryoPickerError(f"{p}: not a napari-cryopicker annotation file")
-    problem = _payload_problem(payload)
-    if problem:
-        raise CryoPickerError(f"{p}: damaged annotation file ({problem})")
-    return payload
-
-
-def _payload_problem(payload: dict) -> str:
-    """What is wrong with an annotation payload's picks and classes, or ''."""
-    picks = payload.get("picks") or {}
-    if not isinstance(picks, dict):
-        return "'picks' is not a table"
-    cols = {k: picks.get(k, []) for k in ("z", "y", "x", "class_name", "score", "source")}
-    if not all(isinstance(v, list) for v in cols.values()):
-        return "a 'picks' column is not a list"
-    n = len(cols["z"])
-    if any(len(v) != n for k, v in cols.items() if k in ("y", "x") or v):
-        return "the 'picks' columns have different lengths"
-    try:
-        zyx = np.asarray([cols["z"], cols["y"], cols["x"]], dtype=float)
-    except (TypeError, ValueError):
-        return "a pick coordinate is not a number"
-    if not np.isfinite(zyx).all():
-        return "a pick coordinate is not a finite number"
-    try:
-        ClassTable.from_dict(payload.get("classes") or [])
-    except (TypeError, ValueError, KeyError, AttributeError) as e:
-        return f"bad class table: {e}"
-    preds = payload.get("predictions") or {}
-    if not isinstance(preds, dict) or not all(isinstance(v, list) for v in preds.values()):
-        return "'predictions' is not a table"
-    if len({len(v) for k, v in preds.items() if k in ("z", "y", "x", "class_name", "score")}) > 1:
-        return "the 'predictions' columns have different lengths"
-    model = payload.get("model")
-    if model is not None and not isinstance(model, str):
-        return "'model' is not a file name"
-    thresholds = payload.get("thresholds") or {}
-    if not isinstance(thresholds, dict) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in thresholds.values()):
-        return "'thresholds' is not a table of numbers"
-    vs = payload.get("voxel_size")
-    if vs is not None and not (isinstance(vs, (int, float)) and vs > 0):
-        return f"voxel_size {vs!r} is not a positive number"
-    return ""
-
-
-def _set_aside(path: Path) -> Path | None:
-    """Rename a damaged file to ``<name>.damaged`` (or ``.damaged2`` ...) so nothing overwrites it."""
-    for i in range(1, 100):
-        target = path.with_name(path.name + (".damaged" if i == 1 else f".damaged{i}"))
-        if not target.exists():
-            try:
-                os.replace(path, target)
-            except OSError:
-                return None
-            return target
-    return None
-
-
-def _notify(msg: str, level: str = "info") -> None:
-    try:
-        from napari.utils import notifications
-
-        getattr(notifications, f"show_{level}")(msg)
-    except Exception:  # pragma: no cover
-        log.info(msg)
 
 
 # ----------------------------------------------------------------------------- registry

@@ -27,6 +27,7 @@ from psygnal import Signal
 from ..core.errors import Cancelled, CryoPickerError
 from ..core.progress import Progress
 from .convert import META
+from .messages import notify
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import PickingSession
@@ -67,12 +68,6 @@ def guarded(job: Callable[..., Any], *args, **kwargs) -> Outcome:
     except Exception as e:
         log.debug("background job failed:\n%s", traceback.format_exc())
         return Outcome("error", None, readable_error(e))
-
-
-def notify(msg: str, level: str = "info") -> None:
-    from napari.utils import notifications
-
-    getattr(notifications, f"show_{level}")(msg)
 
 
 def _on_main(fn: Callable, *args) -> None:
@@ -253,11 +248,15 @@ class TrainingRun:
         values.update(s.train_overrides)
         return values
 
-    def start(self, *, fine_tune: bool = False) -> None:
+    def start(self, *, fine_tune: bool = False, project=None, names: list[str] | None = None) -> None:
+        """Train on the viewer's tomogram, or on the tomograms ``names`` of ``project``
+        (a core Project: each one's picks from its annotation file)."""
         s = self.session
         tomo = s._require_tomogram()
         if self.running:
             raise CryoPickerError("training is already running")
+        if project is not None:
+            return self._start_project(project, names, fine_tune)
         classes = s.training_classes()
         if not len(classes):
             raise CryoPickerError(
@@ -284,6 +283,39 @@ class TrainingRun:
 
             cfg = _config(TrainConfig, values)
             return train_model([tomo], [picks], classes, cfg, init=init, progress=progress,
+                               on_epoch=self._epoch_from_worker)
+
+        self.task.start(job, self._result)
+        self.started.emit()
+
+    def _start_project(self, project, names, fine_tune: bool) -> None:
+        s = self.session
+        init = s.checkpoint if fine_tune else None
+        if fine_tune and init is None:
+            raise CryoPickerError("there is no model to fine-tune yet; train from scratch first")
+        if not names:
+            raise CryoPickerError("tick the tomograms to train on first")
+        table, vs, values = s.classes, s.voxel_size, self.config_values()
+        self.history, self.fine_tune, self._previous, self.discarded = [], fine_tune, s.checkpoint, None
+
+        def job(progress: Progress):
+            from ..core.classes import ClassTable
+            from ..core.train import TrainConfig, train_model
+
+            tomos, picks = project.training_set(names)
+            for t in tomos:
+                if vs and t.voxel_size and abs(t.voxel_size / vs - 1) > 0.01:
+                    raise CryoPickerError(
+                        f"{t.name} has {t.voxel_size:.4g} A voxels, the tomogram in the viewer {vs:.4g} A: "
+                        "train on tomograms of one voxel size (untick the others)")
+            used = set().union(*[set(p.exclude_source("rejected").class_names) for p in picks])
+            unknown = sorted(used - set(table.names))
+            if unknown:
+                raise CryoPickerError(f"class(es) {', '.join(unknown)} have picks in the chosen tomograms but "
+                                      "are not in the class table; add them (Classes panel) first")
+            classes = ClassTable([c for c in table if c.name in used])
+            keep = [p.subset(p.table["class_name"].isin(classes.names).to_numpy()) for p in picks]
+            return train_model(tomos, keep, classes, _config(TrainConfig, values), init=init, progress=progress,
                                on_epoch=self._epoch_from_worker)
 
         self.task.start(job, self._result)

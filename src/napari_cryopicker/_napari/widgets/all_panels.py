@@ -10,11 +10,12 @@ from .export import ExportWidget
 from .labels import LabelsWidget
 from .particles import ParticlesWidget
 from .picking import PickingWidget
+from .project import ProjectWidget
 from .tomogram import TomogramWidget
 from .training import TrainingWidget
 
 PANELS = [TomogramWidget, ClassesWidget, LabelsWidget, TrainingWidget, PickingWidget, CorrectWidget,
-          ParticlesWidget, ExportWidget]
+          ParticlesWidget, ExportWidget, ProjectWidget]
 SHORT = {"Classes & annotation": "Classes", "Correct & retrain": "Correct", "Weak labels": "Labels"}
 
 

@@ -217,7 +217,7 @@ class ClassesWidget(PanelBase):
     @reports_errors
     def _train_on_opened(self, *_):
         n = self.session.train_on_opened_picks()
-        from ..workers import notify
+        from ..messages import notify
 
         notify(f"Added {n} opened pick(s) to the training set")
         self._refresh_opened()
@@ -243,7 +243,7 @@ class ClassesWidget(PanelBase):
 
         picks = read_picks(path, voxel_size=self.session.voxel_size)
         n = self.session.import_picks(picks)
-        from ..workers import notify
+        from ..messages import notify
 
         notify(f"Imported {n} pick(s) from {Path(path).name}")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QPushButton
 
-from ..workers import notify, runs_for
+from ..messages import notify
+from ..workers import runs_for
 from ._common import PanelBase, hint_label, reports_errors
 
 

@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..controllers import FORMAT_LABELS, Exporter, write_formats
-from ..workers import notify
+from ..messages import notify
 from ._common import PanelBase, hint_label, reports_errors
 
 WHAT = [("picks (manual + accepted + imported)", "annotations"), ("shown predictions", "predictions"),
@@ -46,6 +46,11 @@ class ExportWidget(PanelBase):
         for text, value in WHAT:
             self.what.addItem(text, value)
         form.addRow("export", self.what)
+        self.which = QComboBox()
+        self.which.addItem("the tomogram shown", "current")
+        self.which.addItem("every ticked tomogram (Project panel)", "ticked")
+        self.which.setToolTip("Every ticked tomogram: one file per tomogram and format, from its saved picks")
+        form.addRow("of", self.which)
         self.per_class = QCheckBox("one file per class")
         form.addRow("", self.per_class)
         self.tomo_name = QLineEdit()
@@ -94,11 +99,18 @@ class ExportWidget(PanelBase):
     @reports_errors
     def export(self, *_) -> list[Path]:
         fmts = [f for f, cb in self.formats.items() if cb.isChecked()]
-        paths = self.logic.export(
-            fmts, self.folder.text() or ".", what=self.what.currentData(),
-            per_class=self.per_class.isChecked(), tomogram_name=self.tomo_name.text(),
-            voxel_size=self.voxel.value(), binning=self.binning.value(),
-        )
+        if self.which.currentData() == "ticked":
+            from ..project import project_for
+
+            paths = project_for(self.session).export(
+                fmts, self.folder.text() or ".", what=self.what.currentData(), per_class=self.per_class.isChecked(),
+                binning=self.binning.value())
+        else:
+            paths = self.logic.export(
+                fmts, self.folder.text() or ".", what=self.what.currentData(),
+                per_class=self.per_class.isChecked(), tomogram_name=self.tomo_name.text(),
+                voxel_size=self.voxel.value(), binning=self.binning.value(),
+            )
         names = ", ".join(p.name for p in paths[:6]) + (" ..." if len(paths) > 6 else "")
         self.result.setText(f"Wrote {len(paths)} file(s) to {paths[0].parent}: {names}" if paths else "")
         notify(f"Exported {len(paths)} file(s) to {paths[0].parent}" if paths else "Nothing written")

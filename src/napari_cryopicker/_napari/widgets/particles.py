@@ -4,7 +4,9 @@ centres the viewer on the particle, and keys walk through the candidates."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -14,12 +16,13 @@ from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderVi
                             QWidget)
 
 from ..review import COLUMNS, KEYS, ParticleReview, ortho_slices
-from ..workers import notify
+from ..messages import notify
 from ._common import PanelBase, hint_label, reports_errors
 
 HEADERS = {"kind": "kind", "class": "class", "score": "score", "z": "z", "y": "y", "x": "x",
            "z_A": "z (A)", "y_A": "y (A)", "x_A": "x (A)", "source": "source"}
 SHOW = ("all", "prediction", "pick", "rejected")
+log = logging.getLogger(__name__)
 
 
 class ParticleModel(QAbstractTableModel):
@@ -128,6 +131,49 @@ class OrthoView(QWidget):
         p.end()
 
 
+class PlaneReader:
+    """Reads the ortho planes off the GUI thread and hands only the newest request's planes
+    to ``on_ready`` (on the GUI thread). A plane of an OME-Zarr tomogram decompresses whole
+    chunks (64 MB for 256^3 float32) and a network share answers slowly: read on the GUI
+    thread, each step of a review froze the window for as long. Requests overtaken by a
+    newer one before they start are skipped."""
+
+    def __init__(self, on_ready):
+        self.on_ready = on_ready
+        self.latest = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryopicker-ortho")
+
+    def request(self, data, zyx, half: int, *extra) -> int:
+        self.latest += 1
+        n = self.latest
+        fut = self._pool.submit(self._read, n, data, zyx, half)
+        fut.add_done_callback(lambda f: self._done(n, f, extra))
+        return n
+
+    def _read(self, n, data, zyx, half):
+        return None if n != self.latest else ortho_slices(data, zyx, half)
+
+    def _done(self, n, fut, extra) -> None:
+        if fut.cancelled():
+            return
+        if fut.exception() is not None:
+            log.warning("could not read the planes at the particle: %s", fut.exception())
+            return
+        if fut.result() is not None and n == self.latest:
+            from superqt.utils import ensure_main_thread
+
+            ensure_main_thread(self._deliver)(n, fut.result(), extra)
+
+    def _deliver(self, n, planes, extra) -> None:
+        if n == self.latest:
+            with contextlib.suppress(RuntimeError):  # the panel was closed meanwhile
+                self.on_ready(planes, *extra)
+
+    def close(self) -> None:
+        self.latest += 1
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _bound_to(viewer, key: str):
     """The function bound to ``key`` on the viewer (napari normalises key names)."""
     from napari.utils.key_bindings import coerce_keybinding
@@ -191,6 +237,8 @@ class ParticlesWidget(PanelBase):
         r.addWidget(self.where)
         self.ortho = OrthoView()
         r.addWidget(self.ortho)
+        self.planes = PlaneReader(self.ortho.set_planes)
+        self.destroyed.connect(lambda *_, p=self.planes: p.close())
 
         self.table.clicked.connect(self._row_clicked)
         self.show_kind.currentIndexChanged.connect(self._refresh)
@@ -266,6 +314,7 @@ class ParticlesWidget(PanelBase):
         if cur is None:
             self.where.setText("")
             self.table.clearSelection()
+            self.planes.latest += 1  # a read under way is no longer wanted
             self.ortho.clear()
             return
         self._show_ortho(cur)
@@ -283,7 +332,7 @@ class ParticlesWidget(PanelBase):
         d = s.classes[cur.class_name].diameter if cur.class_name in s.classes else 10.0
         half = int(np.clip(round(1.5 * d), 8, 64))
         colour = s.classes[cur.class_name].colour if cur.class_name in s.classes else "#ffffff"
-        self.ortho.set_planes(ortho_slices(s.tomogram.data, cur.zyx, half), d / 2, colour)
+        self.planes.request(s.tomogram.data, cur.zyx, half, d / 2, colour)
 
     @reports_errors
     def _row_clicked(self, index):

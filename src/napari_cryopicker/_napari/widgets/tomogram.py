@@ -14,7 +14,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..controllers import CopickPanel, TomogramPanel
-from ..workers import notify
+from ..messages import notify
 from ._common import PanelBase, hint_label, reports_errors
 
 

@@ -19,7 +19,8 @@ from qtpy.QtWidgets import (
 from ...core.binning import DEFAULT_BINNING
 from ..controllers import model_summary, save_model
 from ..session import overfitting_hint
-from ..workers import notify, runs_for
+from ..messages import notify
+from ..workers import runs_for
 from ._common import PanelBase, hint_label, reports_errors
 
 
