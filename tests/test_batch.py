@@ -235,3 +235,55 @@ def test_batch_passes_keep_fiducials_and_tta_and_redoes_when_they_change(data, c
     assert seen == []
     assert main(args) == 0  # the defaults differ from the record's options: picked again
     assert sorted(seen) == [(True, 1), (True, 1)]
+
+
+def test_batch_on_a_real_dask_scheduler_with_two_worker_processes(data, tmp_path):
+    """As on a cluster: `dask scheduler` and two `dask worker` processes started from the
+    command line (localhost here), and the batch sent to the scheduler's address."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from distributed import Client
+
+    dask = Path(sys.executable).with_name("dask")
+    if not dask.exists():
+        pytest.skip("the dask command is not installed (pip install 'napari-cryopicker[cluster]')")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    logs = [open(tmp_path / f"{n}.log", "w") for n in ("scheduler", "worker0", "worker1")]  # noqa: SIM115
+    procs = [subprocess.Popen([str(dask), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", ":0", "--no-show"], stdout=logs[0], stderr=logs[0])]
+    try:
+        for i in (1, 2):
+            procs.append(subprocess.Popen([str(dask), "worker", address, "--nthreads", "1", "--nworkers", "1",
+                                           "--no-dashboard", "--name", f"w{i}", "--memory-limit", "0"],
+                                          stdout=logs[i], stderr=logs[i]))
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            remote = set(client.scheduler_info()["workers"])
+        lines = []
+        inputs = inputs_from_paths([data / "tomos" / f"{n}.mrc" for n in NAMES])
+        report = run_batch(inputs, data / "m.pt", tmp_path / "out", scheduler=address, threads_per_worker=1,
+                           device="cpu", log=lines.append)
+        done = report.with_status("done")
+        assert len(done) == 3 and not report.failed
+        assert {r.worker for r in done} <= remote and None not in {r.worker for r in done}
+        merged = starfile.read(report.merged, always_dict=True)["particles"]
+        assert sorted(set(merged["rlnTomoName"].astype(str))) == NAMES
+        assert any(address in line for line in lines)
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for f in logs:
+            f.close()
+        time.sleep(0.1)

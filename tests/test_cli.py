@@ -200,3 +200,38 @@ def test_train_and_predict_on_a_copick_project(simdir, tmp_path, capsys, copick_
     for run_name in ("TS_1", "TS_2"):
         stored = fresh.get_run(run_name).get_picks(user_id="cryopicker", session_id="1")
         assert stored and sum(len(p.points) for p in stored) > 0, run_name
+
+
+def test_level_trains_and_picks_an_ome_zarr_at_a_coarser_scale(simdir, tmp_path, capsys, copick_project):
+    """--level N works on that scale level of an OME-Zarr tomogram: the model's voxels and
+    the picks are that level's; an MRC has one level, and the error says so."""
+    pytest.importorskip("copick")
+    import numpy as np
+
+    from napari_cryopicker.core.formats import read_picks
+    from napari_cryopicker.core.model import load_checkpoint
+    from napari_cryopicker.core.tomogram import open_tomogram
+
+    truth = pd.read_csv(simdir / "picks.csv")
+    name = sorted(truth["class"].unique())[0]
+    vol = np.asarray(open_tomogram(simdir / "tomogram.mrc").data)
+    cfg, folder, root = copick_project([{"name": name, "is_particle": True, "label": 1, "radius": 80.0}],
+                                       runs={"TS_1": vol})
+    sel = truth[truth["class"] == name]
+    root.get_run("TS_1").new_picks(name, "0", "alice").from_numpy(sel[["x", "y", "z"]].to_numpy(float) * 10.0)
+    model = tmp_path / "m.pt"
+    assert main(["train", "--copick", str(cfg), "--copick-user", "alice", "--level", "1", "--out", str(model),
+                 "--epochs", "1", "--device", "cpu", "--patch", "16", "--bin", "1"]) == 0
+    ck = load_checkpoint(model)
+    assert ck.voxel_size == 20.0 and ck.classes[name].diameter == pytest.approx(8.0)  # 160 A at 20 A
+    zarr_path = folder / "ExperimentRuns" / "TS_1" / "VoxelSpacing10.000" / "wbp.zarr"
+    out = tmp_path / "picks.csv"
+    assert main(["predict", "--model", str(model), "--tomogram", str(zarr_path), "--level", "1", "--out", str(out),
+                 "--threshold", "0.0", "--device", "cpu"]) == 0
+    picks = read_picks(out)
+    assert len(picks)
+    assert (picks.zyx < np.array(vol.shape) / 2).all()  # level 1's voxels
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), "--tomogram", str(simdir / "tomogram.mrc"), "--level", "1",
+                 "--out", str(tmp_path / "x.csv"), "--device", "cpu"]) != 0
+    assert "an MRC file has one scale level" in capsys.readouterr().err

@@ -35,12 +35,12 @@ def _bar():
     return Progress(callback=bar), bar
 
 
-def _load_tomogram(path):
+def _load_tomogram(path, level: int = 0):
     from .core.tomogram import open_tomogram
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tomo = open_tomogram(path)
+        tomo = open_tomogram(path, level=level)
     for w in caught:
         print(f"cryopicker: warning: {one_line(w.message)}", file=sys.stderr)
     return tomo
@@ -178,7 +178,7 @@ def cmd_train(a) -> int:
             raise CLIError("give the particle classes: --class NAME=DIAMETER_VOXELS (one per class)")
         classes = init.classes
     for tp, pp in zip(a.tomogram, a.picks):
-        t = _load_tomogram(tp)
+        t = _load_tomogram(tp, a.level)
         p = _read_picks(pp, voxel_size=t.voxel_size, tomogram=None).with_tomogram(t.name)
         unknown = sorted(set(p.exclude_source("rejected").class_names) - set(classes.names))
         if unknown:
@@ -230,7 +230,7 @@ def _copick_training(a, classes, tomos: list, picks: list):
         if inp.problem:
             print(f"copick: run {inp.name} left out: {inp.problem}", file=sys.stderr)
             continue
-        t = _load_tomogram(str(inp.tomogram))
+        t = _load_tomogram(str(inp.tomogram), a.level)
         p = read_project_picks(root, t.voxel_size, user_id=a.copick_user, session_id=a.copick_session,
                                runs=[inp.name])
         if classes is None:
@@ -289,7 +289,7 @@ def _predict_batch(a) -> int:
         inputs, a.model, a.out, merged=a.merged, scheduler=a.scheduler, workers=a.workers,
         threads_per_worker=a.threads_per_worker, device=a.device, threshold=a.threshold,
         overwrite=a.overwrite, log=lambda line: print(line, flush=True), compile=_COMPILE[a.compile],
-        options=_predict_options(a),
+        options=_predict_options(a), level=a.level,
     )
     n = {s: len(report.with_status(s)) for s in ("done", "skipped", "failed")}
     if a.copick and a.copick_user:
@@ -317,7 +317,7 @@ def _copick_write_back(a, report, ckpt) -> None:
     parts = []
     for r in report.results:
         if r.status in ("done", "skipped") and r.outputs:
-            vs = open_tomogram(r.tomogram).voxel_size  # the run's own voxels (the model's within 5 %)
+            vs = open_tomogram(r.tomogram, level=a.level).voxel_size  # the run's own voxels (the model's within 5 %)
             parts.append(read_picks(r.outputs[0], voxel_size=vs).with_tomogram(r.name).rescaled(ckpt.voxel_size))
     picks = Picks.concat(parts)
     picks.voxel_size = ckpt.voxel_size
@@ -356,7 +356,7 @@ def cmd_predict(a) -> int:
     if a.threshold is not None:
         cfg.nms = {"default": {"t_lm": a.threshold}}
     for tp, op in zip(tomos, outs):
-        t = _load_tomogram(tp)
+        t = _load_tomogram(tp, a.level)
         prog, bar = _bar()
         t0 = time.monotonic()
         res = predict_picks(t, ckpt, cfg, progress=prog)
@@ -446,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--bin", dest="work_binning", default=None, metavar="auto|N",
                    help="train and pick on the tomogram block-mean binned by N (default auto: the largest "
                         "factor that keeps the smallest class >= 7 voxels across; 1: never bin)")
+    t.add_argument("--level", type=int, default=0, metavar="N",
+                   help="OME-Zarr scale level to train on (0: full resolution, 1: the next coarser, ...); "
+                        "picks are in that level's voxels and voxel size")
     t.add_argument("--sparse", action=argparse.BooleanOptionalAction, default=None,
                    help="only some of the particles in the tomograms are picked: blobs the network finds away "
                         "from every pick are not taught as background (off by default: measured, plain "
@@ -470,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threshold", type=float, default=None, help="minimum pick score (overrides the model's)")
     r.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
                    help="average over this many flips of each tile (test-time augmentation; 4: ~4x the time)")
+    r.add_argument("--level", type=int, default=0, metavar="N",
+                   help="OME-Zarr scale level to pick (0: full resolution, 1: the next coarser, ...); "
+                        "picks are in that level's voxels and voxel size")
     r.add_argument("--keep-fiducials", action="store_true",
                    help="keep picks on gold fiducials (by default the beads are found and picks on them dropped)")
     r.add_argument("--tile", type=int, default=None, metavar="N",

@@ -16,16 +16,18 @@ from napari_cryopicker.core.picks import Picks
 
 @pytest.fixture
 def notes():
-    from napari.utils.notifications import notification_manager
+    """What the user was told, in full (the panels' message line; napari's toasts show the
+    first sentence of warnings and errors: tests/napari/test_messages.py)."""
+    from napari_cryopicker._napari.messages import MESSAGES
 
     seen: list[str] = []
 
-    def grab(n):
-        seen.append(n.message)
+    def grab(m):
+        seen.append(m.text)
 
-    notification_manager.notification_ready.connect(grab)
+    MESSAGES.added.connect(grab)
     yield seen
-    notification_manager.notification_ready.disconnect(grab)
+    MESSAGES.added.disconnect(grab)
 
 
 DAMAGED = {

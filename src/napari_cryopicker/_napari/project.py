@@ -57,7 +57,10 @@ class ProjectController:
         if t is not None and t.path is not None and self.project.find(t.path) is None:
             with contextlib.suppress(CryoPickerError):
                 self.project.add(t.path)
-                self._keep()
+                if self.project.path is not None:
+                    self._keep()
+                # (not into the per-user last project: a fresh napari opening one tomogram
+                # would overwrite the job that Reopen last is there to bring back)
         self.changed.emit()
 
     def _on_picks(self, *_) -> None:

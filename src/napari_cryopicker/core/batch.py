@@ -326,6 +326,7 @@ class TaskSpec:
     label: str = ""                         # the tomogram as the user named it (for messages)
     compile: bool | str = "auto"            # PredictConfig.compile: a worker compiles from its 2nd tomogram
     options: dict = field(default_factory=dict)  # more PredictConfig fields (mask_fiducials, tta)
+    level: int = 0                          # OME-Zarr scale level to pick (0: full resolution)
 
 
 @dataclass
@@ -422,7 +423,7 @@ def predict_one(spec: TaskSpec) -> TaskResult:
         ckpt = _load_checkpoint(spec.model)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            tomo = open_tomogram(spec.tomogram)
+            tomo = open_tomogram(spec.tomogram, level=spec.level)
         result.warnings = [str(w.message) for w in caught]
         cfg = PredictConfig(device=spec.device, compile=spec.compile, **spec.options)
         if spec.threshold is not None:
@@ -593,6 +594,7 @@ def run_batch(
     log: Callable[[str], None] = print,
     compile: bool | str = "auto",
     options: dict | None = None,
+    level: int = 0,
 ) -> BatchReport:
     """Pick every input tomogram (skipping finished ones unless ``overwrite``) and write
     the merged star. Failures are in the report, not raised; :class:`BatchError` only
@@ -639,7 +641,7 @@ def run_batch(
                 log(f"{key}: redoing ({why})")
         pending.append(TaskSpec(os.path.abspath(it.tomogram), it.name, os.path.abspath(op),
                                 os.path.abspath(model), settings, device, threshold, threads_per_worker,
-                                label=key, compile=compile, options=options))
+                                label=key, compile=compile, options=options, level=int(level)))
     for r in results:
         if r.status == "skipped":
             log(f"{r.tomogram}: skipped, finished earlier ({r.n_picks} picks in "

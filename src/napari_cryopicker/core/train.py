@@ -826,7 +826,7 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
     cancelled = False
 
     plan = _Plan(config)
-    warmup = plan.warm_epochs * config.steps_per_epoch
+    warmup = plan.warmup_steps()
     self_labelled = False
 
     def frac_done() -> float:
@@ -952,16 +952,25 @@ class _Plan:
     depend on it), from the last one's measured time (training and validation), so the
     cosine schedule that follows is a function of the step alone and a run can be
     repeated exactly with ``epochs`` set to the planned count (8 or more) and no time limit. It is
-    planned again, shorter, only if the run falls a whole epoch behind (the machine got
-    busier); the time limit itself still stops a run at once."""
+    planned again only if the median epoch since then says the run will end a whole epoch
+    late (the machine got busier) or 2.5 epochs early; the time limit itself still stops a
+    run at once."""
 
     def __init__(self, config: TrainConfig):
-        # a short run (under 4 x warmup_epochs) warms up for a quarter of it
         self.config = config
         self.warm_epochs = max(1, min(int(config.warmup_epochs), config.epochs // 4))
         self.epochs = config.epochs
         self.planned = not config.time_limit
         self.last_elapsed = 0.0
+
+    def warmup_steps(self) -> int:
+        """Whole warm-up epochs, so a timed run plans after them; a short run (under
+        4 x warmup_epochs) warms up over its first 5 % of steps instead, as all runs did
+        before session 9."""
+        c = self.config
+        if c.time_limit or c.epochs >= 4 * max(1, int(c.warmup_epochs)):
+            return self.warm_epochs * c.steps_per_epoch
+        return max(1, round(0.05 * c.epochs * c.steps_per_epoch))
 
     @property
     def total_steps(self) -> int:
@@ -979,13 +988,19 @@ class _Plan:
                 return
             # 3 % of the time left to spare, so that the clock's jitter does not cut the last epoch
             self.epochs = min(self.config.epochs, done + max(0, int(0.97 * (limit - elapsed) / max(seconds, 1e-6))))
-            self.planned, self.mark = True, (done, elapsed)
+            self.planned, self.cycles = True, [seconds]
             return
-        # the mean epoch since the plan, so a one-off pause (self-labelling, a save) does not re-plan
-        mean = (elapsed - self.mark[1]) / max(1, done - self.mark[0])
-        left = self.epochs - done
-        if left > 0 and elapsed + (left - 1) * mean > limit:
-            self.epochs = done + max(0, int((limit - elapsed) / max(mean, 1e-6)))
+        # the median epoch since the plan (3 or more), so that a one-off pause (self-labelling,
+        # a save, another program for a moment) does not shorten the whole run: seen, one
+        # 34-s epoch among 23-s ones re-planned 31 epochs down to 25 when the mean was used
+        self.cycles.append(seconds)
+        if len(self.cycles) < 3:
+            return
+        typical = max(float(np.median(self.cycles)), 1e-6)
+        end = elapsed + (self.epochs - done) * typical
+        # a whole epoch late: fewer epochs; 2.5 early (the planning epoch was slow): more
+        if end > limit + typical or (end < limit - 2.5 * typical and self.epochs < self.config.epochs):
+            self.epochs = min(self.config.epochs, done + max(0, int(0.97 * (limit - elapsed) / typical)))
 
 
 def _better(key: tuple, state: TrainState, tolerance: float) -> bool:

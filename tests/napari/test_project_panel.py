@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 from gui_helpers import PLUGIN, SHAPE, VOXEL, dock
+from qtpy.QtCore import Qt
 
 from napari_cryopicker._napari.session import get_session
 from napari_cryopicker._napari.workers import runs_for
@@ -56,10 +57,11 @@ def test_three_tomograms_annotate_two_train_on_both_pick_all_and_reopen(make_nap
     s.predict_overrides.update({"device": "cpu", "tile": 32, "margin": 4})
 
     # switch by double-clicking the row, as a user does
+    w.show()
     rect = w.table.visualRect(w.table.model().index(_row(w, "TS_02"), 1))
     t = time.monotonic()
-    qtbot.mouseDClick(w.table.viewport(), __import__("qtpy.QtCore", fromlist=["Qt"]).Qt.MouseButton.LeftButton,
-                      pos=rect.center())
+    qtbot.mouseClick(w.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    qtbot.mouseDClick(w.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     assert time.monotonic() - t < 5
     assert s.tomogram.name == "TS_02"
     images = [ly for ly in viewer.layers if ly in s.image_layers()]
