@@ -456,3 +456,14 @@ def test_self_labelling_runs_inside_training_and_is_recorded(small_sim):
     ck = train_model([tomo], [half], sim.classes, TrainConfig(**dict(TINY, epochs=8), self_label=0.5))
     rec = [r for r in ck.history if "self_labelled" in r]
     assert len(rec) == 1 and rec[0]["epoch"] == 4 and set(rec[0]["self_labelled"]) == set(sim.classes.names)
+
+
+def test_on_model_gets_each_epochs_network(small_sim):
+    tomo, sim = small_sim
+    seen = []
+    ck = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(TINY, epochs=3)), on_model=seen.append)
+    assert [c.best_epoch for c in seen] == [1, 2, 3]
+    w = [c.state_dict["head.weight"] if "head.weight" in c.state_dict else next(iter(c.state_dict.values()))
+         for c in seen]
+    assert not torch.equal(w[0], w[2])  # the network as it was after each epoch
+    assert seen[0].classes.names == ck.classes.names and seen[0].binning == ck.binning

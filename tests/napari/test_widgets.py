@@ -518,3 +518,61 @@ def test_every_panel_fits_the_dock_without_a_horizontal_scrollbar(viewer):
     width = dock_w.minimumWidth()
     too_wide = {cls.title: cls(viewer).minimumSizeHint().width() for cls in PANELS}
     assert {k: v for k, v in too_wide.items() if v > width - 12} == {}
+
+
+def test_keys_are_bound_viewer_wide_only_while_a_panel_is_open(viewer, session, qtbot):
+    from napari_cryopicker._napari.session import bound_to
+
+    def ours(key):
+        return bound_to(viewer, key) is session._key_handlers[key]
+
+    def users_own(v=None):
+        return None
+
+    viewer.bind_key("Control-Y", users_own, overwrite=True)  # a key the user had bound
+    assert not ours("1") and bound_to(viewer, "Control-Y") is users_own
+    a, b = TomogramWidget(viewer), ClassesWidget(viewer)
+    assert ours("1") and ours("9") and ours("Control-Z") and ours("Control-Y")
+    for w, still in ((a, True), (b, False)):
+        with qtbot.waitSignal(w.destroyed, timeout=3000):
+            w.deleteLater()
+        assert ours("1") is still
+    assert bound_to(viewer, "Control-Y") is users_own  # given back
+    # the session's own layers keep the number keys without any panel
+    session.add_class("ribosome", 8)
+    session.add_pick((5, 6, 7), "ribosome")
+    layer = viewer.layers["picks: ribosome"]
+    from napari.utils.key_bindings import coerce_keybinding
+
+    assert coerce_keybinding("1") in layer.keymap
+
+
+def test_live_suggestions_appear_and_update_while_training(viewer, picked, qtbot, monkeypatch):
+    import napari_cryopicker.core.predict as predict_mod
+    from napari_cryopicker._napari.convert import META
+
+    slabs = []
+    real = predict_mod.predict_picks
+
+    def spy(tomo, ckpt, cfg=None, *a, **k):
+        slabs.append(tomo.shape)
+        return real(tomo, ckpt, cfg, *a, **k)
+
+    monkeypatch.setattr(predict_mod, "predict_picks", spy)
+    w = dock(viewer, TrainingWidget)
+    w.live.setChecked(True)
+    w.epochs.setValue(3)
+    viewer.dims.set_point(0, 10 * VOXEL)
+    picked.set_active_class("blob")
+    before = len(picked.training_picks())
+    w.btn_train.click()
+    qtbot.waitUntil(lambda: not w.run.running, timeout=60000)
+    assert w.run.task.last_outcome.ok
+    qtbot.waitUntil(lambda: w.run.live_updates == 3, timeout=5000)  # one per epoch
+    assert len(slabs) == 3 and all(s[1:] == SHAPE[1:] and s[0] <= SHAPE[0] for s in slabs)
+    assert "from epoch 3's network" in w.live_info.text()
+    for layer in viewer.layers:
+        if layer.name.startswith("suggestions: "):
+            assert layer.metadata[META]["kind"] == "suggestions" and layer.metadata[META]["epoch"] == 3
+    assert len(picked.training_picks()) == before  # suggestions are not picks
+    assert viewer.layers.selection.active is viewer.layers["picks: blob"]

@@ -169,7 +169,7 @@ class ProjectController:
         s.set_tomogram(new)
         for ly in list(viewer.layers):  # the previous tomogram and what was derived from it
             derived = cp_meta(ly).get("tomogram") == old_name and cp_meta(ly).get("kind") in (
-                "probability", "filtered", "fiducials")
+                "probability", "filtered", "fiducials", "suggestions")
             if ly is old or derived:
                 viewer.layers.remove(ly)
         viewer.layers.selection.active = new

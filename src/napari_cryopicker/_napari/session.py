@@ -234,7 +234,9 @@ class PickingSession:
         viewer.layers.events.removed.connect(self._on_layer_removed)
         viewer.layers.selection.events.active.connect(self._on_active_layer)
         viewer.dims.events.ndisplay.connect(self._on_ndisplay)
-        self._bind_viewer_keys()
+        self._make_key_handlers()
+        self._key_owners: set[int] = set()  # the panels in use (see claim_keys)
+        self._previous_keys: dict[str, Any] = {}
 
     @property
     def viewer(self) -> napari.Viewer:
@@ -1451,7 +1453,7 @@ class PickingSession:
             runs_for(self)["model"].start(p)
 
     # ------------------------------------------------------------------ keys
-    def _bind_viewer_keys(self) -> None:
+    def _make_key_handlers(self) -> None:
         ref = weakref.ref(self)
 
         def number(k):
@@ -1477,9 +1479,29 @@ class PickingSession:
         self._key_handlers["Control-Z"] = _undo
         self._key_handlers["Control-Shift-Z"] = _redo
         self._key_handlers["Control-Y"] = _redo
+
+    def claim_keys(self, owner: object) -> None:
+        """The class-number and undo keys work viewer-wide while a panel (``owner``) is open:
+        bound when the first one opens, given back to what they did before when the last
+        one closes (:meth:`release_keys`), as napari-threedee's annotators do. The
+        session's own layers keep them in any case (:meth:`_bind_layer_keys`)."""
+        first = not self._key_owners
+        self._key_owners.add(id(owner))
+        if not first:
+            return
         for key, fn in self._key_handlers.items():
             with contextlib.suppress(Exception):
-                self.viewer.bind_key(key, fn, overwrite=True)
+                self._previous_keys[key] = self.viewer.bind_key(key, fn, overwrite=True)
+
+    def release_keys(self, owner_id: int) -> None:
+        self._key_owners.discard(owner_id)
+        if self._key_owners or self._viewer_ref() is None:
+            return
+        for key, fn in self._key_handlers.items():
+            with contextlib.suppress(Exception):
+                if bound_to(self.viewer, key) is fn:  # unless something else took the key since
+                    self.viewer.bind_key(key, self._previous_keys.get(key), overwrite=True)
+        self._previous_keys.clear()
 
     def _bind_layer_keys(self, layer) -> None:
         """Number keys on our layers too (the active layer's keymap wins over the viewer's).
@@ -1491,6 +1513,15 @@ class PickingSession:
         for key, fn in self._key_handlers.items():
             with contextlib.suppress(Exception):
                 layer.bind_key(key, (lambda f: (lambda _layer=None: f()))(fn), overwrite=True)
+
+
+def bound_to(viewer, key: str):
+    """The function bound to ``key`` on the viewer (napari normalises key names)."""
+    from napari.utils.key_bindings import coerce_keybinding
+
+    with contextlib.suppress(Exception):
+        return viewer.keymap.get(coerce_keybinding(key))
+    return None
 
 
 # ----------------------------------------------------------------------------- registry

@@ -224,9 +224,12 @@ class TrainingRun:
     epoch = Signal(dict)      # one on_epoch report (GUI thread)
     started = Signal()
     finished = Signal(object)  # Outcome
+    suggested = Signal(int, int)  # live suggestions shown: (how many, epoch)
 
     def __init__(self, session: PickingSession):
         self.session = session
+        self.live = False  # live suggestions: each epoch's network picks the slab in view
+        self.live_updates = 0
         self.task = BackgroundTask("Training", session, "train")
         self.task.finished.connect(self._finished)
         self.history: list[dict] = []
@@ -283,7 +286,7 @@ class TrainingRun:
 
             cfg = _config(TrainConfig, values)
             return train_model([tomo], [picks], classes, cfg, init=init, progress=progress,
-                               on_epoch=self._epoch_from_worker)
+                               on_epoch=self._epoch_from_worker, on_model=self._live_model(tomo, values))
 
         self.task.start(job, self._result)
         self.started.emit()
@@ -323,6 +326,43 @@ class TrainingRun:
 
     def stop(self) -> None:
         self.task.stop()
+
+    # ------------------------------------------------------------------ live suggestions
+    def _live_model(self, tomo, values: dict):
+        """The on_model hook of a live run: pick the slab around the slice in view with
+        each epoch's network, in the training thread (training waits a second or two)."""
+        if not self.live:
+            return None
+        self.live_updates = 0
+        s = self.session
+        viewer = s.viewer
+        device = values.get("device", "auto")
+
+        def pick(ckpt) -> None:
+            from ..core.predict import PredictConfig, predict_picks
+            from ..core.tomogram import Tomogram
+
+            z = int(round(viewer.dims.point[-3] / s.scale[0])) if s.tomogram is tomo else tomo.shape[0] // 2
+            f = max(1, int(ckpt.binning))
+            half = int(max(24, 1.5 * max(ckpt.classes.diameters or [16])))
+            z0 = max(0, (z - half) // f * f)
+            z1 = min(tomo.shape[0], z0 + 2 * half + f)
+            if z1 - z0 < 16 * f:  # a slab the network can tile
+                z0, z1 = max(0, min(z0, tomo.shape[0] - 16 * f)), min(tomo.shape[0], max(z1, z0 + 16 * f))
+            slab = Tomogram(tomo.data[z0:z1], tomo.voxel_size, tomo.path, tomo.voxel_size_xyz, tomo.name)
+            res = predict_picks(slab, ckpt, PredictConfig(device=device, mask_fiducials=False))
+            picks = res.picks.copy()
+            picks.table["z"] = picks.table["z"] + z0
+            _on_main(self._show_live, picks.with_tomogram(tomo.name), ckpt.best_epoch or 0)
+
+        return pick
+
+    def _show_live(self, picks, epoch: int) -> None:
+        if self.session.tomogram is None:
+            return
+        show_suggestions(self.session, picks, epoch)
+        self.live_updates += 1
+        self.suggested.emit(len(picks), int(epoch))
 
     def _epoch_from_worker(self, info: dict) -> None:
         _on_main(self._epoch, dict(info))
@@ -435,6 +475,35 @@ class PickingRun:
 
 
 FIDUCIALS_LAYER = "gold fiducials"
+SUGGESTIONS = "suggestions: "
+
+
+def show_suggestions(session: PickingSession, picks, epoch: int) -> list:
+    """Live suggestions: one Points layer per class (a hollow diamond in the class colour,
+    sized to the particle), replaced at each epoch; not picks, never saved or trained on."""
+    viewer = session.viewer
+    out = []
+    for c in session.classes:
+        sub = picks.select(class_name=c.name)
+        name = SUGGESTIONS + c.name
+        if name in viewer.layers:
+            layer = viewer.layers[name]
+            layer.data = sub.zyx
+            layer.features = {"score": sub.table["score"].to_numpy()}
+            layer.metadata[META]["epoch"] = int(epoch)
+        elif len(sub):
+            layer = viewer.add_points(
+                sub.zyx, name=name, size=c.diameter, **session.layer_kwargs(), symbol="diamond",
+                face_color="transparent", border_color=c.colour, border_width=0.08, border_width_is_relative=True,
+                projection_mode="rescale_spherical", opacity=0.8, features={"score": sub.table["score"].to_numpy()},
+                metadata={META: {"kind": "suggestions", "tomogram": session.tomogram_name, "epoch": int(epoch)}},
+            )
+        else:
+            continue
+        out.append(layer)
+    if session.active_class is not None and session.active_class in session.classes:
+        session.set_active_class(session.active_class)  # clicks keep going to the picks
+    return out
 
 
 def show_fiducials(session: PickingSession, fiducials):

@@ -724,12 +724,15 @@ def train_model(
     init: Checkpoint | None = None,
     progress: Progress | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    on_model: Callable[[Checkpoint], None] | None = None,
 ) -> Checkpoint:
     """Train (or fine-tune from ``init``) a ResUNet on picks in one or more tomograms.
 
     Stops after ``epochs`` or ``time_limit`` seconds, or at the next batch after
     ``progress.cancel()``; returns the best checkpoint (by validation F-alpha, else by
     training loss). Raises :class:`Cancelled` only if cancelled before any epoch ended.
+    ``on_model`` gets a checkpoint of the network as it is after each epoch (live
+    suggestions while training; called in the training thread, which waits for it).
     """
     config = config or TrainConfig()
     progress = ensure(progress)
@@ -758,7 +761,8 @@ def train_model(
         work_classes = classes_binned(classes, factor)
     out = (classes, factor)
     with cudnn_autotune(device):
-        return _train(tomograms, picks, work_classes, config, init, progress, on_epoch, device, vs, t_start, out)
+        return _train(tomograms, picks, work_classes, config, init, progress, on_epoch, device, vs, t_start, out,
+                      on_model)
 
 
 def training_binning(classes: ClassTable, config: TrainConfig, init: Checkpoint | None = None) -> int:
@@ -775,7 +779,8 @@ def training_binning(classes: ClassTable, config: TrainConfig, init: Checkpoint 
     return f
 
 
-def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, vs, t_start, out) -> Checkpoint:
+def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, vs, t_start, out,
+           on_model=None) -> Checkpoint:
     """train_model on checked inputs (cuDNN's autotuning on, on a GPU), on the working grid:
     ``classes`` in its voxels; ``out`` = (the user's class table, the binning factor)."""
     torch.manual_seed(config.seed)
@@ -935,6 +940,10 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
             record["self_labelled"] = _self_label(eval_net, vols, classes, config, device, n_classes, mcfg.multiple)
         if on_epoch is not None:
             on_epoch(dict(record))
+        if on_model is not None and not cancelled:
+            now = TrainState(history=list(state.history), best_state=_copy_state(eval_net),
+                             best_epoch=record["epoch"], best_score=record["val_f1"], best_nms=best_t or state.best_nms)
+            on_model(_checkpoint(now, mcfg, classes, vs, config, out))
         if cancelled or (config.time_limit and time.monotonic() - t_start + val_seconds > config.time_limit):
             break
     if state.best_state is None:

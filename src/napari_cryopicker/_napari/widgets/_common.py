@@ -64,6 +64,8 @@ class PanelBase(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session: PickingSession = get_session(napari_viewer)
+        self.session.claim_keys(self)
+        self.destroyed.connect(lambda *_, s=self.session, me=id(self): s.release_keys(me))
         self.setLayout(QVBoxLayout())
         self.layout().setContentsMargins(4, 4, 4, 4)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)

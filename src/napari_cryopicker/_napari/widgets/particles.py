@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderVi
                             QWidget)
 
 from ..review import COLUMNS, KEYS, ParticleReview, ortho_slices
+from ..session import bound_to
 from ..messages import notify
 from ._common import PanelBase, hint_label, reports_errors
 
@@ -174,15 +175,6 @@ class PlaneReader:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _bound_to(viewer, key: str):
-    """The function bound to ``key`` on the viewer (napari normalises key names)."""
-    from napari.utils.key_bindings import coerce_keybinding
-
-    with contextlib.suppress(Exception):
-        return viewer.keymap.get(coerce_keybinding(key))
-    return None
-
-
 class ParticlesWidget(PanelBase):
     title = "Particles"
 
@@ -282,7 +274,7 @@ class ParticlesWidget(PanelBase):
             """Give each key back to what it did before, unless a later panel took it over."""
             for k, fn in mine.items():
                 with contextlib.suppress(Exception):
-                    if _bound_to(viewer, k) is fn:
+                    if bound_to(viewer, k) is fn:
                         viewer.bind_key(k, previous.get(k), overwrite=True)
 
         self.destroyed.connect(_unbind)

@@ -152,6 +152,16 @@ class TrainingWidget(PanelBase):
         lay.addWidget(self.sparse)
         self.fine_tune = QCheckBox("fine-tune the current model (else from scratch)")
         lay.addWidget(self.fine_tune)
+        self.live = QCheckBox("live suggestions while training")
+        self.live.setToolTip(
+            "After each epoch the network as it is then picks the slab around the slice you look at "
+            "(about three particle diameters deep) and shows its picks as hollow diamonds "
+            "('suggestions: <class>' layers). They are not picks: click the particles they point at, "
+            "or run Picking once training ends. Costs a second or two of training per epoch.")
+        self.live.setChecked(bool(self.run.live))
+        lay.addWidget(self.live)
+        self.live_info = hint_label()
+        lay.addWidget(self.live_info)
         row = QHBoxLayout()
         self.btn_train = QPushButton("Train")
         self.btn_stop = QPushButton("Stop")
@@ -182,6 +192,8 @@ class TrainingWidget(PanelBase):
         self.device.currentTextChanged.connect(self._settings)
         self.binning.currentTextChanged.connect(self._settings)
         self.sparse.toggled.connect(self._settings)
+        self.live.toggled.connect(self._settings)
+        self.on(self.run.suggested, self._suggested)
         self.btn_train.clicked.connect(self.train)
         self.btn_stop.clicked.connect(self.stop)
         self.btn_save.clicked.connect(self._save)
@@ -200,6 +212,7 @@ class TrainingWidget(PanelBase):
         st["seed"] = self.seed.value()
         st["sparse"] = self.sparse.isChecked()
         st["binning"] = BINNING_CHOICES[self.binning.currentText()]
+        self.run.live = self.live.isChecked()
 
     @reports_errors
     def train(self, *_):
@@ -220,6 +233,9 @@ class TrainingWidget(PanelBase):
     def _epoch(self, info: dict):
         self.plot.update(self.run.history)
         self.hint.setText(overfitting_hint(self.run.history))
+
+    def _suggested(self, n: int, epoch: int) -> None:
+        self.live_info.setText(f"Live: {n} suggestion(s) around this slice from epoch {epoch}'s network")
 
     def _finished(self, outcome):
         self.btn_train.setEnabled(True)
