@@ -126,8 +126,8 @@ class ProjectController:
 
     def table(self) -> pd.DataFrame:
         """One row per tomogram: use, tomogram, picks, predicted, rejected, problem, current,
-        and a per-class summary for the tooltip."""
-        self.session_flush()
+        and a per-class summary for the tooltip (from the annotation files: the session
+        writes the viewer's tomogram's on every edit)."""
         out = self.project.totals()
         out.insert(0, "use", [t.use for t in self.project])
         cur = self.current_name()

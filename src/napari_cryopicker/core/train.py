@@ -875,7 +875,8 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
                     logits = net(xb)
                 yb, vw = _voxel_weights(yb, config)
                 if config.sparse:
-                    yb, left_out = _ignore_unpicked_blobs(logits, yb, step >= max(warmup, config.sparse_warmup * plan.total_steps))
+                    learnt = step >= max(warmup, config.sparse_warmup * plan.total_steps)
+                    yb, left_out = _ignore_unpicked_blobs(logits, yb, learnt)
                     ep_left_out.append(left_out)
                 loss = loss_fn(logits, yb, n_classes, weights, config, vw)
                 opt.zero_grad(set_to_none=True)
