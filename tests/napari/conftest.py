@@ -23,6 +23,13 @@ def cryopicker_plugin(npe2pm):
     return npe2pm
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """The per-user files (last project, fallback autosaves) go to a temporary folder,
+    never to the home folder of whoever runs the tests."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def tomo_path(tmp_path):
     """A tiny noisy MRC with a few dark blobs and a voxel size in the header."""

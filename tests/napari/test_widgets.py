@@ -492,6 +492,9 @@ def test_a_copick_project_in_the_tomogram_panel(viewer, tmp_path, qtbot, copick_
     w = dock(viewer, TomogramWidget)
     w.open_project(str(cfg))
     assert [w.runs.itemText(i) for i in range(w.runs.count())] == ["TS_1", "TS_2"]
+    from napari_cryopicker._napari.project import project_for
+
+    assert project_for(get_session(viewer)).project.names == ["TS_1", "TS_2"]  # rows of the Project panel
     w.runs.setCurrentText("TS_1")
     w.user.setText("alice")
     w.btn_run.click()

@@ -356,7 +356,26 @@ class CopickPanel:
         inputs = copick_tomograms(config)
         self.config, self.root = Path(config), root
         self._inputs = {i.name: i for i in inputs}
+        self._to_project([i for i in inputs if i.problem is None])
         return sorted(self._inputs, key=lambda n: (self._inputs[n].problem is not None, n))
+
+    def _to_project(self, inputs) -> None:
+        """The runs' tomograms become rows of the Project panel, named by their run."""
+        from .project import project_for
+
+        ctl = project_for(self.session)
+        new = ctl.project.add([str(i.tomogram) for i in inputs])
+        runs = {os.path.abspath(i.tomogram): i.name for i in inputs}
+        taken = set(ctl.project.names)
+        for row in new:
+            run = runs.get(os.path.abspath(row.path))
+            if run and run != row.name and run not in taken:
+                taken.discard(row.name)
+                row.name = run
+                taken.add(run)
+        if new:
+            ctl._keep()
+            ctl.changed.emit()
 
     def runs(self) -> list[str]:
         return sorted(self._inputs)
