@@ -6,7 +6,7 @@ the picks of a realistic tomogram, and (``--project``) the Project panel of a si
         --model benchmarks/.cache/realistic/fallback_s0.pt
 
 (the tomogram and model that `benchmarks/realistic.py --seeds 0 --tag fallback` leaves in
-its cache). Writes docs/images/particles.png. With ``--project FOLDER``: the Project panel
+its cache). Writes docs/images/particles.png. With ``--project benchmarks/.cache`` (and ``--model``): the Project panel
 for every ``real_*`` tomogram of FOLDER (linked as TS_01 ... into a temporary folder, so
 their annotation files stay out of the cache), 40 clicks per class on the first and the
 model's picks of the second, as docs/images/project.png.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tomogram", required=True)
+    ap.add_argument("--tomogram", default=None, help="the Particles panel shot: this tomogram")
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", default=None)
     ap.add_argument("--project", default=None, metavar="FOLDER",
@@ -28,6 +28,8 @@ def main() -> int:
     a = ap.parse_args()
     if a.project:
         return project_shot(a)
+    if not a.tomogram:
+        ap.error("give --tomogram (the Particles panel shot) or --project FOLDER")
     a.out = a.out or str(Path(__file__).parent / "images" / "particles.png")
 
     import napari
