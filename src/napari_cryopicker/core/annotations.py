@@ -62,17 +62,22 @@ def write_json_atomic(path: Path, payload: dict) -> Path:
     return path
 
 
+def read_json(path: Path, what: str):
+    """The JSON in ``path``; CryoPickerError naming the file (and ``what`` it should be) if not."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CryoPickerError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise CryoPickerError(f"{path}: not a readable {what} ({e})") from None
+
+
 def read_annotation_file(path: str | os.PathLike) -> dict:
     """The payload of a saved annotation file, checked; CryoPickerError naming the file if not."""
     p = Path(path)
     if p.is_dir():
         raise CryoPickerError(f"{p}: is a directory; give the .cryopicker.json file")
-    try:
-        payload = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CryoPickerError(f"{p}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise CryoPickerError(f"{p}: not a readable annotation file ({e})") from None
+    payload = read_json(p, "annotation file")
     if not isinstance(payload, dict) or payload.get("format") != AUTOSAVE_FORMAT:
         raise CryoPickerError(f"{p}: not a napari-cryopicker annotation file")
     problem = _payload_problem(payload)

@@ -14,7 +14,6 @@ outside the project (or in another one) shows its picks here too.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from .annotations import (
     payload_picks,
     payload_predictions,
     read_annotation_file,
+    read_json,
     write_json_atomic,
 )
 from .batch import expand_tomograms
@@ -209,12 +209,7 @@ class Project:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Project:
         p = Path(path)
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CryoPickerError(f"{p}: no such file") from None
-        except (OSError, ValueError) as e:
-            raise CryoPickerError(f"{p}: not a readable project file ({e})") from None
+        d = read_json(p, "project file")
         if not isinstance(d, dict) or d.get("format") != PROJECT_FORMAT or not isinstance(d.get("tomograms"), list):
             raise CryoPickerError(f"{p}: not a napari-cryopicker project file")
         rows = []
