@@ -300,6 +300,7 @@ class TrainingRun:
             raise CryoPickerError("tick the tomograms to train on first")
         table, vs, values = s.classes, s.voxel_size, self.config_values()
         self.history, self.fine_tune, self._previous, self.discarded = [], fine_tune, s.checkpoint, None
+        live = self._live_model(s.tomogram, values)  # suggestions in the tomogram shown
 
         def job(progress: Progress):
             from ..core.classes import ClassTable
@@ -319,7 +320,7 @@ class TrainingRun:
             classes = ClassTable([c for c in table if c.name in used])
             keep = [p.subset(p.table["class_name"].isin(classes.names).to_numpy()) for p in picks]
             return train_model(tomos, keep, classes, _config(TrainConfig, values), init=init, progress=progress,
-                               on_epoch=self._epoch_from_worker)
+                               on_epoch=self._epoch_from_worker, on_model=live)
 
         self.task.start(job, self._result)
         self.started.emit()
