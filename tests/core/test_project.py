@@ -125,3 +125,20 @@ def test_two_folders_with_the_same_tomogram_name_are_told_apart(tmp_path):
     p = Project()
     p.add([tmp_path / "a" / "TS_01.mrc", tmp_path / "b" / "TS_01.mrc"])
     assert sorted(p.names) == ["TS_01", "b/TS_01"] or sorted(p.names) == ["TS_01", "a/TS_01"]
+
+
+def test_counts_read_only_the_annotation_files_that_changed(folder, monkeypatch):
+    """The table refreshes after every edit: unchanged files are not read again."""
+    import napari_cryopicker.core.project as project_mod
+
+    p = Project()
+    p.add(folder)
+    reads = []
+    real = project_mod.read_annotation_file
+    monkeypatch.setattr(project_mod, "read_annotation_file", lambda f: reads.append(f.name) or real(f))
+    first = p.totals()
+    assert sorted(reads) == ["TS_01.cryopicker.json", "TS_02.cryopicker.json"]
+    reads.clear()
+    assert p.totals().equals(first) and reads == []
+    _annotate(folder / "TS_02.mrc", Picks.from_zyx([[5, 5, 5], [9, 9, 9]], class_name="ribosome", voxel_size=10.0))
+    assert p.totals().set_index("tomogram").loc["TS_02", "picks"] == 2 and reads == ["TS_02.cryopicker.json"]

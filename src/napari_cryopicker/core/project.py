@@ -15,7 +15,7 @@ outside the project (or in another one) shows its picks here too.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -45,6 +45,9 @@ class ProjectTomogram:
     path: Path
     name: str
     use: bool = True  # ticked: trained on and picked by the project's buttons
+    # (file, mtime, size) -> count rows: the table refreshes after every edit, and a job's
+    # annotation files with their predictions are tens of MB; only changed files are read
+    _counted: tuple | None = field(default=None, repr=False, compare=False)
 
     def annotation_file(self) -> Path | None:
         return find_autosave(self.path)
@@ -119,14 +122,27 @@ class Project:
         a tomogram whose annotation file is damaged gets its problem in ``problem``."""
         rows = []
         for t in self.tomograms:
-            try:
-                payload = t.payload()
-            except CryoPickerError as e:
-                rows.append({"tomogram": t.name, "class_name": "", "picks": 0, "predicted": 0, "rejected": 0,
-                             "problem": str(e)})
-                continue
-            if payload is None:
-                continue
+            rows.extend(self._count(t))
+        return pd.DataFrame(rows, columns=["tomogram", "class_name", *KINDS, "problem"])
+
+    @staticmethod
+    def _count(t: ProjectTomogram) -> list[dict]:
+        f = t.annotation_file()
+        try:
+            st = f.stat() if f is not None else None
+        except OSError:
+            st = None
+        key = (str(f), st.st_mtime_ns, st.st_size) if st is not None else None
+        if key is not None and t._counted is not None and t._counted[0] == key:
+            return [dict(r, tomogram=t.name) for r in t._counted[1]]
+        rows = []
+        try:
+            payload = read_annotation_file(f) if f is not None else None
+        except CryoPickerError as e:
+            payload = None
+            rows.append({"tomogram": t.name, "class_name": "", "picks": 0, "predicted": 0, "rejected": 0,
+                         "problem": str(e)})
+        if payload is not None:
             picks, preds = payload_picks(payload), payload_predictions(payload)
             names = sorted(set(picks.class_names) | set(preds.class_names))
             src = picks.table["source"].to_numpy()
@@ -137,7 +153,8 @@ class Project:
                              "picks": int(((cls == n) & (src != "rejected")).sum()),
                              "predicted": int((pcls == n).sum()),
                              "rejected": int(((cls == n) & (src == "rejected")).sum()), "problem": ""})
-        return pd.DataFrame(rows, columns=["tomogram", "class_name", *KINDS, "problem"])
+        t._counted = (key, rows) if key is not None else None
+        return rows
 
     def totals(self) -> pd.DataFrame:
         """Per tomogram (every one, in order): picks, predicted, rejected, problem."""
