@@ -146,3 +146,24 @@ def test_three_tomograms_annotate_two_train_on_both_pick_all_and_reopen(make_nap
     got = {n: (int(w2.table.item(_row(w2, n), 2).text()), int(w2.table.item(_row(w2, n), 3).text()) > 0)
            for n in w2.names()}
     assert got == {"TS_01": (3, True), "TS_02": (2, True), "TS_03": (0, True)}
+
+
+def test_picks_of_the_shown_tomogram_go_to_its_file_if_another_was_opened_meanwhile(viewer, session, tmp_path):
+    """A background run picked the tomogram that was shown; the user opened another one
+    before it ended (File > Open): the picks land in their own tomogram's file, not on
+    the one now shown."""
+    from types import SimpleNamespace
+
+    from napari_cryopicker._napari.project import project_for
+    from napari_cryopicker.core.classes import ClassTable, ParticleClass
+    from napari_cryopicker.core.picks import Picks
+    from napari_cryopicker.core.tomogram import open_tomogram
+
+    other = write_tomogram(tmp_path / "TS_09.mrc", np.zeros(SHAPE, np.float32), VOXEL)
+    tomo = open_tomogram(other)
+    picks = Picks.from_zyx([[5, 6, 7]], class_name="blob", score=0.8, source="predicted", voxel_size=VOXEL)
+    ckpt = SimpleNamespace(classes=ClassTable([ParticleClass("blob", 8)]))
+    project_for(session)._result(([("TS_09", 1)], (tomo, picks.with_tomogram("TS_09"), {"blob": 0.4}, ckpt)))
+    assert len(session.predictions(shown_only=False)) == 0  # nothing on TS_01
+    payload = read_annotation_file(find_autosave(other))
+    assert payload_predictions(payload).zyx.tolist() == [[5.0, 6.0, 7.0]] and payload["thresholds"] == {"blob": 0.4}

@@ -285,7 +285,7 @@ class ProjectController:
                 res = predict_picks(tomo, ckpt, cfg, progress=sub)
                 picks = res.picks.with_tomogram(tomo.name)
                 if row.name == current:
-                    shown = (picks, res.thresholds)  # the viewer's: set on the GUI thread
+                    shown = (tomo, picks, res.thresholds, ckpt)  # the viewer's: set on the GUI thread
                 else:
                     store_predictions(tomo, picks, ckpt.classes, res.thresholds, model=model)
                 done.append((row.name, len(picks)))
@@ -300,11 +300,19 @@ class ProjectController:
     def _result(self, value) -> None:
         done, shown = value
         s = self.session
-        if shown is not None and s.tomogram is not None:
-            picks, thresholds = shown
-            for name, t in (thresholds or {}).items():
-                s.thresholds[name] = float(t)
-            s.set_predictions(picks, checkpoint_classes=s.checkpoint.classes if s.checkpoint else None)
+        if shown is not None:
+            tomo, picks, thresholds, ckpt = shown
+            if s.tomogram is not None and s.tomogram.name == tomo.name:
+                for name, t in (thresholds or {}).items():
+                    s.thresholds[name] = float(t)
+                s.set_predictions(picks, checkpoint_classes=ckpt.classes)
+            else:  # another tomogram was opened meanwhile: its picks go to its annotation file
+                from ..core.annotations import store_predictions
+
+                try:
+                    store_predictions(tomo, picks, ckpt.classes, thresholds)
+                except CryoPickerError as e:
+                    notify(str(e), "warning")
         notify(f"Picked {len(done)} tomogram(s): " + ", ".join(f"{n} {k}" for n, k in done))
 
     def _picked(self, outcome: Outcome) -> None:
