@@ -155,7 +155,7 @@ def test_cryopicker_train_writes_out_after_every_better_epoch(tmp_path, monkeypa
 
 AUTOSAVE = """
 import sys, numpy as np
-from napari_cryopicker._napari.session import write_json_atomic
+from napari_cryopicker.core.annotations import write_json_atomic
 path, n = sys.argv[1], 60_000
 rng = np.random.default_rng(0)
 for seq in range(1_000_000):

@@ -118,7 +118,7 @@ def _snapshot(session):
     for key in (Key("picks", "blob"), Key("predicted", "blob")):
         layer = session.layer_for(key, create=False)
         out[key] = (np.array(layer.data), layer.features.copy())
-    return out, len(session._undo), session.autosave_path.read_bytes()
+    return out, session.store.n_undo, session.autosave_path.read_bytes()
 
 
 def _assert_unchanged(session, before):
@@ -127,7 +127,7 @@ def _assert_unchanged(session, before):
         layer = session.layer_for(key, create=False)
         np.testing.assert_array_equal(layer.data, data)
         assert layer.features.equals(feats)
-    assert len(session._undo) == n_undo
+    assert session.store.n_undo == n_undo
     assert session.autosave_path.read_bytes() == saved
 
 

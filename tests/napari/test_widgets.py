@@ -524,7 +524,7 @@ def test_every_panel_fits_the_dock_without_a_horizontal_scrollbar(viewer):
 
 
 def test_keys_are_bound_viewer_wide_only_while_a_panel_is_open(viewer, session, qtbot):
-    from napari_cryopicker._napari.session import bound_to
+    from napari_cryopicker._napari.keys import bound_to
 
     def ours(key):
         return bound_to(viewer, key) is session._key_handlers[key]

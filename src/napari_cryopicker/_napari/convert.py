@@ -20,6 +20,7 @@ import pandas as pd
 from ..core.classes import ClassTable
 from ..core.errors import PicksFormatError
 from ..core.picks import ANGLES, DEFAULT_CLASS, Picks
+from ..core.store import empty_features, features_frame
 
 META = "cryopicker"
 #: Predictions are filled by score (this ramp, translucent: the particle stays visible)
@@ -59,22 +60,6 @@ def class_from_name(name: str) -> str | None:
     return None
 
 
-def features_frame(picks: Picks) -> pd.DataFrame:
-    """Per-point features for a Points layer built from ``picks``."""
-    t = picks.table
-    df = pd.DataFrame(
-        {
-            "class": t["class_name"].astype(str).to_numpy(),
-            "score": t["score"].astype(float).to_numpy(),
-            "source": t["source"].astype(str).to_numpy(),
-        }
-    )
-    if picks.has_angles:
-        for c in ANGLES:
-            df[c] = t[c].to_numpy(dtype=float)
-    return df
-
-
 def feature_defaults(columns, base: Mapping) -> dict:
     """napari needs a default for every feature column: ``base`` plus 0 / "" for the rest."""
     out = {}
@@ -88,16 +73,6 @@ def feature_defaults(columns, base: Mapping) -> dict:
     for c, v in base.items():
         out.setdefault(c, v)
     return out
-
-
-def empty_features() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "class": pd.Series([], dtype=object),
-            "score": pd.Series([], dtype=float),
-            "source": pd.Series([], dtype=object),
-        }
-    )
 
 
 def points_layer_kwargs(

@@ -59,7 +59,7 @@ class ParticleReview:
                 continue
             idx = np.arange(len(state))
             if key.kind == "predicted":
-                idx = np.flatnonzero(s._shown_mask(key.class_name, state))
+                idx = np.flatnonzero(s.store.shown_mask(key.class_name, state))
                 if not len(idx):
                     continue
             f = state.features.iloc[idx]

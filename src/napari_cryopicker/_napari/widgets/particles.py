@@ -16,7 +16,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderVi
                             QWidget)
 
 from ..review import COLUMNS, KEYS, ParticleReview, ortho_slices
-from ..session import bound_to
+from ..keys import bound_to
 from ..messages import notify
 from ._common import PanelBase, hint_label, reports_errors
 
