@@ -8,7 +8,7 @@ import pytest
 
 from napari_cryopicker.core.errors import TomogramError
 from napari_cryopicker.core.omezarr import levels
-from napari_cryopicker.core.tomogram import open_tomogram, percentile_stats
+from napari_cryopicker.core.tomogram import open_tomogram, open_tomogram_near, percentile_stats
 
 zarr = pytest.importorskip("zarr")
 
@@ -32,6 +32,21 @@ def test_a_copick_tomogram_opens_lazily_at_each_level(copick_project, volume):
     assert t1.voxel_size == 20.0 and t1.shape == lv[1].shape == (12, 20, 18)
     with pytest.raises(TomogramError, match=r"wbp\.zarr: has scale levels 0-2 .*not 3"):
         open_tomogram(path, level=3)
+    # a project's tomograms are read at the chosen level, or at their coarsest
+    assert open_tomogram_near(path, 5).voxel_size == 40.0
+    assert open_tomogram_near(path, 1).shape == (12, 20, 18)
+
+
+def test_an_mrc_tomogram_has_one_level(tmp_path, volume):
+    import mrcfile
+
+    path = tmp_path / "t.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(volume)
+        m.voxel_size = 10.0
+    assert open_tomogram_near(path, 2).shape == volume.shape
+    with pytest.raises(TomogramError, match="one scale level"):
+        open_tomogram(path, level=1)
 
 
 def test_ome_zarr_written_by_ome_zarr_in_nanometres_with_a_channel_axis(tmp_path, volume):

@@ -101,6 +101,12 @@ def test_picks_of_a_batch_run_are_stored_beside_each_tomogram(folder):
     assert payload["thresholds"] == {"ribosome": 0.35}
     assert payload_predictions(payload).table["score"].tolist() == [0.9, 0.4]
     assert len(payload_picks(payload)) == 0
+    # a file saved at another scale level (20 A voxels) gets the predictions in its voxels
+    payload["voxel_size"] = 20.0
+    write_json_atomic(find_autosave(folder / "TS_03.mrc"), payload)
+    store_predictions(open_tomogram(p.get("TS_03").path), preds, CLASSES)
+    payload = read_annotation_file(find_autosave(folder / "TS_03.mrc"))
+    assert payload_predictions(payload).zyx.tolist() == [[3.5, 4, 4.5], [4.5, 4.5, 4.5]]
 
 
 def test_the_project_file_round_trips_and_a_damaged_annotation_file_is_named(folder, tmp_path):

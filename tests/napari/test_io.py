@@ -160,3 +160,42 @@ def test_open_ome_zarr_tomogram_as_multiscale(viewer, copick_project):
     assert not isinstance(layer.data[0], np.ndarray)
     assert s.tomogram is not None and s.tomogram.name == "TS_09" and s.voxel_size == pytest.approx(12.0)
     np.testing.assert_allclose(np.asarray(s.tomogram.data[4]), vol[4])
+
+
+def test_scale_level_of_an_ome_zarr_tomogram(viewer, copick_project, qtbot):
+    """The Tomogram panel's scale level: picks, the layers' scale and the tomogram follow
+    the chosen level; the picks come back rescaled, and reopening restores the level."""
+    from napari_cryopicker._napari.session import get_session
+    from napari_cryopicker._napari.widgets.tomogram import TomogramWidget
+    from napari_cryopicker.core.annotations import read_annotation_file
+
+    vol = np.random.default_rng(2).normal(0, 1, (16, 48, 40)).astype(np.float32)
+    _, folder, _ = copick_project(runs={"TS_10": vol}, voxel_size=10.0)
+    path = folder / "ExperimentRuns" / "TS_10" / "VoxelSpacing10.000" / "wbp.zarr"
+    s = get_session(viewer)
+    w = TomogramWidget(viewer)
+    qtbot.addWidget(w)
+    viewer.open(str(path), plugin=PLUGIN)
+    assert not w.level_row.isHidden() and w.level.count() == 3
+    assert w.level.itemText(1).startswith("1: 20 A, 20 x 24 x 8")
+    s.add_class("ribosome", 6)
+    s.add_pick((8, 20, 16), "ribosome")
+    world = np.asarray(viewer.layers["picks: ribosome"].data[0]) * viewer.layers["picks: ribosome"].scale
+
+    w.level.setCurrentIndex(1)
+    w.level.activated.emit(1)  # what a user's choice sends
+    assert s.level == 1 and s.voxel_size == pytest.approx(20.0) and s.tomogram.shape == (8, 24, 20)
+    assert s.classes["ribosome"].diameter == pytest.approx(3.0)  # a size in A: 60 A either way
+    layer = viewer.layers["picks: ribosome"]
+    np.testing.assert_allclose(layer.data, [[4, 10, 8]])
+    np.testing.assert_allclose(np.asarray(layer.data[0]) * layer.scale, world)  # the same place
+    np.testing.assert_allclose(np.asarray(s.tomogram.data[2]), np.asarray(viewer.layers["TS_10"].data[1][2]))
+    saved = read_annotation_file(s.autosave_path)
+    assert saved["level"] == 1 and saved["voxel_size"] == pytest.approx(20.0)
+
+    viewer.layers.clear()  # napari closing the tomogram: the picks stay saved
+    assert s.tomogram is None
+    s.level = 0  # a fresh napari
+    viewer.open(str(path), plugin=PLUGIN)
+    assert s.level == 1 and w.level.currentIndex() == 1
+    np.testing.assert_allclose(viewer.layers["picks: ribosome"].data, [[4, 10, 8]])

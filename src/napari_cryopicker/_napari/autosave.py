@@ -71,6 +71,7 @@ class SessionFiles:
         tomo = self.tomogram
         payload["tomogram_path"] = str(tomo.path) if tomo is not None and tomo.path else None
         payload["shape"] = list(tomo.shape) if tomo is not None else None
+        payload["level"] = int(self.level)  # of a multiscale tomogram: opened there again
         # the model's picks (in the payload already) and the model, so a restart loses neither
         payload["model"] = str(self.model_path) if self.model_path is not None else None
         return payload

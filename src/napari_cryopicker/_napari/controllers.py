@@ -66,6 +66,10 @@ class TomogramPanel:
             return
         self.session.set_tomogram(self.session.viewer.layers[name])
 
+    def level_choices(self) -> list[str]:
+        """One line per scale level of the session tomogram: voxel size and shape (x y z)."""
+        return [f"{k}: {vs:.4g} A, {x} x {y} x {z}" for k, (vs, (z, y, x)) in enumerate(self.session.levels())]
+
     def filter(self, kind: str, **params) -> None:
         """Compute ``kind`` over the session tomogram in a thread; shown as a new layer."""
         s = self.session

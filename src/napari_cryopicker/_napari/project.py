@@ -266,19 +266,19 @@ class ProjectController:
         from .workers import CANDIDATE_FLOOR, _config
 
         values.setdefault("score_floor", CANDIDATE_FLOOR)
-        live = s.tomogram
+        live, level = s.tomogram, s.level
         model = str(s.model_path) if s.model_path is not None else None
 
         def job(progress: Progress):
             from ..core.annotations import store_predictions
             from ..core.predict import PredictConfig, predict_picks
-            from ..core.tomogram import open_tomogram
+            from ..core.tomogram import open_tomogram_near
 
             cfg = _config(PredictConfig, values)
             done, shown = [], None
             for i, row in enumerate(rows):
                 progress.check()
-                tomo = live if row.name == current else open_tomogram(row.path)
+                tomo = live if row.name == current else open_tomogram_near(row.path, level)
                 sub = Progress(callback=lambda d, t, m, i=i, n=row.name: progress.update(
                     int(1000 * (i + (d / t if t else 0))), 1000 * len(rows), f"{n}: {m}"),
                     cancel_event=progress.cancel_event)

@@ -70,7 +70,8 @@ def _looks_like_ome_zarr(path: str) -> bool:
 
 def read_ome_zarr_layers(path):
     """An OME-Zarr tomogram as one multiscale Image layer (every level, lazy; napari reads
-    only the chunks it shows). The session picks from level 0."""
+    only the chunks it shows). The session works on level 0 unless the Tomogram panel's
+    scale level says otherwise."""
     p = _single_path(path)
     try:
         from ..core.omezarr import levels, open_ome_zarr

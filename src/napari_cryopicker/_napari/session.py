@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from psygnal import Signal, SignalGroup
 
-from ..core.annotations import default_autosave_path
+from ..core.annotations import default_autosave_path, saved_level
 from ..core.classes import ClassTable, ParticleClass
 from ..core.errors import CryoPickerError
 from ..core.picks import Picks
@@ -55,20 +55,42 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 __all__ = ["REJECTED", "Edit", "Key", "PickingSession", "State", "get_session", "overfitting_hint",
-           "tomogram_from_layer"]
+           "tomogram_from_layer", "level_factors", "n_levels"]
 
 
-def tomogram_from_layer(layer: Image) -> Tomogram:
-    """A core :class:`Tomogram` view of a napari Image layer (no copy of the data)."""
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+def n_levels(layer: Image) -> int:
+    """How many scale levels an Image layer has (1 unless it is multiscale)."""
+    return len(layer.data) if getattr(layer, "multiscale", False) else 1
+
+
+def level_factors(layer: Image, level: int) -> tuple[float, float, float]:
+    """How many level-0 voxels one voxel of ``level`` spans, per axis (z, y, x): from the
+    voxel sizes our reader records, else from the shapes (napari-ome-zarr's layers)."""
+    if level == 0:
+        return (1.0, 1.0, 1.0)
+    sizes = cp_meta(layer).get("levels") or []
+    if len(sizes) > level and sizes[0]:
+        return (float(sizes[level]) / float(sizes[0]),) * 3
+    s0, sk = layer.data[0].shape[-3:], layer.data[level].shape[-3:]
+    return tuple(float(round(a / b)) if b else 1.0 for a, b in zip(s0, sk))
+
+
+def tomogram_from_layer(layer: Image, level: int = 0) -> Tomogram:
+    """A core :class:`Tomogram` view of a napari Image layer (no copy of the data); of one
+    scale ``level`` of a multiscale layer (0: the finest)."""
+    multi = getattr(layer, "multiscale", False)
+    if not 0 <= level < n_levels(layer):
+        raise CryoPickerError(f"layer {layer.name!r} has scale levels 0-{n_levels(layer) - 1}, not {level}")
+    data = layer.data[level] if multi else layer.data
     if getattr(data, "ndim", 0) != 3 or getattr(layer, "rgb", False):
         raise CryoPickerError(
             f"layer {layer.name!r} is not a 3D greyscale volume (shape {getattr(data, 'shape', '?')}); "
             "choose a tomogram layer"
         )
     cm = cp_meta(layer)
-    scale = tuple(float(s) for s in layer.scale[-3:])
-    vs = float(cm.get("voxel_size") or scale[-1])
+    f = level_factors(layer, level) if multi else (1.0, 1.0, 1.0)
+    scale = tuple(float(s) * k for s, k in zip(layer.scale[-3:], f))
+    vs = float(cm.get("voxel_size") or layer.scale[-1]) * f[2]
     path = cm.get("path") or getattr(getattr(layer, "source", None), "path", None)
     label = cm.get("tomogram") or (Path(path).stem if path else layer.name)
     return Tomogram(
@@ -129,6 +151,7 @@ class PickingSession(LayerBinding, SessionFiles, SessionKeys):
         st.threshold.connect(self._on_threshold)
         st.message.connect(notify)
         self.image_layer: Image | None = None
+        self.level = 0  # the scale level of a multiscale tomogram the session works on
         self.tomogram: Tomogram | None = None
         self.checkpoint: Checkpoint | None = None
         self.model_path: Path | None = None
@@ -226,9 +249,34 @@ class PickingSession(LayerBinding, SessionFiles, SessionKeys):
     # ------------------------------------------------------------------ tomogram
     @property
     def scale(self) -> tuple[float, float, float]:
+        """The world size of one voxel of the session tomogram (at its scale level)."""
         if self.image_layer is not None:
-            return tuple(float(s) for s in self.image_layer.scale[-3:])  # type: ignore[return-value]
+            f = level_factors(self.image_layer, self.level)
+            return tuple(float(s) * k for s, k in zip(self.image_layer.scale[-3:], f))  # type: ignore[return-value]
         return (1.0, 1.0, 1.0)
+
+    def levels(self) -> list[tuple[float, tuple[int, ...]]]:
+        """(voxel size in A, shape) of each scale level of the session tomogram."""
+        layer = self.image_layer
+        if layer is None:
+            return []
+        out = []
+        for k in range(n_levels(layer)):
+            t = tomogram_from_layer(layer, k)
+            out.append((t.voxel_size, tuple(t.shape)))
+        return out
+
+    def set_level(self, level: int) -> None:
+        """Work on scale ``level`` of a multiscale tomogram: picks, training and picking are
+        in that level's voxels. The annotations are saved first and come back rescaled."""
+        if self.image_layer is None:
+            raise CryoPickerError("open a tomogram first (File > Open, or the Tomogram panel)")
+        if level == self.level:
+            return
+        if self.is_busy():
+            raise CryoPickerError("wait for the running job to finish (or stop it) before changing the scale level")
+        self.set_tomogram(self.image_layer, level=level)
+        self._autosave()  # the file names the level, so reopening the tomogram comes back to it
 
     @property
     def units(self) -> tuple | None:
@@ -261,16 +309,24 @@ class PickingSession(LayerBinding, SessionFiles, SessionKeys):
             and cp_meta(lyr).get("kind") not in ("probability", "filtered")
         ]
 
-    def set_tomogram(self, layer: Image | None) -> None:
-        """Make ``layer`` the session tomogram; saves and clears the previous one's layers."""
-        if layer is self.image_layer:
+    def set_tomogram(self, layer: Image | None, *, level: int | None = None) -> None:
+        """Make ``layer`` the session tomogram, at scale ``level`` (default: the level in use,
+        or the coarsest the layer has); saves and clears the previous one's layers."""
+        if layer is None:
+            level = 0
+        elif level is None:  # where its annotations were saved, else the level in use
+            n = n_levels(layer)
+            saved = saved_level(cp_meta(layer).get("path")) if n > 1 and layer is not self.image_layer else None
+            level = min(self.level if saved is None else saved, n - 1)
+        if layer is self.image_layer and level == self.level:
             return
-        tomo = tomogram_from_layer(layer) if layer is not None else None
+        tomo = tomogram_from_layer(layer, level) if layer is not None else None
         old_vs = self.voxel_size
         self._stash_current()
         self._drop_session_layers()
         self.store.reset(tomo.name if tomo is not None else "", tomo.voxel_size if tomo is not None else None)
         self.image_layer = layer
+        self.level = level
         self._projection_set = False
         self.tomogram = tomo
         if tomo is not None and old_vs and tomo.voxel_size and not np.isclose(old_vs, tomo.voxel_size, rtol=1e-3):

@@ -298,7 +298,7 @@ class TrainingRun:
             raise CryoPickerError("there is no model to fine-tune yet; train from scratch first")
         if not names:
             raise CryoPickerError("tick the tomograms to train on first")
-        table, vs, values = s.classes, s.voxel_size, self.config_values()
+        table, vs, values, level = s.classes, s.voxel_size, self.config_values(), s.level
         self.history, self.fine_tune, self._previous, self.discarded = [], fine_tune, s.checkpoint, None
         live = self._live_model(s.tomogram, values)  # suggestions in the tomogram shown
 
@@ -306,7 +306,7 @@ class TrainingRun:
             from ..core.classes import ClassTable
             from ..core.train import TrainConfig, train_model
 
-            tomos, picks = project.training_set(names)
+            tomos, picks = project.training_set(names, level=level)
             for t in tomos:
                 if vs and t.voxel_size and abs(t.voxel_size / vs - 1) > 0.01:
                     raise CryoPickerError(

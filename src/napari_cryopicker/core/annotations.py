@@ -122,7 +122,21 @@ def _payload_problem(payload: dict) -> str:
     vs = payload.get("voxel_size")
     if vs is not None and not (isinstance(vs, (int, float)) and vs > 0):
         return f"voxel_size {vs!r} is not a positive number"
+    level = payload.get("level", 0)
+    if not (isinstance(level, int) and not isinstance(level, bool) and level >= 0):
+        return f"level {level!r} is not a scale level (0, 1, ...)"
     return ""
+
+
+def saved_level(tomogram_path: str | os.PathLike | None) -> int | None:
+    """The scale level the annotations of a tomogram were last saved at (None: no file)."""
+    path = find_autosave(tomogram_path) if tomogram_path else None
+    if path is None:
+        return None
+    try:
+        return int(read_annotation_file(path).get("level", 0))
+    except CryoPickerError:
+        return None
 
 
 def set_aside(path: Path) -> Path | None:
@@ -207,6 +221,13 @@ def store_predictions(tomo: Tomogram, predictions: Picks, classes: ClassTable,
         if c.name not in known:
             known.add(c.name, c.diameter, c.colour)
     payload["classes"] = known.to_dict()
+    if predictions.voxel_size is None:
+        predictions = predictions.copy()
+        predictions.voxel_size = tomo.voxel_size
+    vs = payload.get("voxel_size")
+    if vs and predictions.voxel_size and abs(predictions.voxel_size / float(vs) - 1) > 1e-3:
+        # the file holds the picks of another scale level: its voxels, not the run's
+        predictions = predictions.rescaled(float(vs))
     payload["predictions"] = _columns(predictions, False)
     payload["thresholds"] = {**(payload.get("thresholds") or {}), **{k: float(v) for k, v in (thresholds or {}).items()}}
     if model is not None:

@@ -33,7 +33,7 @@ from .batch import expand_tomograms
 from .classes import ClassTable
 from .errors import CryoPickerError
 from .picks import Picks
-from .tomogram import Tomogram, open_tomogram
+from .tomogram import Tomogram, open_tomogram_near
 
 PROJECT_FORMAT = "napari-cryopicker-project"
 PROJECT_SUFFIX = ".cryopicker-project.json"
@@ -182,11 +182,12 @@ class Project:
                     table.add(c.name, c.diameter, c.colour)
         return table
 
-    def training_set(self, names: list[str] | None = None, *, imported: bool = True
+    def training_set(self, names: list[str] | None = None, *, imported: bool = True, level: int = 0
                      ) -> tuple[list[Tomogram], list[Picks]]:
-        """The tomograms (opened lazily) and their training picks and rejections, of the
-        ``names`` given or else the ticked ones that have picks. ``imported``: picks read
-        from files count as training picks (a user's own earlier picks)."""
+        """The tomograms (opened lazily, at scale ``level`` or their coarsest) and their
+        training picks and rejections, of the ``names`` given or else the ticked ones that
+        have picks. ``imported``: picks read from files count as training picks (a user's
+        own earlier picks)."""
         chosen = [self.get(n) for n in names] if names is not None else [t for t in self.tomograms if t.use]
         sources = list(ANNOTATION_SOURCES if imported else [s for s in ANNOTATION_SOURCES if s != "imported"])
         tomos, picks = [], []
@@ -198,7 +199,7 @@ class Project:
             p = p.subset(p.table["source"].isin([*sources, "rejected"]).to_numpy())
             if not (p.table["source"] != "rejected").any():
                 continue
-            tomo = open_tomogram(t.path)
+            tomo = open_tomogram_near(t.path, level)
             if p.voxel_size and tomo.voxel_size and abs(p.voxel_size / tomo.voxel_size - 1) > 1e-3:
                 p = p.rescaled(tomo.voxel_size)
             tomos.append(tomo)

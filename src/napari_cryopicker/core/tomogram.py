@@ -64,6 +64,17 @@ def read_voxel_size(path: str | os.PathLike) -> float | None:
     return vs if vs > 0 else None
 
 
+def open_tomogram_near(path: str | os.PathLike, level: int = 0) -> Tomogram:
+    """:func:`open_tomogram` at scale ``level``, or at the coarsest level the file has (an
+    MRC file has one): the tomograms of a project are read at the level chosen for the
+    one in the viewer, whatever levels each of them has."""
+    from .omezarr import is_ome_zarr, levels
+
+    if level and is_ome_zarr(path):
+        level = min(int(level), len(levels(path)) - 1)
+    return open_tomogram(path, level=level if is_ome_zarr(path) else 0)
+
+
 def open_tomogram(path: str | os.PathLike, mmap: bool = True, *, level: int = 0) -> Tomogram:
     """Open an MRC tomogram as a (z, y, x) memory map with its voxel size, or one scale
     ``level`` of an OME-Zarr tomogram (lazy; see :mod:`.omezarr`).

@@ -8,6 +8,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
@@ -28,7 +29,13 @@ class TomogramWidget(PanelBase):
         self.combo = QComboBox()
         self.combo.setToolTip("The image layer you annotate, train on and pick")
         self.info = hint_label()
+        self.level = QComboBox()
+        self.level.setToolTip("the scale level of a multiscale (OME-Zarr) tomogram to work on: picks, training and "
+                              "picking use its voxels (0: the finest; each next level is binned by 2). "
+                              "The picks are saved first and come back at the new level.")
+        self.level_row = _row(QLabel("scale level"), self.level)
         lay.addWidget(self.combo)
+        lay.addWidget(self.level_row)
         lay.addWidget(self.info)
 
         f = self.group("Display filters (new layers; picking uses the original)")
@@ -82,6 +89,7 @@ class TomogramWidget(PanelBase):
             b.setEnabled(False)
 
         self.combo.currentTextChanged.connect(self._chosen)
+        self.level.activated.connect(self._level_chosen)
         self.btn_gauss.clicked.connect(lambda: self._filter("gaussian", sigma=self.sigma.value()))
         self.btn_band.clicked.connect(
             lambda: self._filter("bandpass", fine=self.fine.value(), coarse=self.coarse.value()))
@@ -105,6 +113,13 @@ class TomogramWidget(PanelBase):
         else:
             self.combo.setCurrentIndex(-1)
         self.combo.blockSignals(False)
+        levels = self.logic.level_choices()
+        self.level.blockSignals(True)
+        self.level.clear()
+        self.level.addItems(levels)
+        self.level.setCurrentIndex(self.session.level if levels else -1)
+        self.level.blockSignals(False)
+        self.level_row.setVisible(len(levels) > 1)
         t = self.session.tomogram
         if t is None:
             self.info.setText("Open a tomogram (File > Open, .mrc/.rec) or File > Open Sample.")
@@ -113,6 +128,13 @@ class TomogramWidget(PanelBase):
             where = f"; annotations autosaved to {self.session.autosave_path.name}" \
                 if self.session.autosave_path else "; not autosaved (no file)"
             self.info.setText(f"{t.name}: {x} x {y} x {z} voxels, {t.voxel_size:.4g} A/voxel{where}")
+
+    @reports_errors
+    def _level_chosen(self, index: int):
+        try:
+            self.session.set_level(int(index))
+        finally:
+            self._refresh()
 
     @reports_errors
     def _open_project(self, *_):
