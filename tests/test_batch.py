@@ -202,7 +202,8 @@ def test_copick_project_runs(data, tmp_path, copick_project):
     assert set(per) == {"TS_A", "TS_B"}  # named by run, not by "wbp"
     assert abs(per["TS_A"] - per["TS_B"]) <= max(2, per["TS_B"] // 10)  # the same volume, read from OME-Zarr
     with pytest.raises(BatchError, match="not a local folder"):
-        cfg.write_text(json.dumps({"overlay_root": "s3://bucket/project"}))
+        cfg.write_text(json.dumps({"config_type": "filesystem", "name": "t", "version": "0.5.0",
+                                   "pickable_objects": [], "overlay_root": "s3://bucket/project"}))
         copick_tomograms(cfg)
 
 

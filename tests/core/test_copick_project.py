@@ -87,3 +87,28 @@ def test_bad_names_are_refused_with_the_projects_names(project):
                                                  voxel_size=VS), user_id="u", session_id="1")
     with pytest.raises(CryoPickerError, match="no such copick config"):
         open_project(project[1] / "nope.json")
+
+
+def test_exporting_to_the_config_or_the_root_folder_lands_in_the_project(project):
+    """Export as copick to the project's config goes through copick (never overwriting the
+    config); to the project's root folder, under ExperimentRuns/ where copick looks."""
+    from napari_cryopicker.core.formats import write_picks
+
+    cfg, folder = project
+    before = cfg.read_text()
+    picks = Picks.from_zyx([[5, 6, 7], [8, 9, 10]], class_name=["ribosome", "proteasome"], voxel_size=VS,
+                           tomogram="TS_1")
+    written = write_picks(picks, cfg, "copick", user_id="bob", session_id="3")
+    assert cfg.read_text() == before
+    assert sorted(p.name for p in written) == ["bob_3_proteasome.json", "bob_3_ribosome.json"]
+    assert all(p.parent == folder / "ExperimentRuns" / "TS_1" / "Picks" for p in written)
+    root = copick.from_file(str(cfg))
+    (pk,) = root.get_run("TS_1").get_picks(object_name="ribosome", user_id="bob", session_id="3")
+    np.testing.assert_allclose(pk.numpy()[0], [[70, 60, 50]])  # x, y, z in A
+    with pytest.raises(CryoPickerError, match=r"copick\.json: class\(es\) nope are not pickable objects"):
+        write_picks(Picks.from_zyx([[1, 1, 1]], class_name="nope", voxel_size=VS, tomogram="TS_1"), cfg, "copick")
+
+    write_picks(picks.with_tomogram("TS_2"), folder, "copick", user_id="eve", session_id="1")
+    root = copick.from_file(str(cfg))
+    got = root.get_run("TS_2").get_picks(user_id="eve", session_id="1")
+    assert sorted(p.pickable_object_name for p in got) == ["proteasome", "ribosome"]

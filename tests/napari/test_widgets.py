@@ -512,6 +512,35 @@ def test_a_copick_project_in_the_tomogram_panel(viewer, tmp_path, qtbot, copick_
     np.testing.assert_allclose(stored["ribosome"], [[100.0, 200.0, 50.0]])
 
 
+def test_a_copick_tomogram_type_is_chosen_in_the_panel(viewer, qtbot, copick_project):
+    """Runs with two tomogram types (wbp, denoised) and a second voxel spacing: the panel
+    offers both, starts on wbp at the finest spacing, and opens the type chosen."""
+    pytest.importorskip("copick")
+    from napari_cryopicker._napari.session import get_session
+
+    rng = np.random.default_rng(3)
+    wbp, den = (rng.normal(0, 1, (16, 32, 32)).astype(np.float32) for _ in range(2))
+    cfg, _, root = copick_project([], runs={"TS_1": wbp})
+    run = root.get_run("TS_1")
+    run.get_voxel_spacing(10.0).new_tomogram("denoised").from_numpy(den)
+    run.new_voxel_spacing(20.0).new_tomogram("wbp").from_numpy(wbp[::2, ::2, ::2].copy())
+    w = dock(viewer, TomogramWidget)
+    w.open_project(str(cfg))
+    assert not w.kind_row.isHidden()
+    assert [w.types.itemText(i) for i in range(w.types.count())] == ["any type", "denoised", "wbp"]
+    assert (w.types.currentText(), w.spacings.currentText()) == ("wbp", "10 A")
+    w.types.setCurrentText("denoised")
+    w.types.activated.emit(1)
+    w.runs.setCurrentText("TS_1")
+    w.btn_run.click()
+    s = get_session(viewer)
+    np.testing.assert_allclose(np.asarray(s.tomogram.data[3]), den[3], rtol=1e-6)
+    w.types.setCurrentText("any type")
+    w.spacings.setCurrentText("any spacing")
+    w.types.activated.emit(0)
+    assert "several tomograms" in w.copick._inputs["TS_1"].problem
+
+
 def test_every_panel_fits_the_dock_without_a_horizontal_scrollbar(viewer):
     """The tabbed dock is 430 px wide: no panel may need more (the class table's count
     columns and the Labels tab used to)."""

@@ -350,17 +350,31 @@ class CopickPanel:
         self.config: Path | None = None
         self.root = None
         self._inputs: dict = {}
+        self.types: list[str] = []       # the project's tomogram types (wbp, denoised, ...)
+        self.spacings: list[float] = []  # and voxel spacings (A)
+        self.tomo_type: str | None = None
+        self.voxel_size: float | None = None
 
     def load(self, config: str | os.PathLike) -> list[str]:
-        """Open the project; returns its run names (those with a tomogram first)."""
-        from ..core.batch import copick_tomograms
-        from ..core.copick_project import open_project
+        """Open the project; returns its run names (those with a tomogram first). Where runs
+        have several tomogram types, ``wbp`` (else the first) is chosen; where a type has
+        several voxel spacings, the finest: :meth:`choose` another."""
+        from ..core.copick_project import open_project, tomogram_types, voxel_spacings
 
         root = open_project(config)
-        inputs = copick_tomograms(config)
         self.config, self.root = Path(config), root
-        self._inputs = {i.name: i for i in inputs}
-        self._to_project([i for i in inputs if i.problem is None])
+        self.types, self.spacings = tomogram_types(root), voxel_spacings(root)
+        tomo_type = ("wbp" if "wbp" in self.types else self.types[0]) if len(self.types) > 1 else None
+        return self.choose(tomo_type, self.spacings[0] if len(self.spacings) > 1 else None)
+
+    def choose(self, tomo_type: str | None = None, voxel_size: float | None = None) -> list[str]:
+        """Use the tomograms of one type and voxel spacing (None: any); returns the runs."""
+        from ..core.copick_project import run_tomograms
+
+        runs = run_tomograms(self._require(), tomo_type or None, voxel_size or None)
+        self.tomo_type, self.voxel_size = tomo_type or None, voxel_size or None
+        self._inputs = {r.run: r for r in runs}
+        self._to_project([r for r in runs if r.path is not None])
         return sorted(self._inputs, key=lambda n: (self._inputs[n].problem is not None, n))
 
     def _to_project(self, inputs) -> None:
@@ -368,8 +382,8 @@ class CopickPanel:
         from .project import project_for
 
         ctl = project_for(self.session)
-        new = ctl.project.add([str(i.tomogram) for i in inputs])
-        runs = {os.path.abspath(i.tomogram): i.name for i in inputs}
+        new = ctl.project.add([str(i.path) for i in inputs])
+        runs = {os.path.abspath(i.path): i.run for i in inputs}
         taken = set(ctl.project.names)
         for row in new:
             run = runs.get(os.path.abspath(row.path))
@@ -402,10 +416,10 @@ class CopickPanel:
         if inp.problem:
             raise CryoPickerError(f"run {run}: {inp.problem}")
         s = self.session
-        layers = s.viewer.open(str(inp.tomogram), plugin=self.PLUGIN)
+        layers = s.viewer.open(str(inp.path), plugin=self.PLUGIN)
         image = next((lyr for lyr in layers if lyr.__class__.__name__ == "Image"), None)
         if image is None:
-            raise CryoPickerError(f"{inp.tomogram}: could not be opened as a tomogram")
+            raise CryoPickerError(f"{inp.path}: could not be opened as a tomogram")
         s.set_tomogram(image)
         vs = s.voxel_size or 1.0
         s.ensure_classes(project_classes(root, vs))

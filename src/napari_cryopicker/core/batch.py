@@ -31,7 +31,6 @@ import glob
 import importlib.util
 import json
 import logging
-import math
 import os
 import time
 import uuid
@@ -152,92 +151,24 @@ def inputs_from_paths(paths: Sequence[Path]) -> list[BatchInput]:
 
 
 # ------------------------------------------------------------------------------ copick
-def _copick_root(config: Path, value: str) -> Path | None:
-    v = str(value).strip()
-    if v.startswith("local://"):
-        v = v[len("local://"):]
-    elif "://" in v:
-        return None
-    p = Path(os.path.expanduser(v))
-    if p.is_absolute():
-        return p
-    # copick resolves relative roots from the working directory; also try the config's folder
-    return p if p.exists() else config.parent / p
-
-
-def _voxel_spacing(folder: Path) -> float | None:
-    try:
-        return float(folder.name[len("VoxelSpacing"):])
-    except ValueError:
-        return None
-
-
 def copick_tomograms(config: str | os.PathLike, tomo_type: str | None = None,
                      voxel_size: float | None = None) -> list[BatchInput]:
-    """One :class:`BatchInput` per run of a local copick project (runs named by folder).
+    """One :class:`BatchInput` per run of a local copick project, through the copick
+    library (:func:`.copick_project.run_tomograms`): ``tomo_type`` picks the type when a
+    run has several, ``voxel_size`` (the model's) the spacing. A run whose tomogram is
+    missing or ambiguous gets a ``problem``."""
+    from .copick_project import open_project, run_tomograms
 
-    A run's tomogram is ``<root>/ExperimentRuns/<run>/VoxelSpacing<vs>/<type>.zarr`` (OME-Zarr,
-    as the copick library writes it) or ``<type>.mrc`` (the overlay root, then the static
-    root). ``tomo_type`` picks the type when a run has several; ``voxel_size`` (the
-    model's) picks the spacing when there are several. A run whose tomogram is missing or
-    ambiguous gets a ``problem``.
-    """
-    cfg = Path(config)
     try:
-        data = json.loads(cfg.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise BatchError(f"{cfg}: no such copick config file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BatchError(f"{cfg}: not a copick config JSON ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict):
-        raise BatchError(f"{cfg}: not a copick config (expected a JSON object)")
-    named = [(k, data.get(k)) for k in ("overlay_root", "static_root") if data.get(k)]
-    if not named:
-        raise BatchError(f"{cfg}: names no overlay_root or static_root; cryopicker reads local copick "
-                         "projects only")
-    roots = []
-    for key, value in named:
-        root = _copick_root(cfg, value)
-        if root is None:
-            raise BatchError(f"{cfg}: {key} {value!r} is not a local folder; cryopicker reads local "
-                             "copick projects only (copy the runs to disk first)")
-        roots.append(root)
-    runs: dict[str, list[Path]] = {}
-    for root in roots:
-        er = root / "ExperimentRuns"
-        if er.is_dir():
-            for run in sorted(q for q in er.iterdir() if q.is_dir()):
-                runs.setdefault(run.name, []).append(run)
+        runs = run_tomograms(open_project(config), tomo_type, voxel_size)
+    except CryoPickerError as e:
+        raise BatchError(f"{config}: {e}" if str(config) not in str(e) else str(e)) from None
     if not runs:
-        raise BatchError(f"{cfg}: no runs found under {' or '.join(str(r / 'ExperimentRuns') for r in roots)}")
-    out = []
-    for name in sorted(runs):
-        cands = [t for run in runs[name] for vs in sorted(run.glob("VoxelSpacing*")) if vs.is_dir()
-                 for t in sorted(vs.iterdir()) if _is_tomogram_file(t)]
-        if tomo_type:
-            cands = [t for t in cands if t.stem == tomo_type]
-        spacings = {_voxel_spacing(t.parent) for t in cands}
-        if voxel_size and len(spacings) > 1:
-            near = [t for t in cands if (v := _voxel_spacing(t.parent)) and math.isclose(v, voxel_size, rel_tol=0.05)]
-            cands = near or cands
-        # one file per spacing and type: an MRC exported beside the OME-Zarr it came from wins
-        by_kind: dict = {}
-        for t in cands:
-            k = (t.parent.name, t.stem)
-            if k not in by_kind or t.suffix.lower() != ".zarr":
-                by_kind[k] = t
-        cands = list(by_kind.values())
-        where = runs[name][0]
-        if len(cands) == 1:
-            out.append(BatchInput(cands[0], name))
-        elif len(cands) > 1:
-            choices = ", ".join(str(t.relative_to(where)) for t in cands)
-            out.append(BatchInput(where, name, f"several tomograms ({choices}); choose one with "
-                                               "--copick-tomogram TYPE"))
-        else:
-            what = f"no '{tomo_type}' tomogram" if tomo_type else "no tomogram"
-            out.append(BatchInput(where, name, f"{what} under VoxelSpacing*/"))
-    return out
+        raise BatchError(f"{config}: the copick project has no runs")
+    return [BatchInput(r.path, r.run) if r.path is not None else
+            BatchInput(Path(config).parent, r.run, r.problem.replace("choose a type", "choose one with "
+                                                                     "--copick-tomogram TYPE"))
+            for r in runs]
 
 
 # ------------------------------------------------------------------------------ planning

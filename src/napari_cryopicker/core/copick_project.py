@@ -9,7 +9,9 @@ are voxels of the tomogram at ``voxel_size``.
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,81 @@ def open_project(config: str | os.PathLike):
         return copick.from_file(str(p))
     except Exception as e:
         raise CryoPickerError(f"{p}: copick cannot open this config ({type(e).__name__}: {e})") from None
+
+
+def _local(fs, path: str) -> Path | None:
+    """``path`` on the local disk, or None where the filesystem is remote."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return Path(path) if {"file", "local"} & set(protocols) else None
+
+
+def _remote_roots(root) -> list[str]:
+    cfg = root.config
+    return [str(v) for v in (getattr(cfg, "overlay_root", None), getattr(cfg, "static_root", None))
+            if v and "://" in str(v) and not str(v).startswith(("local://", "file://"))]
+
+
+@dataclass(frozen=True)
+class RunTomogram:
+    """A run's tomogram of a copick project on disk (``path``), or why there is none."""
+
+    run: str
+    path: Path | None
+    voxel_size: float | None = None
+    tomo_type: str | None = None
+    problem: str | None = None
+
+
+def tomogram_types(root) -> list[str]:
+    """Every tomogram type (``wbp``, ``denoised``, ...) of the project's runs."""
+    return sorted({t.tomo_type for run in root.runs for vs in run.voxel_spacings for t in vs.tomograms})
+
+
+def voxel_spacings(root) -> list[float]:
+    return sorted({float(vs.voxel_size) for run in root.runs for vs in run.voxel_spacings})
+
+
+def run_tomograms(root, tomo_type: str | None = None, voxel_size: float | None = None) -> list[RunTomogram]:
+    """One tomogram per run of a local copick project, as the copick library lists runs,
+    voxel spacings and tomograms (OME-Zarr ``<type>.zarr``); an MRC ``<type>.mrc`` exported
+    into a voxel-spacing folder counts too, and wins over the OME-Zarr of its type.
+
+    ``tomo_type`` picks the type when a run has several; ``voxel_size`` the spacing (within
+    5 %) when there are several. A run whose tomogram is missing or ambiguous gets a ``problem``.
+    """
+    remote = _remote_roots(root)
+    if remote:
+        raise CryoPickerError(f"the copick project's root {remote[0]} is not a local folder; cryopicker reads "
+                              "local copick projects only (copy the runs to disk first)")
+    out = []
+    for run in sorted(root.runs, key=lambda r: r.name):
+        cands: dict[tuple[float, str], Path] = {}
+        for vs in run.voxel_spacings:
+            v = float(vs.voxel_size)
+            for t in vs.tomograms:
+                fs, where = (t.fs_static, t.static_path) if t.read_only else (t.fs_overlay, t.overlay_path)
+                local = _local(fs, where)
+                if local is not None:
+                    cands[(v, t.tomo_type)] = local
+            for fs, where in {(vs.fs_overlay, vs.overlay_path), (vs.fs_static, vs.static_path)}:
+                folder = _local(fs, where)
+                for mrc in sorted(folder.glob("*.mrc")) if folder is not None and folder.is_dir() else []:
+                    cands[(v, mrc.stem)] = mrc
+        if tomo_type:
+            cands = {k: f for k, f in cands.items() if k[1] == tomo_type}
+        if voxel_size and len({k[0] for k in cands}) > 1:
+            cands = {k: f for k, f in cands.items() if math.isclose(k[0], voxel_size, rel_tol=0.05)} or cands
+        if len(cands) == 1:
+            (v, kind), path = next(iter(cands.items()))
+            out.append(RunTomogram(run.name, path, v, kind))
+        elif cands:
+            choices = ", ".join(f"{kind} at {v:g} A" for v, kind in sorted(cands))
+            out.append(RunTomogram(run.name, None, problem=f"several tomograms ({choices}); choose a type "
+                                                            "(and a voxel spacing)"))
+        else:
+            what = f"no '{tomo_type}' tomogram" if tomo_type else "no tomogram"
+            out.append(RunTomogram(run.name, None, problem=f"{what} in any voxel spacing"))
+    return out
 
 
 def project_classes(root, voxel_size: float) -> ClassTable:

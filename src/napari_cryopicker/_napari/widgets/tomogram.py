@@ -66,6 +66,10 @@ class TomogramWidget(PanelBase):
         self.btn_copick = QPushButton("Open copick project...")
         self.btn_copick.setToolTip("a copick config (.json): its runs, tomograms (OME-Zarr or MRC) and "
                                    "particle objects (the classes)")
+        self.types = QComboBox()
+        self.types.setToolTip("the tomogram type to open of each run (wbp, denoised, ...), where runs have several")
+        self.spacings = QComboBox()
+        self.spacings.setToolTip("the voxel spacing to open, where runs have several")
         self.runs = QComboBox()
         self.runs.setToolTip("the run to open")
         self.user = QLineEdit()
@@ -78,11 +82,16 @@ class TomogramWidget(PanelBase):
         self.btn_store.setToolTip("write this tomogram's picks into the project as user/session, where copick "
                                   "and napari-copick read them (replaces that user's and session's picks)")
         c.addWidget(self.btn_copick)
+        self.kind_row = _row(QLabel("tomogram"), self.types, self.spacings)
+        c.addWidget(self.kind_row)
+        self.kind_row.setVisible(False)
         c.addWidget(_row(self.runs, self.btn_run))
         c.addWidget(_row(self.user, self.session_id, self.btn_store))
         self.copick_info = hint_label("No project open.")
         c.addWidget(self.copick_info)
         self.btn_copick.clicked.connect(self._open_project)
+        self.types.activated.connect(self._kind_chosen)
+        self.spacings.activated.connect(self._kind_chosen)
         self.btn_run.clicked.connect(self._open_run)
         self.btn_store.clicked.connect(self._store)
         for b in (self.btn_run, self.btn_store):
@@ -144,12 +153,32 @@ class TomogramWidget(PanelBase):
 
     def open_project(self, path: str) -> None:
         runs = self.copick.load(path)
+        cp = self.copick
+        for combo, items, current in ((self.types, ["any type", *cp.types], cp.tomo_type),
+                                      (self.spacings, ["any spacing", *[f"{v:g} A" for v in cp.spacings]],
+                                       None if cp.voxel_size is None else f"{cp.voxel_size:g} A")):
+            combo.clear()
+            combo.addItems(items)
+            combo.setCurrentText(current or items[0])
+        self.kind_row.setVisible(len(cp.types) > 1 or len(cp.spacings) > 1)
+        self._show_runs(runs)
+
+    def _show_runs(self, runs: list[str]) -> None:
         self.runs.clear()
         self.runs.addItems(runs)
         for b in (self.btn_run, self.btn_store):
             b.setEnabled(bool(runs))
         objects = ", ".join(o.name for o in self.copick.root.pickable_objects)
-        self.copick_info.setText(f"{len(runs)} run(s); objects: {objects or 'none'}")
+        ready = sum(1 for r in runs if self.copick._inputs[r].problem is None)
+        self.copick_info.setText(f"{len(runs)} run(s), {ready} with a tomogram of this type; "
+                                 f"objects: {objects or 'none'}")
+
+    @reports_errors
+    def _kind_chosen(self, *_):
+        t, v = self.types.currentIndex(), self.spacings.currentIndex()
+        runs = self.copick.choose(self.copick.types[t - 1] if t > 0 else None,
+                                  self.copick.spacings[v - 1] if v > 0 else None)
+        self._show_runs(runs)
 
     @reports_errors
     def _open_run(self, *_):

@@ -5,11 +5,16 @@ One file per (run, object): ``pickable_object_name``, ``user_id``, ``session_id`
 ``location {x, y, z}`` in Angstrom from voxel 0 (``x_A = i_x * vs``), ``transformation_``
 (4x4, rotation = RELION ZYZ inverted, identity without angles), ``instance_id``, ``score``.
 
-Writing to ``name.json``: one class and one tomogram -> that file; several classes ->
+Writing to a copick project's config file (``copick.json``: a JSON with
+``pickable_objects``) stores the picks in the project through the copick library
+(:func:`..copick_project.write_project_picks`: ``ExperimentRuns/<run>/Picks/``, where copick
+and napari-copick read them; runs are the tomograms' names, classes its objects). Writing
+to ``name.json``: one class and one tomogram -> that file; several classes ->
 ``name_<class>.json`` beside it (several tomograms need a folder). Writing to a folder
-(any path without ``.json``): ``<folder>/<run>/Picks/<user>_<session>_<class>.json`` as in
-a copick project (``<folder>/<user>_<session>_<class>.json`` when the tomogram has no
-name). Reading a folder reads every copick picks JSON below it.
+(any path without ``.json``): ``<folder>/<run>/Picks/<user>_<session>_<class>.json``, or
+under ``<folder>/ExperimentRuns/`` where the folder is a project's root
+(``<folder>/<user>_<session>_<class>.json`` when the tomogram has no name). Reading a
+folder reads every copick picks JSON below it.
 """
 
 from __future__ import annotations
@@ -124,7 +129,43 @@ def document(picks_t, vs: float, cls: str, run: str, opts: WriteOptions, has_ang
             "trust_orientation": bool(has_angles)}
 
 
+def is_project_config(path: Path) -> bool:
+    """A copick project's config file (never to be overwritten by a picks file)."""
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return False
+    try:
+        data = json.loads(read_text(path))
+    except Exception:
+        return False
+    return isinstance(data, dict) and "pickable_objects" in data and "points" not in data
+
+
+def _write_project(picks: Picks, path: Path, opts: WriteOptions) -> list[Path]:
+    from ..copick_project import open_project, write_project_picks
+    from ..errors import CryoPickerError
+
+    vs = picks_voxel_size(path, picks, opts, "copick")
+    picks = picks.copy()
+    picks.voxel_size = vs
+    if opts.tomogram and not any(picks.tomograms):
+        picks = picks.with_tomogram(opts.tomogram)
+    try:
+        root = open_project(path)
+        written = write_project_picks(root, picks, user_id=opts.user_id, session_id=str(opts.session_id))
+    except CryoPickerError as e:
+        raise fail(path, str(e).removeprefix(f"{path}: ")) from None
+    runs = {r.name: r for r in root.runs}
+    out = []
+    for item in written:
+        run, cls = item.split("/", 1)
+        for pk in runs[run].get_picks(object_name=cls, user_id=opts.user_id, session_id=str(opts.session_id)):
+            out.append(Path(getattr(pk, "path", "") or path))
+    return out
+
+
 def write(picks: Picks, path: Path, opts: WriteOptions) -> list[Path]:
+    if is_project_config(path):
+        return _write_project(picks, path, opts)
     vs = picks_voxel_size(path, picks, opts, "copick")
     t = picks_for_writing(picks, opts)
     tomos = list(dict.fromkeys(t["tomogram"])) or [opts.tomogram or ""]
@@ -141,7 +182,8 @@ def write(picks: Picks, path: Path, opts: WriteOptions) -> list[Path]:
                 continue
             name = f"{_safe(opts.user_id)}_{_safe(str(opts.session_id))}_{_safe(cls)}.json"
             if folder:
-                target = (path / run / "Picks" / name) if run else path / name
+                runs = path / "ExperimentRuns" if (path / "ExperimentRuns").is_dir() else path
+                target = (runs / run / "Picks" / name) if run else path / name
                 target.parent.mkdir(parents=True, exist_ok=True)
             else:
                 target = path if len(classes) == 1 else path.with_name(f"{path.stem}_{_safe(cls)}.json")
