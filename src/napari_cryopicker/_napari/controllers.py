@@ -454,3 +454,23 @@ class CopickPanel:
             raise CryoPickerError("there are no picks to store")
         picks.voxel_size = s.voxel_size
         return write_project_picks(root, picks, user_id=user_id, session_id=session_id)
+
+    def save_ticked(self, *, user_id: str, session_id: str, what: str = "annotations") -> list[str]:
+        """Store the picks of every ticked run in the Project panel (from their saved
+        annotations) in the project as ``user_id``/``session_id``."""
+        from ..core.copick_project import write_project_picks
+        from ..core.picks import Picks
+        from .project import project_for
+
+        root = self._require()
+        ctl = project_for(self.session)
+        names = [n for n in ctl.ticked() if n in self._inputs]
+        if not names:
+            raise CryoPickerError(f"tick runs of {self.config.name} in the Project panel first")
+        parts = [picks for picks, _payload in ctl.collect(names, what=what).values() if len(picks)]
+        if not parts:
+            raise CryoPickerError(f"the ticked runs have no {what} to store")
+        vs = parts[0].voxel_size  # each run's picks are in its own voxels; copick keeps Angstrom
+        picks = Picks.concat([p.rescaled(vs) if p.voxel_size and vs and p.voxel_size != vs else p for p in parts])
+        picks.voxel_size = vs
+        return write_project_picks(root, picks, user_id=user_id, session_id=session_id)

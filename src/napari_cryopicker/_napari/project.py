@@ -189,26 +189,18 @@ class ProjectController:
                                               names=names if names is not None else self.ticked())
 
     # ------------------------------------------------------------------ export
-    def export(self, formats: list[str], folder, *, what: str = "annotations", per_class: bool = False,
-               binning: float = 1.0, names: list[str] | None = None) -> list[Path]:
-        """Write the picks of every ticked tomogram (or ``names``), one file per tomogram
-        and format (copick's in a folder per run), as the Export panel does for one:
-        ``annotations`` (manual, accepted, imported), ``predictions`` (those at or above
-        each class's threshold) or ``both``."""
+    def collect(self, names: list[str] | None = None, *, what: str = "annotations") -> dict[str, tuple]:
+        """(picks, annotation payload) of every ticked tomogram (or ``names``), from its saved
+        file: ``annotations`` (manual, accepted, imported), ``predictions`` (those at or
+        above each class's threshold) or ``both``; picks named by the tomogram's row."""
         from ..core.annotations import ANNOTATION_SOURCES, payload_picks, payload_predictions
-        from ..core.formats import write_picks
         from ..core.picks import Picks
-        from .controllers import Exporter
 
-        if not formats:
-            raise CryoPickerError("choose at least one format")
         self.session_flush()
         rows = [self.project.get(n) for n in (names if names is not None else self.ticked())]
         if not rows:
             raise CryoPickerError("tick the tomograms to export first")
-        folder = Path(folder)
-        written: list[Path] = []
-        empty = []
+        out = {}
         for row in rows:
             payload = row.payload() or {}
             parts = []
@@ -221,22 +213,40 @@ class ProjectController:
                 keep = p.table["score"].to_numpy() >= p.table["class_name"].map(lambda c: th.get(c, 0.0)).to_numpy()
                 parts.append(p.subset(keep))
             picks = Picks.concat(parts).with_tomogram(row.name) if parts else Picks()
-            if not len(picks):
-                empty.append(row.name)
-                continue
             picks.voxel_size = picks.voxel_size or payload.get("voxel_size")
+            out[row.name] = (picks, payload)
+        return out
+
+    def export(self, formats: list[str], folder, *, what: str = "annotations", per_class: bool = False,
+               binning: float = 1.0, names: list[str] | None = None) -> list[Path]:
+        """Write the picks of every ticked tomogram (or ``names``), one file per tomogram
+        and format (copick's in a folder per run), as the Export panel does for one:
+        ``annotations`` (manual, accepted, imported), ``predictions`` (those at or above
+        each class's threshold) or ``both``."""
+        from ..core.formats import write_picks
+        from .controllers import Exporter
+
+        if not formats:
+            raise CryoPickerError("choose at least one format")
+        folder = Path(folder)
+        written: list[Path] = []
+        collected = self.collect(names, what=what)
+        empty = [n for n, (picks, _) in collected.items() if not len(picks)]
+        for name, (picks, payload) in collected.items():
+            if not len(picks):
+                continue
             groups = [(c, picks.select(class_name=c)) for c in picks.class_names] if per_class else [(None, picks)]
             for fmt in formats:
-                where = folder / row.name if fmt == "copick" else folder
+                where = folder / name if fmt == "copick" else folder
                 try:
                     where.mkdir(parents=True, exist_ok=True)
                 except OSError as e:
                     raise CryoPickerError(f"{where}: cannot create the export folder ({e.strerror or e})") from None
                 for cls, sub in groups:
-                    path = where / Exporter.filename(fmt, row.name, cls)
+                    path = where / Exporter.filename(fmt, name, cls)
                     written.extend(Path(q) for q in write_picks(
                         sub, path, fmt, voxel_size=sub.voxel_size, binning=binning,
-                        tomogram_shape=tuple(payload.get("shape") or ()) or None, tomogram=row.name))
+                        tomogram_shape=tuple(payload.get("shape") or ()) or None, tomogram=name))
         if not written:
             raise CryoPickerError(f"the ticked tomograms have no {what} to export")
         if empty:

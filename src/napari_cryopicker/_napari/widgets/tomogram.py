@@ -78,6 +78,14 @@ class TomogramWidget(PanelBase):
         self.session_id = QLineEdit()
         self.session_id.setPlaceholderText("session id")
         self.btn_run = QPushButton("Open run")
+        self.store_what = QComboBox()
+        for label, data in (("picks", "annotations"), ("predictions", "predictions"), ("both", "both")):
+            self.store_what.addItem(label, data)
+        self.store_what.setToolTip("what to store: your picks (manual, accepted, imported), the model's predictions "
+                                   "at or above each class's threshold, or both")
+        self.btn_store_all = QPushButton("Store ticked runs")
+        self.btn_store_all.setToolTip("write the picks of every run ticked in the Project panel into the project "
+                                      "as user/session (from their saved annotations)")
         self.btn_store = QPushButton("Store picks in project")
         self.btn_store.setToolTip("write this tomogram's picks into the project as user/session, where copick "
                                   "and napari-copick read them (replaces that user's and session's picks)")
@@ -86,7 +94,8 @@ class TomogramWidget(PanelBase):
         c.addWidget(self.kind_row)
         self.kind_row.setVisible(False)
         c.addWidget(_row(self.runs, self.btn_run))
-        c.addWidget(_row(self.user, self.session_id, self.btn_store))
+        c.addWidget(_row(self.user, self.session_id, self.store_what))
+        c.addWidget(_row(self.btn_store, self.btn_store_all))
         self.copick_info = hint_label("No project open.")
         c.addWidget(self.copick_info)
         self.btn_copick.clicked.connect(self._open_project)
@@ -94,7 +103,8 @@ class TomogramWidget(PanelBase):
         self.spacings.activated.connect(self._kind_chosen)
         self.btn_run.clicked.connect(self._open_run)
         self.btn_store.clicked.connect(self._store)
-        for b in (self.btn_run, self.btn_store):
+        self.btn_store_all.clicked.connect(self._store_ticked)
+        for b in (self.btn_run, self.btn_store, self.btn_store_all):
             b.setEnabled(False)
 
         self.combo.currentTextChanged.connect(self._chosen)
@@ -166,7 +176,7 @@ class TomogramWidget(PanelBase):
     def _show_runs(self, runs: list[str]) -> None:
         self.runs.clear()
         self.runs.addItems(runs)
-        for b in (self.btn_run, self.btn_store):
+        for b in (self.btn_run, self.btn_store, self.btn_store_all):
             b.setEnabled(bool(runs))
         objects = ", ".join(o.name for o in self.copick.root.pickable_objects)
         ready = sum(1 for r in runs if self.copick._inputs[r].problem is None)
@@ -188,8 +198,16 @@ class TomogramWidget(PanelBase):
 
     @reports_errors
     def _store(self, *_):
-        done = self.copick.save(user_id=self.user.text().strip(), session_id=self.session_id.text().strip())
+        done = self.copick.save(user_id=self.user.text().strip(), session_id=self.session_id.text().strip(),
+                                what=self.store_what.currentData())
         notify(f"Stored the picks of {', '.join(done)} in the copick project")
+
+    @reports_errors
+    def _store_ticked(self, *_):
+        done = self.copick.save_ticked(user_id=self.user.text().strip(), session_id=self.session_id.text().strip(),
+                                       what=self.store_what.currentData())
+        runs = sorted({d.split("/")[0] for d in done})
+        notify(f"Stored the picks of {len(runs)} run(s) ({', '.join(runs)}) in the copick project")
 
     @reports_errors
     def _chosen(self, name: str):
