@@ -467,3 +467,33 @@ def test_on_model_gets_each_epochs_network(small_sim):
          for c in seen]
     assert not torch.equal(w[0], w[2])  # the network as it was after each epoch
     assert seen[0].classes.names == ck.classes.names and seen[0].binning == ck.binning
+
+
+def test_picks_changed_while_training_go_into_the_running_training(small_sim):
+    """refresh(): a click made (and a class's picks all deleted) during training reach the
+    run at the next epoch, with no restart; a refresh that never changes anything leaves
+    the run bit for bit as it was."""
+    tomo, sim = small_sim
+    cfg = dict(TINY, epochs=4, val_fraction=0.15)
+    plain = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**cfg))
+    same = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**cfg), refresh=lambda: None)
+    assert all(torch.equal(plain.state_dict[k], same.state_dict[k]) for k in plain.state_dict)
+
+    fewer = sim.picks.subset(np.arange(len(sim.picks)) >= 4)
+    n = len(fewer)
+    answers = iter([[sim.picks], None, [fewer.select(class_name="blob")]])
+    ck = train_model([tomo], [fewer], sim.classes, TrainConfig(**cfg), refresh=lambda: next(answers))
+    notes = [r.get("picks_renewed") for r in ck.history]
+    assert notes[0] is None and notes[1] == f"{n} -> {len(sim.picks)} picks and rejections" and notes[2] is None
+    assert notes[3].startswith("not used:") and "ribosome" in notes[3]  # training needs picks of each class
+
+
+def test_continuous_training_cycles_the_learning_rate(small_sim):
+    tomo, sim = small_sim
+    ck = train_model([tomo], [sim.picks], sim.classes,
+                     TrainConfig(**dict(TINY, epochs=8), continuous=True, cycle_epochs=2, warmup_epochs=1))
+    lr = [r["lr"] for r in ck.history]
+    cfg = TrainConfig()
+    low, mid = cfg.lr * 0.1, cfg.lr * 0.3
+    # after the warm-up, each 2-epoch cycle ends low and starts high again
+    assert all(x < low for x in lr[2::2]) and all(x > mid for x in lr[1::2])

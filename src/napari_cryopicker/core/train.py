@@ -101,6 +101,11 @@ class TrainConfig:
     self_label: float = 0.0
     self_label_score: float = 0.75
     self_label_max: float = 2.0
+    # Live training (the GUI's live mode): no planned end but ``epochs`` or a Stop; after the
+    # warm-up the learning rate runs cosine cycles of ``cycle_epochs`` (each ends low, so
+    # the network of every cycle's end is a settled one; warm restarts, SGDR).
+    continuous: bool = False
+    cycle_epochs: int = 8
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -212,6 +217,35 @@ def _prepare(tomograms, picks_list, classes, config: TrainConfig, crop) -> list[
                     n_pos=len(pos_idx))
         vols.append(v)
     return vols
+
+
+def _renew(vols: list[_Volume], picks_list: Sequence[Picks], classes: ClassTable) -> str:
+    """Put the picks of a running training's tomograms as they are now into its volumes;
+    the validation slab stays where it is, its truth follows the picks. Returns a note."""
+    if len(picks_list) != len(vols):
+        raise CryoPickerError(f"{len(picks_list)} picks tables for {len(vols)} tomograms")
+    rmax = max(classes.diameters) / 2 if len(classes) else 4
+    before, after = sum(len(v.picks) for v in vols), 0
+    for v, picks in zip(vols, picks_list):
+        picks = picks.subset(picks.inside(v.tomo.shape))
+        zyx = np.rint(picks.zyx).astype(np.int64) if len(picks) else np.zeros((0, 3), np.int64)
+        rej = (picks.table["source"] == "rejected").to_numpy()
+        in_train = np.all(zyx < np.asarray(v.train_hi)[None, :], axis=1) if len(zyx) else np.zeros(0, bool)
+        pos_idx, neg_idx = np.flatnonzero(~rej & in_train), np.flatnonzero(rej & in_train)
+        if v.val_region is not None:
+            pos = picks.select(source=["manual", "accepted", "imported", "predicted"])
+            lo = np.array([r.start for r in v.val_region], float)
+            hi = np.array([r.stop for r in v.val_region], float)
+            axis = next((i for i in (2, 1) if v.train_hi[i] < v.tomo.shape[i]), 2)
+            m = np.all((pos.zyx >= lo + rmax * 0.5) & (pos.zyx < hi - rmax * 0.5), axis=1)
+            m &= pos.zyx[:, axis] >= v.train_hi[axis] + rmax
+            if m.sum() >= 2:
+                v.val_truth = pos.subset(m)
+        v.zyx, v.picks, v.positives, v.n_pos = zyx, picks, np.concatenate([pos_idx, neg_idx]), len(pos_idx)
+        after += len(picks)
+    if not any(v.n_pos for v in vols):
+        raise CryoPickerError("no picks left inside the training part of the tomogram(s)")
+    return f"{before} -> {after} picks and rejections"
 
 
 def _read_crop(v: _Volume, start, crop, lowpass: float) -> np.ndarray:
@@ -725,6 +759,7 @@ def train_model(
     progress: Progress | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     on_model: Callable[[Checkpoint], None] | None = None,
+    refresh: Callable[[], Sequence[Picks] | None] | None = None,
 ) -> Checkpoint:
     """Train (or fine-tune from ``init``) a ResUNet on picks in one or more tomograms.
 
@@ -733,6 +768,11 @@ def train_model(
     training loss). Raises :class:`Cancelled` only if cancelled before any epoch ended.
     ``on_model`` gets a checkpoint of the network as it is after each epoch (live
     suggestions while training; called in the training thread, which waits for it).
+    ``refresh`` is asked before every epoch but the first for the picks as they are now
+    (one table per tomogram, or None: unchanged): the user's clicks and answers go into the
+    running training without restarting it. Picks of classes outside ``classes`` are left
+    out; an update training cannot use (a class with no picks left) is skipped, noted in the
+    epoch's record.
     """
     config = config or TrainConfig()
     progress = ensure(progress)
@@ -755,14 +795,26 @@ def train_model(
         raise CryoPickerError(f"ema must be 0 (off) or between 0 and 1 (a decay per step), not {config.ema}")
     factor = training_binning(classes, config, init)
     work_classes = classes
+    given = list(tomograms)  # as the caller gave them (refresh's picks are in their voxels)
     if factor > 1:
         tomograms = [binned_tomogram(t, factor, progress) for t in tomograms]
         picks = [picks_to_binned(p, factor) for p in picks]
         work_classes = classes_binned(classes, factor)
     out = (classes, factor)
+    def renewed() -> list[Picks] | None:
+        new = refresh() if refresh is not None else None
+        if new is None:
+            return None
+        new = [p.subset(p.table["class_name"].isin(classes.names).to_numpy()
+                        | (p.table["source"] == "rejected").to_numpy()) for p in new]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryoPickerWarning)  # said once, at the start
+            new = _checked_picks(given, new, classes, config)
+        return [picks_to_binned(p, factor) for p in new] if factor > 1 else new
+
     with cudnn_autotune(device):
         return _train(tomograms, picks, work_classes, config, init, progress, on_epoch, device, vs, t_start, out,
-                      on_model)
+                      on_model, renewed if refresh is not None else None)
 
 
 def training_binning(classes: ClassTable, config: TrainConfig, init: Checkpoint | None = None) -> int:
@@ -780,7 +832,7 @@ def training_binning(classes: ClassTable, config: TrainConfig, init: Checkpoint 
 
 
 def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, vs, t_start, out,
-           on_model=None) -> Checkpoint:
+           on_model=None, refresh=None) -> Checkpoint:
     """train_model on checked inputs (cuDNN's autotuning on, on a GPU), on the working grid:
     ``classes`` in its voxels; ``out`` = (the user's class table, the binning factor)."""
     torch.manual_seed(config.seed)
@@ -844,12 +896,24 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
     def lr_at(s: int) -> float:
         if s < warmup:
             return config.lr * (0.1 + 0.9 * s / warmup)
-        q = (s - warmup) / max(1, plan.total_steps - warmup)
+        if config.continuous:
+            period = max(1, int(config.cycle_epochs)) * config.steps_per_epoch
+            q = ((s - warmup) % period) / period
+        else:
+            q = (s - warmup) / max(1, plan.total_steps - warmup)
         return config.lr * (0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * min(1.0, q))))
 
+    renewed_note = None
     for epoch in range(config.epochs):
         if epoch >= plan.epochs:
             break
+        if refresh is not None and epoch > 0:
+            try:
+                new = refresh()
+                if new is not None:
+                    renewed_note = _renew(vols, new, classes)
+            except CryoPickerError as e:
+                renewed_note = f"not used: {e}"
         net.train()
         t_ep = time.monotonic()
         ep_losses, ep_left_out = [], []
@@ -904,6 +968,8 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
         }
         if config.sparse:
             record["left_out"] = float(np.mean(ep_left_out)) if ep_left_out else 0.0
+        if renewed_note is not None:
+            record["picks_renewed"], renewed_note = renewed_note, None
         last = (epoch == plan.epochs - 1) or cancelled or (
             config.time_limit is not None and time.monotonic() - t_start + val_seconds > config.time_limit
         )
