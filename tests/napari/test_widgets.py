@@ -579,6 +579,39 @@ def test_keys_are_bound_viewer_wide_only_while_a_panel_is_open(viewer, session, 
     assert coerce_keybinding("1") in layer.keymap
 
 
+def test_training_until_stop_learns_from_clicks_made_meanwhile_and_the_gui_stays_responsive(
+        viewer, picked, qtbot):
+    """Live mode: training runs with no planned end; a click made while it runs reaches the
+    next epoch; a Qt event round-trip stays quick meanwhile; Stop ends it with a model."""
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    w = dock(viewer, TrainingWidget)
+    w.continuous.setChecked(True)
+    assert not w.epochs.isEnabled()
+    w.btn_train.click()
+    qtbot.waitUntil(lambda: len(w.run.history) >= 1, timeout=60000)
+    n = len(picked.training_picks())
+    picked.add_pick((8, 50, 50), "blob")  # as a click would, mid-run
+    lags = []
+    while not any("picks_renewed" in r for r in w.run.history):
+        t = time.monotonic()
+        done = []
+        QTimer.singleShot(0, lambda: done.append(time.monotonic()))
+        qtbot.waitUntil(lambda: bool(done), timeout=5000)
+        lags.append(done[0] - t)
+        assert len(lags) < 2000, "no epoch took the new click"
+    renewed = next(r for r in w.run.history if "picks_renewed" in r)
+    assert renewed["picks_renewed"] == f"{n} -> {n + 1} picks and rejections"
+    assert w.run.running  # it goes on: no planned end
+    assert np.percentile(lags, 90) < 0.1, f"GUI round-trips while training: {np.percentile(lags, [50, 90, 100])}"
+    w.btn_stop.click()
+    qtbot.waitUntil(lambda: not w.run.running, timeout=60000)
+    assert w.run.task.last_outcome.ok and picked.checkpoint is not None
+    assert picked.checkpoint.history[-1]["planned_epochs"] == 100_000
+
+
 def test_live_suggestions_appear_and_update_while_training(viewer, picked, qtbot, monkeypatch):
     import napari_cryopicker.core.predict as predict_mod
     from napari_cryopicker._napari.convert import META

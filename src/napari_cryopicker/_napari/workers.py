@@ -13,6 +13,7 @@ torch is imported only inside the job functions (``core.train`` / ``core.predict
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -79,6 +80,7 @@ def _on_main(fn: Callable, *args) -> None:
 
 # ----------------------------------------------------------------------------- task
 REPORT_INTERVAL = 1.0  # seconds between progress updates in the GUI
+CONTINUOUS_EPOCHS = 100_000  # "until Stop"
 BUSY_ANIMATION_SPEED = 10  # percent of normal speed for animated "busy" labels
 
 
@@ -229,7 +231,9 @@ class TrainingRun:
     def __init__(self, session: PickingSession):
         self.session = session
         self.live = False  # live suggestions: each epoch's network picks the slab in view
+        self.continuous = False  # keep training until Stop (learning-rate cycles, no planned end)
         self.live_updates = 0
+        self._unfollow: Callable[[], None] | None = None
         self.task = BackgroundTask("Training", session, "train")
         self.task.finished.connect(self._finished)
         self.history: list[dict] = []
@@ -249,6 +253,8 @@ class TrainingRun:
         if s.label_scale is not None:
             values["label_scale"] = s.label_scale
         values.update(s.train_overrides)
+        if self.continuous:
+            values.update(continuous=True, epochs=CONTINUOUS_EPOCHS, time_limit=None)
         return values
 
     def start(self, *, fine_tune: bool = False, project=None, names: list[str] | None = None) -> None:
@@ -286,7 +292,10 @@ class TrainingRun:
 
             cfg = _config(TrainConfig, values)
             return train_model([tomo], [picks], classes, cfg, init=init, progress=progress,
-                               on_epoch=self._epoch_from_worker, on_model=self._live_model(tomo, values))
+                               on_epoch=self._epoch_from_worker, on_model=live, refresh=follow)
+
+        live = self._live_model(tomo, values)
+        follow = self._follow_picks(tomo.name)
 
         self.task.start(job, self._result)
         self.started.emit()
@@ -327,6 +336,30 @@ class TrainingRun:
 
     def stop(self) -> None:
         self.task.stop()
+
+    def _follow_picks(self, tomo_name: str):
+        """The refresh hook of a run on the viewer's tomogram: the user's clicks, deletions
+        and answers while it trains reach it at its next epoch. The picks are read on the
+        GUI thread after each edit; the training thread only takes the latest copy."""
+        s = self.session
+        latest = {"version": 0, "seen": 0, "picks": None}
+
+        def changed(*_):
+            if s.tomogram is None or s.tomogram_name != tomo_name:
+                return  # another tomogram is shown now: its picks are not this run's
+            latest["picks"] = s.training_picks().with_tomogram(tomo_name)
+            latest["version"] += 1
+
+        s.events.picks.connect(changed)
+        self._unfollow = lambda: s.events.picks.disconnect(changed)
+
+        def refresh():
+            if latest["version"] == latest["seen"]:
+                return None
+            latest["seen"] = latest["version"]
+            return [latest["picks"]]
+
+        return refresh
 
     # ------------------------------------------------------------------ live suggestions
     def _live_model(self, tomo, values: dict):
@@ -380,6 +413,10 @@ class TrainingRun:
         self.session.set_checkpoint(ckpt)
 
     def _finished(self, outcome: Outcome) -> None:
+        if self._unfollow is not None:
+            with contextlib.suppress(Exception):
+                self._unfollow()
+            self._unfollow = None
         ckpt = self.session.checkpoint
         if outcome.ok and self.discarded is not None:
             new = getattr(self.discarded, "best_score", None)

@@ -160,6 +160,14 @@ class TrainingWidget(PanelBase):
             "or run Picking once training ends. Costs a second or two of training per epoch.")
         self.live.setChecked(bool(self.run.live))
         lay.addWidget(self.live)
+        self.continuous = QCheckBox("keep training until Stop")
+        self.continuous.setToolTip(
+            "Train with no planned end (epochs and time budget are not used): the learning rate runs in "
+            "cycles of 8 epochs, and with live suggestions each epoch's network shows what it finds. Clicks, "
+            "deletions and answers you make while it trains are used from the next epoch on, in any "
+            "run. Stop keeps the best model; tick 'fine-tune' and Train again to resume.")
+        self.continuous.setChecked(bool(self.run.continuous))
+        lay.addWidget(self.continuous)
         self.live_info = hint_label()
         lay.addWidget(self.live_info)
         row = QHBoxLayout()
@@ -193,6 +201,7 @@ class TrainingWidget(PanelBase):
         self.binning.currentTextChanged.connect(self._settings)
         self.sparse.toggled.connect(self._settings)
         self.live.toggled.connect(self._settings)
+        self.continuous.toggled.connect(self._settings)
         self.on(self.run.suggested, self._suggested)
         self.btn_train.clicked.connect(self.train)
         self.btn_stop.clicked.connect(self.stop)
@@ -213,6 +222,9 @@ class TrainingWidget(PanelBase):
         st["sparse"] = self.sparse.isChecked()
         st["binning"] = BINNING_CHOICES[self.binning.currentText()]
         self.run.live = self.live.isChecked()
+        self.run.continuous = self.continuous.isChecked()
+        for w in (self.epochs, self.minutes):
+            w.setEnabled(not self.run.continuous)
 
     @reports_errors
     def train(self, *_):
