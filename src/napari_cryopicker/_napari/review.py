@@ -83,13 +83,18 @@ class ParticleReview:
 
     def candidates(self) -> pd.DataFrame:
         """The review queue: the shown predictions, best score first, or (``order`` "doubtful
-        first") those scoring nearest their class's threshold first, where an answer tells
-        the model most (ties: class, z, y, x)."""
+        first") those where an answer tells the model most first (:func:`..core.doubt.doubt`:
+        near their class's threshold, with a rival of another class on them, far from every
+        click and rejection; ties: class, z, y, x)."""
         r = self.rows()
+        known = r.loc[r["kind"] != "prediction", ["z", "y", "x"]].to_numpy(float)
         r = r[r["kind"] == "prediction"].copy()
         if self.order == "doubtful first":
-            t = r["class"].map(lambda c: self.session.thresholds.get(c, self.session.default_threshold))
-            r["_key"] = (r["score"] - t.astype(float)).abs()
+            from ..core.doubt import doubt
+
+            s = self.session
+            r["_key"] = doubt(r[["z", "y", "x"]].to_numpy(float), r["class"].to_numpy(), r["score"].to_numpy(float),
+                              s.thresholds, s.classes, known, s.default_threshold)
             ascending = True
         else:
             r["_key"] = r["score"]
