@@ -1,0 +1,262 @@
+"""Live learning with a simulated annotator (issue 15): how many user actions, and how much
+wall time, until every class reaches an F1 target on a held-out tomogram.
+
+For each seed: the realistic training tomogram (seed 100 + s) and test tomogram (200 + s)
+of ``realistic.py``, its four classes. The annotator answers from the truth, as a user
+who knows the particles would:
+
+* it looks at a slab of the tomogram (``--slab`` voxels deep, moved to another depth every
+  ``--rounds-per-view`` epochs, as a user scrolls) and first clicks ``--first`` particles
+  of each class it sees there, each off-centre by up to half a radius;
+* training runs with no planned end (``TrainConfig(continuous=True)``) and takes the
+  annotator's picks as they are before every epoch (``train_model(refresh=...)``);
+* after each epoch the network of that epoch picks the slab in view (the GUI's live
+  suggestions) and the annotator answers up to ``--answers`` candidates, the model's most
+  doubtful first (``core.doubt``): a candidate within a radius of a particle of its class
+  is accepted (an accepted pick where the model put it), one on a particle of another of
+  the four classes is accepted as that class, anything else is rejected; then it clicks
+  up to ``--clicks`` particles per class in view that the suggestions missed;
+* every ``--eval-every`` epochs that network picks the whole test tomogram and is scored
+  per class (F1 within the full radius), outside the clock.
+
+One action = one click or one answer. The run ends when every class reaches
+``--target`` or after ``--budget`` seconds of training and answering. The batch loop it is
+compared with is ``realistic.py``: 40 clicks per class (160 actions), 12 minutes.
+
+    nice -n 10 .venv/bin/python benchmarks/interactive.py --seeds 0 [--budget 600]
+
+Run it alone (2 cores shared with anything else train fewer epochs in the budget).
+Results: benchmarks/.cache/interactive/<tag>_s<seed>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+import _common as C  # noqa: E402  (sets sys.path)
+from realistic import _pairs, realistic_sim, score_against
+
+OUT = C.CACHE / "interactive"
+
+
+class Annotator:
+    """A user who knows the truth: clicks what it sees, answers candidates correctly."""
+
+    def __init__(self, truth, classes, slab: int, shape, seed: int):
+        from napari_cryopicker.core.picks import Picks
+
+        self.truth = truth.subset(np.isin(truth.table["class_name"].to_numpy(), classes.names))
+        self.classes, self.slab, self.shape = classes, slab, shape
+        self.rng = np.random.default_rng(seed)
+        self.picks = Picks(voxel_size=truth.voxel_size)
+        self.clicks = self.answers = 0
+        self.version = 0
+        zs = self.truth.zyx[:, 0]
+        self.views = list(np.linspace(np.percentile(zs, 20), np.percentile(zs, 80), 5).round().astype(int))
+        self.view = self.views[len(self.views) // 2]
+        self.clicked: set[int] = set()  # truth rows already clicked or accepted
+
+    def in_view(self, zyx) -> np.ndarray:
+        return np.abs(np.asarray(zyx)[:, 0] - self.view) <= self.slab / 2
+
+    def _add(self, zyx, cls: str, source: str, score: float = 1.0) -> None:
+        from napari_cryopicker.core.picks import Picks
+
+        p = Picks.from_zyx(np.asarray(zyx, float).reshape(-1, 3), class_name=cls, score=score, source=source,
+                           tomogram="tomogram", voxel_size=self.truth.voxel_size)
+        self.picks = Picks.concat([self.picks, p])
+        self.picks.voxel_size = self.truth.voxel_size
+        self.version += 1
+
+    def click(self, per_class: int, missed: np.ndarray | None = None) -> int:
+        """Click up to ``per_class`` unclicked particles of each class in view (those in
+        ``missed``, truth rows, first), off-centre by up to half a radius."""
+        n = 0
+        names = self.truth.table["class_name"].to_numpy()
+        seen = np.flatnonzero(self.in_view(self.truth.zyx))
+        for c in self.classes:
+            rows = [i for i in seen if names[i] == c.name and i not in self.clicked]
+            if missed is not None:
+                rows = sorted(rows, key=lambda i: i not in set(missed))
+            else:
+                self.rng.shuffle(rows)
+            for i in rows[:per_class]:
+                d = self.rng.normal(size=3)
+                d *= self.rng.uniform(0, 0.5 * c.radius) / np.linalg.norm(d)
+                self._add(self.truth.zyx[i] + d, c.name, "manual")
+                self.clicked.add(i)
+                n += 1
+        self.clicks += n
+        return n
+
+    def answer(self, candidates, limit: int) -> int:
+        """Answer up to ``limit`` candidates (most doubtful first) from the truth."""
+        from scipy.spatial import cKDTree
+
+        if not len(candidates):
+            return 0
+        tree = cKDTree(self.truth.zyx)
+        names = self.truth.table["class_name"].to_numpy()
+        n = 0
+        for i in range(min(limit, len(candidates))):
+            zyx = candidates.zyx[i]
+            cls = str(candidates.table["class_name"].iloc[i])
+            hits = [j for j in tree.query_ball_point(zyx, self.classes[cls].radius) if j not in self.clicked]
+            same = [j for j in hits if names[j] == cls]
+            other = [j for j in hits if names[j] != cls]
+            if same:
+                self._add(zyx, cls, "accepted", float(candidates.table["score"].iloc[i]))
+                self.clicked.add(same[0])
+            elif other and np.linalg.norm(self.truth.zyx[other[0]] - zyx) <= self.classes[names[other[0]]].radius:
+                self._add(zyx, str(names[other[0]]), "accepted")
+                self.clicked.add(other[0])
+            else:
+                self._add(zyx, cls, "rejected", float(candidates.table["score"].iloc[i]))
+            n += 1
+        self.answers += n
+        return n
+
+    def missed(self, suggestions) -> np.ndarray:
+        """Truth rows in view that no suggestion of their class is near."""
+        from scipy.spatial import cKDTree
+
+        rows = np.flatnonzero(self.in_view(self.truth.zyx))
+        names = self.truth.table["class_name"].to_numpy()
+        out = []
+        for c in self.classes:
+            mine = [i for i in rows if names[i] == c.name]
+            sub = suggestions.select(class_name=c.name)
+            if not len(sub):
+                out += mine
+                continue
+            d, _ = cKDTree(sub.zyx).query(self.truth.zyx[mine])
+            out += [i for i, x in zip(mine, d) if x > c.radius]
+        return np.asarray(out, int)
+
+    @property
+    def actions(self) -> int:
+        return self.clicks + self.answers
+
+
+def run_seed(args, seed: int, overrides: dict) -> dict:
+    from napari_cryopicker.core.doubt import doubt
+    from napari_cryopicker.core.predict import PredictConfig, predict_picks
+    from napari_cryopicker.core.progress import Progress
+    from napari_cryopicker.core.realistic import BENCHMARK_CLASSES, realistic_classes
+    from napari_cryopicker.core.tomogram import Tomogram, open_tomogram
+    from napari_cryopicker.core.train import TrainConfig, train_model
+
+    shape = C.parse_shape(args.shape)
+    classes = realistic_classes(10.0, BENCHMARK_CLASSES)
+    train_mrc, train_truth = realistic_sim(shape, 100 + seed)
+    test_mrc, test_truth = realistic_sim(shape, 200 + seed)
+    tomo, test = open_tomogram(train_mrc), open_tomogram(test_mrc)
+    user = Annotator(train_truth, classes, args.slab, shape, seed)
+    user.click(args.first)
+    cfg = TrainConfig(**{"epochs": 100_000, "continuous": True, "seed": seed, "device": args.device, **overrides})
+    progress = Progress()
+    t0 = time.monotonic()
+    off_clock = 0.0  # seconds of evaluation, not counted
+    log: list[dict] = []
+    seen = {"version": -1}
+    first_suggestions = None
+
+    def refresh():
+        if user.version == seen["version"]:
+            return None
+        seen["version"] = user.version
+        return [user.picks]
+
+    def on_model(ckpt) -> None:
+        nonlocal off_clock, first_suggestions
+        epoch = ckpt.best_epoch or len(log) + 1
+        z0 = int(max(0, user.view - args.slab // 2 - 8))
+        z1 = int(min(shape[0], user.view + args.slab // 2 + 8))
+        slab = Tomogram(tomo.data[z0:z1], tomo.voxel_size, tomo.path, tomo.voxel_size_xyz, tomo.name)
+        res = predict_picks(slab, ckpt, PredictConfig(device=args.device, mask_fiducials=False, score_floor=0.05))
+        sug = res.picks.copy()
+        sug.table["z"] = sug.table["z"] + z0
+        sug = sug.subset(user.in_view(sug.zyx))
+        if first_suggestions is None and len(sug):
+            first_suggestions = round(time.monotonic() - t0 - off_clock, 1)
+        known = user.picks.zyx if len(user.picks) else None
+        th = {c: float(v) for c, v in (res.thresholds or {}).items()}
+        order = np.argsort(doubt(sug.zyx, sug.table["class_name"].to_numpy(), sug.table["score"].to_numpy(float),
+                                 th, classes, known), kind="stable")
+        shown = sug.subset(order)
+        answered = user.answer(shown, args.answers)
+        clicked = user.click(args.clicks, user.missed(sug.subset(sug.table["score"].to_numpy() >= np.array(
+            [th.get(c, 0.3) for c in sug.table["class_name"]]))))
+        if epoch % args.rounds_per_view == 0:
+            user.view = user.views[(user.views.index(user.view) + 1) % len(user.views)]
+        row = {"epoch": epoch, "seconds": round(time.monotonic() - t0 - off_clock, 1), "actions": user.actions,
+               "clicks": user.clicks, "answers": user.answers, "answered": answered, "clicked": clicked}
+        if epoch % args.eval_every == 0:
+            t_e = time.monotonic()
+            picks = predict_picks(test, ckpt, PredictConfig(device=args.device)).picks
+            f1 = {n: round(s["f1"], 3) for n, s in score_against(picks, test_truth, classes)["1.0"].items()}
+            off_clock += time.monotonic() - t_e
+            row["f1"] = f1
+            if all(v >= args.target for v in f1.values()):
+                progress.cancel()
+        log.append(row)
+        print(f"  seed {seed} epoch {epoch:3d} {row['seconds']:6.0f} s  actions {user.actions:4d} "
+              f"(+{clicked} clicks, +{answered} answers)"
+              + ("  F1 " + " / ".join(f"{v:.2f}" for v in row["f1"].values()) if "f1" in row else ""), flush=True)
+        if row["seconds"] > args.budget:
+            progress.cancel()
+
+    train_model([tomo], [user.picks], classes, cfg, progress=progress, on_model=on_model, refresh=refresh)
+    evals = [r for r in log if "f1" in r]
+    reached = next((r for r in evals if all(v >= args.target for v in r["f1"].values())), None)
+    per_class = {c.name: next(({"actions": r["actions"], "seconds": r["seconds"]} for r in evals
+                               if r["f1"][c.name] >= args.target), None) for c in classes}
+    return {"seed": seed, "target": args.target, "first_suggestions_s": first_suggestions,
+            "reached": reached, "per_class": per_class, "last": evals[-1] if evals else None, "log": log,
+            "overrides": {k: str(v) for k, v in overrides.items()}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--shape", default="200x512x512")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--first", type=int, default=5, help="clicks per class before training starts")
+    ap.add_argument("--answers", type=int, default=10, help="candidates answered after each epoch")
+    ap.add_argument("--clicks", type=int, default=1, help="missed particles clicked per class after each epoch")
+    ap.add_argument("--slab", type=int, default=40, help="depth of the view (voxels)")
+    ap.add_argument("--rounds-per-view", type=int, default=3)
+    ap.add_argument("--eval-every", type=int, default=3)
+    ap.add_argument("--target", type=float, default=0.9)
+    ap.add_argument("--budget", type=float, default=600.0, help="seconds of training and answering")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field")
+    ap.add_argument("--tag", default="live")
+    args = ap.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    print(f"# {C.machine()}", flush=True)
+    print(f"$ {' '.join(['benchmarks/interactive.py', *(argv if argv is not None else sys.argv[1:])])}", flush=True)
+    results = []
+    for seed in args.seeds:
+        r = run_seed(args, seed, _pairs(args.set))
+        (OUT / f"{args.tag}_s{seed}.json").write_text(json.dumps(r, indent=1))
+        results.append(r)
+    names = list(results[0]["per_class"]) if results else []
+    print(f"\nactions (and seconds) until F1 >= {args.target} per class; first suggestions after")
+    print("seed  first  " + "  ".join(f"{n:>16}" for n in names) + "   all    last F1")
+    for r in results:
+        cells = [f"{v['actions']:5d} ({v['seconds']:4.0f} s)" if v else "         not met" for v in r["per_class"].values()]
+        allr = r["reached"]
+        last = r["last"]["f1"] if r["last"] else {}
+        print(f"{r['seed']:4d}  {r['first_suggestions_s'] or float('nan'):4.0f} s  " + "  ".join(f"{c:>16}" for c in cells)
+              + f"   {allr['actions'] if allr else '-':>5}  " + " / ".join(f"{v:.2f}" for v in last.values()))
+    print("batch loop (realistic.py): 160 actions (40 clicks per class), 720 s of training")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
