@@ -77,12 +77,25 @@ def test_nearest_centre_wins_on_overlap():
 
 def test_rejected_picks_paint_background_and_constant_diameter():
     classes = ClassTable([ParticleClass("a", 9)])
-    picks = Picks.from_zyx([[8, 8, 8], [8, 8, 12]], class_name=["a", "a"], source=["manual", "rejected"])
+    picks = Picks.from_zyx([[8, 8, 8], [8, 8, 14]], class_name=["a", "a"], source=["manual", "rejected"])
     lab = make_labels((16, 16, 24), picks, classes, "ball", background=IGNORE)
-    assert lab[8, 8, 8] == 1 and lab[8, 8, 12] == 0  # explicit background inside the ignore sea
+    assert lab[8, 8, 8] == 1 and lab[8, 8, 14] == 0  # explicit background inside the ignore sea
+    assert lab[8, 8, 12] == 0  # nearer the rejection: carved out of the pick's ball
     assert lab[0, 0, 0] == IGNORE
     lab7 = make_labels((16, 16, 24), picks.select(source="manual"), classes, "ball", diameter=7)
     assert label_counts(lab7, 1)[1] == 123
+
+
+def test_a_rejection_on_a_picked_particle_paints_nothing():
+    """A candidate of the wrong class rejected on a particle picked as another class says
+    nothing about that particle's label: the pick's ball stays whole."""
+    classes = ClassTable([ParticleClass("a", 9), ParticleClass("b", 9)])
+    picks = Picks.from_zyx([[8, 8, 8], [8, 8, 10]], class_name=["a", "b"], source=["manual", "rejected"])
+    before = picks.table.copy()
+    lab = make_labels((16, 16, 24), picks, classes, "ball", background=IGNORE)
+    alone = make_labels((16, 16, 24), picks.select(source="manual"), classes, "ball", background=IGNORE)
+    assert np.array_equal(lab, alone)
+    assert picks.table.equals(before)  # the caller's table is not touched
 
 
 def test_unknown_class_is_a_clear_error():

@@ -15,7 +15,10 @@ Overlaps: each voxel takes the label of the *nearest* covering centre (ties go t
 earlier pick), instead of DeepETPicker's "last particle overwrites its whole cube".
 Picks whose ``source`` is ``"rejected"`` (false positives deleted by the user) compete
 like particles but paint explicit background (label 0) — they matter when training
-ignores unlabelled voxels, and they carve the user's negatives out of any neighbour.
+ignores unlabelled voxels, and they carve the user's negatives out of any neighbour. A
+rejection whose centre lies within a radius of a positive pick paints nothing: it said
+"not this class" of a particle the pick already names (a candidate of the wrong class on
+a picked particle), and must not carve that particle's label away.
 """
 
 from __future__ import annotations
@@ -92,8 +95,8 @@ def make_labels(
     best = np.full(shape, np.inf, dtype=np.float32)
     t = picks.table
     centres = np.rint(picks.zyx).astype(np.int64) - np.asarray(origin, dtype=np.int64)[None, :]
-    names = t["class_name"].to_numpy()
-    is_rejected = (t["source"] == "rejected").to_numpy()
+    names = t["class_name"].to_numpy(dtype=object, copy=True)
+    is_rejected = (t["source"] == "rejected").to_numpy(copy=True)
     shp = np.asarray(shape)
     unknown = sorted({n for n, rej in zip(names, is_rejected) if not rej and n not in classes})
     if unknown:
@@ -111,7 +114,20 @@ def make_labels(
             return classes[name].diameter
         return max(classes.diameters, default=7.0)
 
+    if is_rejected.any() and (~is_rejected).any():
+        from scipy.spatial import cKDTree
+
+        pos_c = centres[~is_rejected]
+        pos_r = np.array([diameter_of(n) / 2.0 for n in names[~is_rejected]])
+        near = cKDTree(pos_c).query_ball_point(centres[is_rejected], float(pos_r.max()))
+        rows = np.flatnonzero(is_rejected)
+        for i, hits in zip(rows, near):
+            if any(np.linalg.norm(pos_c[j] - centres[i]) <= pos_r[j] for j in hits):
+                is_rejected[i] = False
+                names[i] = None  # skipped below
     for c, name, rej in zip(centres, names, is_rejected):
+        if name is None:
+            continue
         label = rejected if rej else classes.label_of(name)
         d = diameter_of(name)
         offs, dist2 = shape_offsets(float(d), mode)
