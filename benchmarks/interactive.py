@@ -16,8 +16,9 @@ who knows the particles would:
   is accepted (an accepted pick where the model put it), one on a particle of another of
   the four classes is accepted as that class, anything else is rejected; then it clicks
   up to ``--clicks`` particles per class in view that the suggestions missed;
-* every ``--eval-every`` epochs that network picks the whole test tomogram and is scored
-  per class (F1 within the full radius), outside the clock.
+* at the end of each learning-rate cycle (and of the run; or every ``--eval-every``
+  epochs) that network picks the whole test tomogram and is scored per class (F1 within
+  the full radius), outside the clock.
 
 One action = one click or one answer. The run ends when every class reaches
 ``--target`` or after ``--budget`` seconds of training and answering. The batch loop it is
@@ -95,7 +96,9 @@ class Annotator:
         return n
 
     def answer(self, candidates, limit: int) -> int:
-        """Answer up to ``limit`` candidates (most doubtful first) from the truth."""
+        """Answer up to ``limit`` candidates (most doubtful first) from the truth: accept (as
+        its class or, T, as the particle's own), reject, or skip one on a particle already
+        clicked as another class (a rejection there would carve out that pick's label)."""
         from scipy.spatial import cKDTree
 
         if not len(candidates):
@@ -106,10 +109,13 @@ class Annotator:
         for i in range(min(limit, len(candidates))):
             zyx = candidates.zyx[i]
             cls = str(candidates.table["class_name"].iloc[i])
-            hits = [j for j in tree.query_ball_point(zyx, self.classes[cls].radius) if j not in self.clicked]
+            near = tree.query_ball_point(zyx, self.classes[cls].radius)
+            hits = [j for j in near if j not in self.clicked]
             same = [j for j in hits if names[j] == cls]
             other = [j for j in hits if names[j] != cls]
-            if same:
+            if not hits and near:
+                pass  # on a particle clicked already as another class: skip it (N), no label
+            elif same:
                 self._add(zyx, cls, "accepted", float(candidates.table["score"].iloc[i]))
                 self.clicked.add(same[0])
             elif other and np.linalg.norm(self.truth.zyx[other[0]] - zyx) <= self.classes[names[other[0]]].radius:
@@ -138,6 +144,23 @@ class Annotator:
             out += [i for i, x in zip(mine, d) if x > c.radius]
         return np.asarray(out, int)
 
+    def unknown(self, candidates):
+        """Candidates not within a radius of a pick or rejection of their class (the GUI's
+        set_predictions leaves those out: they need no answer again)."""
+        from scipy.spatial import cKDTree
+
+        if not len(candidates) or not len(self.picks):
+            return candidates
+        keep = np.ones(len(candidates), bool)
+        names = candidates.table["class_name"].to_numpy()
+        for c in self.classes:
+            ref = self.picks.select(class_name=c.name)
+            rows = np.flatnonzero(names == c.name)
+            if len(ref) and len(rows):
+                d, _ = cKDTree(ref.zyx).query(candidates.zyx[rows])
+                keep[rows[d <= c.radius]] = False
+        return candidates.subset(keep)
+
     @property
     def actions(self) -> int:
         return self.clicks + self.answers
@@ -159,6 +182,12 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
     user = Annotator(train_truth, classes, args.slab, shape, seed)
     user.click(args.first)
     cfg = TrainConfig(**{"epochs": 100_000, "continuous": True, "seed": seed, "device": args.device, **overrides})
+    # the networks to score: each learning-rate cycle's last (settled) one, and the last
+    ends, n = [], cfg.warmup_epochs
+    for k in range(12):
+        n += cfg.cycle_epochs * 2 ** k
+        ends.append(n)
+    cycle_ends = set(ends)
     progress = Progress()
     t0 = time.monotonic()
     off_clock = 0.0  # seconds of evaluation, not counted
@@ -182,6 +211,7 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
         sug = res.picks.copy()
         sug.table["z"] = sug.table["z"] + z0
         sug = sug.subset(user.in_view(sug.zyx))
+        sug = user.unknown(sug)  # as the GUI shows them: none on a pick or rejection already made
         if first_suggestions is None and len(sug):
             first_suggestions = round(time.monotonic() - t0 - off_clock, 1)
         known = user.picks.zyx if len(user.picks) else None
@@ -196,7 +226,8 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
             user.view = user.views[(user.views.index(user.view) + 1) % len(user.views)]
         row = {"epoch": epoch, "seconds": round(time.monotonic() - t0 - off_clock, 1), "actions": user.actions,
                "clicks": user.clicks, "answers": user.answers, "answered": answered, "clicked": clicked}
-        if epoch % args.eval_every == 0:
+        over = time.monotonic() - t0 - off_clock > args.budget
+        if epoch in cycle_ends or (args.eval_every and epoch % args.eval_every == 0) or over:
             t_e = time.monotonic()
             picks = predict_picks(test, ckpt, PredictConfig(device=args.device)).picks
             f1 = {n: round(s["f1"], 3) for n, s in score_against(picks, test_truth, classes)["1.0"].items()}
@@ -208,7 +239,7 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
         print(f"  seed {seed} epoch {epoch:3d} {row['seconds']:6.0f} s  actions {user.actions:4d} "
               f"(+{clicked} clicks, +{answered} answers)"
               + ("  F1 " + " / ".join(f"{v:.2f}" for v in row["f1"].values()) if "f1" in row else ""), flush=True)
-        if row["seconds"] > args.budget:
+        if over:
             progress.cancel()
 
     train_model([tomo], [user.picks], classes, cfg, progress=progress, on_model=on_model, refresh=refresh)
@@ -231,7 +262,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clicks", type=int, default=1, help="missed particles clicked per class after each epoch")
     ap.add_argument("--slab", type=int, default=40, help="depth of the view (voxels)")
     ap.add_argument("--rounds-per-view", type=int, default=3)
-    ap.add_argument("--eval-every", type=int, default=3)
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="also score every N epochs (0: only at the end of each learning-rate cycle and at the end)")
     ap.add_argument("--target", type=float, default=0.9)
     ap.add_argument("--budget", type=float, default=600.0, help="seconds of training and answering")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field")

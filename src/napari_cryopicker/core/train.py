@@ -102,10 +102,11 @@ class TrainConfig:
     self_label_score: float = 0.75
     self_label_max: float = 2.0
     # Live training (the GUI's live mode): no planned end but ``epochs`` or a Stop; after the
-    # warm-up the learning rate runs cosine cycles of ``cycle_epochs`` (each ends low, so
-    # the network of every cycle's end is a settled one; warm restarts, SGDR).
+    # warm-up the learning rate runs cosine cycles, the first ``cycle_epochs`` long, each
+    # next one twice as long from half the peak (warm restarts, SGDR with T_mult 2): every
+    # cycle ends low, so its last network is a settled one, and later cycles fine-tune.
     continuous: bool = False
-    cycle_epochs: int = 8
+    cycle_epochs: int = 10
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -896,12 +897,15 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
     def lr_at(s: int) -> float:
         if s < warmup:
             return config.lr * (0.1 + 0.9 * s / warmup)
+        peak = 1.0
         if config.continuous:
-            period = max(1, int(config.cycle_epochs)) * config.steps_per_epoch
-            q = ((s - warmup) % period) / period
+            into, period = s - warmup, max(1, int(config.cycle_epochs)) * config.steps_per_epoch
+            while into >= period:  # each cycle twice as long as the one before, from half its peak
+                into, period, peak = into - period, 2 * period, peak / 2
+            q = into / period
         else:
             q = (s - warmup) / max(1, plan.total_steps - warmup)
-        return config.lr * (0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * min(1.0, q))))
+        return config.lr * peak * (0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * min(1.0, q))))
 
     renewed_note = None
     for epoch in range(config.epochs):

@@ -163,7 +163,8 @@ class TrainingWidget(PanelBase):
         self.continuous = QCheckBox("keep training until Stop")
         self.continuous.setToolTip(
             "Train with no planned end (epochs and time budget are not used): the learning rate runs in "
-            "cycles of 8 epochs, and with live suggestions each epoch's network shows what it finds. Clicks, "
+            "cycles (10 epochs, then each twice as long from half the peak), and with live suggestions each "
+            "epoch's network shows what it finds. Clicks, "
             "deletions and answers you make while it trains are used from the next epoch on, in any "
             "run. Stop keeps the best model; tick 'fine-tune' and Train again to resume.")
         self.continuous.setChecked(bool(self.run.continuous))
