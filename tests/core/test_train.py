@@ -9,7 +9,8 @@ from napari_cryopicker.core.picks import Picks
 from napari_cryopicker.core.progress import Progress
 from napari_cryopicker.core.simulate import simulate_tomogram
 from napari_cryopicker.core.tomogram import Tomogram
-from napari_cryopicker.core.train import TrainConfig, _init_from, label_diameters, train_model
+from napari_cryopicker.core.train import TrainConfig, _init_from, train_model
+from napari_cryopicker.core.train_data import label_diameters
 
 TINY = dict(epochs=6, steps_per_epoch=4, batch_size=2, patch=32, val_fraction=0.0, device="cpu",
             f_maps=(4, 8, 16))
@@ -184,7 +185,7 @@ def test_best_epoch_prefers_lower_loss_on_a_plateau_of_the_validation_score():
 def test_unclicked_particles_far_from_clicks_are_not_taught_as_background(small_sim):
     """With unlabelled_weight < 1 only the neighbourhood of the picks is known background."""
     from napari_cryopicker.core.labels import IGNORE
-    from napari_cryopicker.core.train import FAR, _crop_labels, _prepare, _voxel_weights
+    from napari_cryopicker.core.train_data import FAR, _crop_labels, _prepare, _voxel_weights
 
     tomo, sim = small_sim
     one = sim.picks.subset(np.arange(len(sim.picks)) == 0)  # one click; the other particles unclicked
@@ -279,7 +280,7 @@ def test_thresholds_from_the_held_out_clicks_ignore_unclicked_picks():
     """Half the median score (and fill) of the picks that found the held-out clicks; picks
     elsewhere (unclicked particles, or junk) do not move it; too few found: no rule."""
     from napari_cryopicker.core.picks import Picks
-    from napari_cryopicker.core.train import _threshold_from_clicks
+    from napari_cryopicker.core.train_validate import _threshold_from_clicks
 
     cls = ParticleClass("ribo", 10)
     clicks = Picks.from_zyx([[10, 10, 10], [10, 30, 10], [10, 50, 10], [10, 70, 10]], class_name="ribo",
@@ -298,7 +299,7 @@ def test_without_found_clicks_the_threshold_comes_from_the_best_picks():
     """A class whose held-out clicks were not found (an unsure network) gets half the median
     of its best picks (as many as clicks), not a fixed default that would drop them all."""
     from napari_cryopicker.core.picks import Picks
-    from napari_cryopicker.core.train import _threshold_from_top_picks
+    from napari_cryopicker.core.train_validate import _threshold_from_top_picks
 
     cls = ParticleClass("mito", 10)
     clicks = Picks.from_zyx([[10, 10, 10], [10, 30, 10], [10, 50, 10]], class_name="mito", tomogram="v0")

@@ -159,7 +159,8 @@ class LabelsPreview:
     def _compute(shape, picks, classes, values) -> np.ndarray:
         """The labels training will use (worker thread: imports the engine, and torch)."""
         from ..core.labels import make_labels
-        from ..core.train import TrainConfig, label_diameters
+        from ..core.train import TrainConfig
+        from ..core.train_data import label_diameters
         from .workers import _config
 
         cfg = _config(TrainConfig, values)

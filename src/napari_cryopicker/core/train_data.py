@@ -1,0 +1,352 @@
+"""What training learns from: the tomograms and picks of a run as volumes, the held-out
+validation slab, crops and their weak labels (with the marks for rejections and for
+background far from every pick), sampling, augmentation and the loss."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.nn import functional as F
+
+from .classes import ClassTable
+from .errors import CryoPickerError
+from .labels import IGNORE, make_labels
+from .picks import Picks
+from .tomogram import Tomogram, normalise, robust_normalisation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .train import TrainConfig
+
+
+@dataclass
+class _Volume:
+    tomo: Tomogram
+    centre: float
+    scale: float
+    zyx: np.ndarray          # all picks (incl. rejected), rounded voxel positions
+    picks: Picks
+    positives: np.ndarray    # indices into zyx of non-rejected picks inside the train region
+    train_hi: list[int]      # exclusive upper bound of crop starts+patch per axis
+    val_region: tuple[slice, slice, slice] | None = None
+    val_truth: Picks | None = None
+    n_pos: int = 0
+
+
+def _crop_shape(shape: Sequence[int], patch: int, multiple: int) -> tuple[int, int, int]:
+    out = []
+    for n in shape:
+        p = min(patch, (n // multiple) * multiple)
+        if p < multiple:
+            raise CryoPickerError(
+                f"tomogram of shape {tuple(shape)} is too small to train on (each side needs "
+                f">= {multiple} voxels)"
+            )
+        out.append(p)
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _val_split(tomo: Tomogram, picks: Picks, classes: ClassTable, fraction: float, crop) -> tuple:
+    """Hold out a slab at the end of the longest in-plane axis with ~fraction of the picks."""
+    shape = tomo.shape
+    if fraction <= 0:
+        return None, None, list(shape)
+    axis = 2 if shape[2] >= shape[1] else 1
+    pos = picks.select(source=["manual", "accepted", "imported", "predicted"])
+    coords = np.sort(pos.zyx[:, axis]) if len(pos) else np.zeros(0)
+    n_val = int(round(len(coords) * fraction))
+    rmax = max(classes.diameters) / 2 if len(classes) else 4
+    if n_val < 2:
+        return None, None, list(shape)
+    cut = int(math.floor(coords[len(coords) - n_val] - rmax))
+    cut = min(cut, shape[axis] - crop[axis])  # the val slab is at least one crop wide
+    if cut < crop[axis]:
+        return None, None, list(shape)
+    region = [slice(0, s) for s in shape]
+    region[axis] = slice(cut, shape[axis])
+    # cap the val region so validation stays cheap on big tomograms
+    other = 1 if axis == 2 else 2
+    if shape[other] > 256:
+        inside = pos.zyx[pos.zyx[:, axis] >= cut + rmax]
+        mid = int(np.median(inside[:, other])) if len(inside) else shape[other] // 2
+        a = int(np.clip(mid - 128, 0, shape[other] - 256))
+        region[other] = slice(a, a + 256)
+    # and to the z range of the particles (the sample slab), where the picks are
+    zs = pos.zyx[:, 0]
+    region[0] = slice(int(max(0, np.floor(zs.min() - rmax))), int(min(shape[0], np.ceil(zs.max() + rmax + 1))))
+    if region[0].stop - region[0].start < crop[0]:
+        a = max(0, min(region[0].start, shape[0] - crop[0]))
+        region[0] = slice(a, a + crop[0])
+    region = tuple(region)
+    lo = np.array([r.start for r in region], float)
+    hi = np.array([r.stop for r in region], float)
+    zyx = pos.zyx
+    m = np.all((zyx >= lo + rmax * 0.5) & (zyx < hi - rmax * 0.5), axis=1)
+    m &= zyx[:, axis] >= cut + rmax  # whole particles only
+    truth = pos.subset(m)
+    if len(truth) < 2:
+        return None, None, list(shape)
+    train_hi = list(shape)
+    train_hi[axis] = cut
+    return region, truth, train_hi
+
+
+def _prepare(tomograms, picks_list, classes, config: TrainConfig, crop) -> list[_Volume]:
+    vols = []
+    for tomo, picks in zip(tomograms, picks_list):
+        picks = picks.copy()
+        inside = picks.inside(tomo.shape)
+        picks = picks.subset(inside)
+        c, s = robust_normalisation(tomo.data)
+        region, truth, train_hi = _val_split(tomo, picks, classes, config.val_fraction, crop)
+        zyx = np.rint(picks.zyx).astype(np.int64) if len(picks) else np.zeros((0, 3), np.int64)
+        rej = (picks.table["source"] == "rejected").to_numpy()
+        in_train = np.all(zyx < np.asarray(train_hi)[None, :], axis=1) if len(zyx) else np.zeros(0, bool)
+        pos_idx = np.flatnonzero(~rej & in_train)
+        neg_idx = np.flatnonzero(rej & in_train)
+        v = _Volume(tomo, c, s, zyx, picks, np.concatenate([pos_idx, neg_idx]), train_hi, region, truth,
+                    n_pos=len(pos_idx))
+        vols.append(v)
+    return vols
+
+
+def _renew(vols: list[_Volume], picks_list: Sequence[Picks], classes: ClassTable) -> str:
+    """Put the picks of a running training's tomograms as they are now into its volumes;
+    the validation slab stays where it is, its truth follows the picks. Returns a note."""
+    if len(picks_list) != len(vols):
+        raise CryoPickerError(f"{len(picks_list)} picks tables for {len(vols)} tomograms")
+    rmax = max(classes.diameters) / 2 if len(classes) else 4
+    before, after = sum(len(v.picks) for v in vols), 0
+    for v, picks in zip(vols, picks_list):
+        picks = picks.subset(picks.inside(v.tomo.shape))
+        zyx = np.rint(picks.zyx).astype(np.int64) if len(picks) else np.zeros((0, 3), np.int64)
+        rej = (picks.table["source"] == "rejected").to_numpy()
+        in_train = np.all(zyx < np.asarray(v.train_hi)[None, :], axis=1) if len(zyx) else np.zeros(0, bool)
+        pos_idx, neg_idx = np.flatnonzero(~rej & in_train), np.flatnonzero(rej & in_train)
+        if v.val_region is not None:
+            pos = picks.select(source=["manual", "accepted", "imported", "predicted"])
+            lo = np.array([r.start for r in v.val_region], float)
+            hi = np.array([r.stop for r in v.val_region], float)
+            axis = next((i for i in (2, 1) if v.train_hi[i] < v.tomo.shape[i]), 2)
+            m = np.all((pos.zyx >= lo + rmax * 0.5) & (pos.zyx < hi - rmax * 0.5), axis=1)
+            m &= pos.zyx[:, axis] >= v.train_hi[axis] + rmax
+            if m.sum() >= 2:
+                v.val_truth = pos.subset(m)
+        v.zyx, v.picks, v.positives, v.n_pos = zyx, picks, np.concatenate([pos_idx, neg_idx]), len(pos_idx)
+        after += len(picks)
+    if not any(v.n_pos for v in vols):
+        raise CryoPickerError("no picks left inside the training part of the tomogram(s)")
+    return f"{before} -> {after} picks and rejections"
+
+
+def _read_crop(v: _Volume, start, crop, lowpass: float) -> np.ndarray:
+    sl = tuple(slice(a, a + n) for a, n in zip(start, crop))
+    if lowpass > 0:
+        pad = int(math.ceil(3 * lowpass))
+        from .predict import read_block
+
+        blk = read_block(v.tomo.data, [a - pad for a in start], [n + 2 * pad for n in crop])
+        blk = ndimage.gaussian_filter(blk, lowpass)[pad:-pad, pad:-pad, pad:-pad]
+    else:
+        blk = np.asarray(v.tomo.data[sl], dtype=np.float32)
+    return normalise(blk, v.centre, v.scale)
+
+
+NEGATIVE = IGNORE - 1  # training-time mark of a rejected pick's ball (background that must stay so)
+FAR = IGNORE - 2  # training-time mark of background far from every pick (see TrainConfig.unlabelled_weight)
+
+
+def _crop_labels(v: _Volume, start, crop, classes, config: TrainConfig, negatives: int = 0) -> np.ndarray:
+    diam = label_diameters(classes, config)
+    rmax = max(diam.values())
+    lo = np.asarray(start) - rmax
+    hi = np.asarray(start) + np.asarray(crop) + rmax
+    m = np.all((v.zyx >= lo) & (v.zyx < hi), axis=1) if len(v.zyx) else np.zeros(0, bool)
+    labels = make_labels(crop, v.picks.subset(m), classes, config.label_mode, diam, origin=start,
+                         rejected=negatives)
+    if config.unlabelled_weight < 1.0:
+        _mark_far_background(labels, v, start, classes, config)
+    return labels
+
+
+def _mark_far_background(labels: np.ndarray, v: _Volume, start, classes: ClassTable, config: TrainConfig) -> None:
+    """Mark (:data:`FAR`) the background voxels of a crop farther than ``known_radius``
+    class diameters from every pick: there an unclicked particle may hide."""
+    crop = labels.shape
+    near = np.zeros(crop, dtype=bool)
+    names = v.picks.table["class_name"].to_numpy()
+    default_d = max(classes.diameters) if len(classes) else 10.0
+    reach = config.known_radius * default_d
+    lo = np.asarray(start) - reach
+    hi = np.asarray(start) + np.asarray(crop) + reach
+    m = np.all((v.zyx >= lo) & (v.zyx < hi), axis=1) if len(v.zyx) else np.zeros(0, bool)
+    for i in np.flatnonzero(m):
+        d = classes[names[i]].diameter if names[i] in classes else default_d
+        r = config.known_radius * d
+        c = v.zyx[i] - np.asarray(start)
+        a = np.maximum(np.floor(c - r).astype(int), 0)
+        b = np.minimum(np.ceil(c + r).astype(int) + 1, crop)
+        if np.any(b <= a):
+            continue
+        g = np.ogrid[a[0]:b[0], a[1]:b[1], a[2]:b[2]]
+        ball = (g[0] - c[0]) ** 2 + (g[1] - c[1]) ** 2 + (g[2] - c[2]) ** 2 <= r * r
+        near[a[0]:b[0], a[1]:b[1], a[2]:b[2]] |= ball
+    labels[(labels == 0) & ~near] = FAR
+
+
+def _known_centres(v: _Volume, origin, classes: ClassTable, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Every pick of ``v`` (crop coordinates) and the radius around it that is known."""
+    names = v.picks.table["class_name"].to_numpy()
+    default_d = max(classes.diameters) if len(classes) else 10.0
+    radii = np.array([config.known_radius * (classes[n].diameter if n in classes else default_d) for n in names])
+    return v.zyx - np.asarray(origin)[None, :], radii
+
+
+def _near(zyx: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    if not len(centres):
+        return np.zeros(len(zyx), bool)
+    d2 = ((zyx[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+    return (d2 <= radii[None, :] ** 2).any(axis=1)
+
+
+def _voxel_weights(target: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Turn :data:`FAR` marks into background with weight ``unlabelled_weight`` (or IGNORE)."""
+    far = target == FAR
+    if not bool(far.any()):
+        return target, None
+    if config.unlabelled_weight <= 0:
+        return target.masked_fill(far, IGNORE), None
+    vw = torch.ones(target.shape, dtype=torch.float32, device=target.device)
+    vw[far] = float(config.unlabelled_weight)
+    return target.masked_fill(far, 0), vw
+
+
+def _ignore_unpicked_blobs(logits: torch.Tensor, target: torch.Tensor, active: bool) -> tuple[torch.Tensor, float]:
+    """Sparse annotation: a user who clicked 40 of 150 ribosomes did not say the other 110
+    are background. Once the network has learnt the classes (``active``), every connected
+    blob it segments that touches no picked particle and no rejected pick is left out of
+    the loss (with a one-voxel rim), instead of being taught as background. Blobs touching
+    a pick keep their labels, so the label shape is still learnt; rejected picks
+    (:data:`NEGATIVE` in ``target``) stay background. Returns the target and the share of
+    voxels left out."""
+    neg = target == NEGATIVE
+    target = target.masked_fill(neg, 0)
+    if not active:
+        return target, 0.0
+    pred = logits.detach().argmax(1).cpu().numpy()
+    y = target.cpu().numpy()
+    negn = neg.cpu().numpy()
+    out = y.copy()
+    for i in range(len(y)):
+        fg = pred[i] > 0
+        if not fg.any():
+            continue
+        comp, n = ndimage.label(fg)
+        keep = np.zeros(n + 1, bool)
+        keep[np.unique(comp[((y[i] > 0) & (y[i] != IGNORE)) | negn[i]])] = True
+        keep[0] = True
+        free = ~keep[comp]
+        if free.any():
+            free = ndimage.binary_dilation(free) & (y[i] == 0) & ~negn[i]
+            out[i][free] = IGNORE
+    left_out = float(np.mean((out == IGNORE) & (y != IGNORE)))
+    return torch.from_numpy(out).to(target.device), left_out
+
+
+def label_diameters(classes: ClassTable, config: TrainConfig) -> dict[str, float]:
+    """Weak-label diameter (voxels) of each class."""
+    if config.diameter is not None:
+        return {c.name: float(config.diameter) for c in classes}
+    return {
+        c.name: float(min(c.diameter, max(config.min_label_diameter, round(config.label_scale * c.diameter))))
+        for c in classes
+    }
+
+
+def nms_defaults(classes: ClassTable, config: TrainConfig) -> dict[str, dict]:
+    """MP-NMS settings that fit the labels: mean-filter size and fill ball from the label's."""
+    diam = label_diameters(classes, config)
+    return {name: {"kernel": max(3, int(round(d / 2)) | 1), "fill_diameter": float(d)} for name, d in diam.items()}
+
+
+def _sample(v: _Volume, rng: np.random.Generator, crop, config: TrainConfig) -> list[int]:
+    hi = [h - c for h, c in zip(v.train_hi, crop)]
+    if min(hi) < 0:
+        hi = [max(0, h) for h in hi]
+    if len(v.positives) and rng.random() < config.positive_fraction:
+        i = v.positives[rng.integers(len(v.positives))]
+        j = rng.uniform(-config.jitter, config.jitter, 3) * np.asarray(crop)
+        start = v.zyx[i] + j - np.asarray(crop) / 2
+    else:
+        start = [rng.uniform(0, h + 1) for h in hi]
+    return [int(np.clip(int(s), 0, h)) for s, h in zip(start, hi)]
+
+
+def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator):
+    for ax in range(3):
+        if rng.random() < 0.5:
+            x, y = np.flip(x, ax), np.flip(y, ax)
+    if x.shape[1] == x.shape[2]:
+        k = int(rng.integers(4))
+        if k:
+            x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k, axes=(1, 2))
+    a = rng.uniform(0.85, 1.15)
+    b = rng.uniform(-0.15, 0.15)
+    x = x * a + b
+    if rng.random() < 0.3:
+        x = x + rng.normal(0, rng.uniform(0.02, 0.15), x.shape).astype(np.float32)
+    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, n_classes: int, weights, config: TrainConfig,
+            voxel_weight: torch.Tensor | None = None):
+    """Cross-entropy (+ label smoothing, class weights) plus multi-class soft Dice.
+
+    ``voxel_weight`` (optional, the target's shape) scales each voxel's share of both."""
+    valid = target != IGNORE
+    tgt = torch.where(valid, target, torch.zeros_like(target)).long()
+    vm = valid.float() if voxel_weight is None else valid.float() * voxel_weight
+    loss = logits.new_zeros(())
+    if config.ce_weight:
+        ce = F.cross_entropy(
+            logits.float(), tgt, weight=weights, reduction="none", label_smoothing=config.label_smoothing
+        )
+        w = weights[tgt] if weights is not None else torch.ones_like(ce)
+        loss = loss + config.ce_weight * (ce * vm).sum() / (w * vm).sum().clamp_min(1.0)
+    if config.dice_weight:
+        p = torch.softmax(logits.float(), dim=1)
+        oh = F.one_hot(tgt, n_classes + 1).permute(0, 4, 1, 2, 3).float()
+        vm = vm[:, None]
+        p, oh = p * vm, oh * vm
+        dims = (0, 2, 3, 4)
+        inter = (p * oh).sum(dims)[1:]
+        denom = (p + oh).sum(dims)[1:]
+        dice = (2 * inter + 1.0) / (denom + 1.0)
+        loss = loss + config.dice_weight * (1 - dice.mean())
+    if config.discriminate and n_classes > 1:
+        fg = (tgt > 0).float() * (valid.float() if voxel_weight is None else valid.float() * voxel_weight)
+        if float(fg.sum()) > 0:
+            ce_fg = F.cross_entropy(logits.float()[:, 1:], (tgt - 1).clamp_min(0), reduction="none")
+            loss = loss + config.discriminate * (ce_fg * fg).sum() / fg.sum()
+    return loss
+
+
+def _auto_weights(vols, classes, config, crop, rng, n_classes) -> np.ndarray:
+    """Inverse-sqrt-frequency class weights from labelled crops, clipped to [1, 10]."""
+    counts = np.zeros(n_classes + 1)
+    for _ in range(12):
+        v = vols[rng.integers(len(vols))]
+        st = _sample(v, rng, crop, config)
+        lab = _crop_labels(v, st, crop, classes, config)
+        counts += np.bincount(lab[lab != IGNORE].ravel(), minlength=n_classes + 1)[: n_classes + 1]
+    freq = counts / max(counts.sum(), 1)
+    w = np.ones(n_classes + 1)
+    for k in range(1, n_classes + 1):
+        if freq[k] > 0:
+            w[k] = np.sqrt(freq[0] / freq[k])
+    return np.clip(w / w[0], 1.0, 10.0)
