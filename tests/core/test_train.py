@@ -497,3 +497,25 @@ def test_continuous_training_cycles_the_learning_rate(small_sim):
     # after the warm-up (epoch 1): a 2-epoch cycle ends low (epoch 3); the next, 4 epochs
     # from half the peak, starts high (epoch 4) and ends low again (epoch 7)
     assert lr[1] > 0.6 and lr[2] < 0.1 and 0.3 < lr[3] < 0.5 and lr[6] < 0.05
+
+
+def test_rejections_do_not_crowd_the_particles_out_of_the_crops():
+    """A user who rejected 300 candidates and picked 20 particles: a quarter of the centred
+    crops land on rejections, not 94 %; with few rejections nothing changes."""
+    from napari_cryopicker.core.train_data import NEGATIVE_SHARE, _sample, _Volume
+
+    tomo = Tomogram(np.zeros((64, 64, 64), np.float32), 10.0)
+    rng0 = np.random.default_rng(0)
+    zyx = rng0.integers(10, 54, (320, 3))
+    cfg = TrainConfig(positive_fraction=1.0, jitter=0.0)
+
+    def share_on_rejections(n_pos, n_neg):
+        v = _Volume(tomo, 0.0, 1.0, zyx[: n_pos + n_neg], Picks(), np.arange(n_pos + n_neg), [64, 64, 64],
+                    n_pos=n_pos)
+        rng = np.random.default_rng(1)
+        starts = np.array([_sample(v, rng, (16, 16, 16), cfg) for _ in range(4000)]) + 8
+        rej = {tuple(c) for c in zyx[n_pos: n_pos + n_neg]}
+        return np.mean([tuple(s) in rej for s in starts])
+
+    assert abs(share_on_rejections(20, 300) - NEGATIVE_SHARE) < 0.03
+    assert abs(share_on_rejections(30, 5) - 5 / 35) < 0.03  # under the cap: as often as they are many

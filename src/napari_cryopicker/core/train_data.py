@@ -274,12 +274,22 @@ def nms_defaults(classes: ClassTable, config: TrainConfig) -> dict[str, dict]:
     return {name: {"kernel": max(3, int(round(d / 2)) | 1), "fill_diameter": float(d)} for name, d in diam.items()}
 
 
+NEGATIVE_SHARE = 0.25  # at most this share of the crops centred on a pick are centred on a rejection
+
+
 def _sample(v: _Volume, rng: np.random.Generator, crop, config: TrainConfig) -> list[int]:
     hi = [h - c for h, c in zip(v.train_hi, crop)]
     if min(hi) < 0:
         hi = [max(0, h) for h in hi]
     if len(v.positives) and rng.random() < config.positive_fraction:
-        i = v.positives[rng.integers(len(v.positives))]
+        k = rng.integers(len(v.positives))
+        n_neg = len(v.positives) - v.n_pos
+        if v.n_pos and k >= v.n_pos and n_neg > NEGATIVE_SHARE * len(v.positives):
+            # rejections outnumber: a centred crop lands on one NEGATIVE_SHARE of the time, so a
+            # user who rejected hundreds of candidates still trains on the particles
+            if rng.random() >= NEGATIVE_SHARE * len(v.positives) / n_neg:
+                k = rng.integers(v.n_pos)
+        i = v.positives[k]
         j = rng.uniform(-config.jitter, config.jitter, 3) * np.asarray(crop)
         start = v.zyx[i] + j - np.asarray(crop) / 2
     else:
