@@ -296,8 +296,12 @@ class TrainingRun:
 
         live = self._live_model(tomo, values)
         follow = self._follow_picks(tomo.name)
-
-        self.task.start(job, self._result)
+        try:
+            self.task.start(job, self._result)
+        except Exception:
+            self._unfollow()  # the run never started: stop following the session's edits
+            self._unfollow = None
+            raise
         self.started.emit()
 
     def _start_project(self, project, names, fine_tune: bool) -> None:
