@@ -397,7 +397,7 @@ def test_a_restart_keeps_the_model_and_the_predictions(make_napari_viewer, tomo_
 
 
 def test_gold_fiducials_show_as_a_layer_and_leave_the_picks_selected(viewer, two_classes):
-    from napari_cryopicker._napari.workers import FIDUCIALS_LAYER, show_fiducials
+    from napari_cryopicker._napari.overlays import FIDUCIALS_LAYER, show_fiducials
     from napari_cryopicker.core.fiducials import Fiducials
 
     s = two_classes

@@ -181,7 +181,7 @@ def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):
     # napari's animated "in progress" label is slowed (each frame repaints the window)
     from qtpy.QtWidgets import QLabel
 
-    from napari_cryopicker._napari.workers import BUSY_ANIMATION_SPEED
+    from napari_cryopicker._napari.tasks import BUSY_ANIMATION_SPEED
 
     movies = [lb.movie() for lb in w.window().findChildren(QLabel) if lb.movie() is not None]
     assert movies and all(m.speed() == BUSY_ANIMATION_SPEED for m in movies)

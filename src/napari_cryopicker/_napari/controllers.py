@@ -161,7 +161,7 @@ class LabelsPreview:
         from ..core.labels import make_labels
         from ..core.train import TrainConfig
         from ..core.train_data import label_diameters
-        from .workers import _config
+        from .tasks import _config
 
         cfg = _config(TrainConfig, values)
         return make_labels(shape, picks, classes, mode=cfg.label_mode, diameter=label_diameters(classes, cfg))

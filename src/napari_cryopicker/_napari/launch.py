@@ -99,7 +99,7 @@ class Demo:
             self.runs["predict"].start()
         except Exception as e:  # pragma: no cover - shown, then finish
             from .messages import notify
-            from .workers import readable_error
+            from .tasks import readable_error
 
             notify(readable_error(e), "error")
             self.on_done(False)
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .widgets.all_panels import dock_all
     from .messages import notify
-    from .workers import readable_error
+    from .tasks import readable_error
 
     viewer = napari.Viewer(title="CryoPicker")
     if args.screenshot:  # a predictable picture, whatever size napari remembered

@@ -21,7 +21,8 @@ from ..core.progress import Progress
 from ..core.project import PROJECT_SUFFIX, Project
 from .convert import cp_meta
 from .messages import notify
-from .workers import BackgroundTask, Outcome, runs_for
+from .tasks import BackgroundTask, Outcome
+from .workers import runs_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import PickingSession
@@ -273,7 +274,8 @@ class ProjectController:
         current = self.current_name()
         values = dict(s.predict_overrides)
         values["device"] = device or values.get("device") or s.train_settings.get("device", "auto")
-        from .workers import CANDIDATE_FLOOR, _config
+        from .overlays import CANDIDATE_FLOOR
+        from .tasks import _config
 
         values.setdefault("score_floor", CANDIDATE_FLOOR)
         live, level = s.tomogram, s.level

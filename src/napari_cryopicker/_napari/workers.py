@@ -1,5 +1,7 @@
 """Background work: training, picking, filters and label previews off the GUI thread.
 
+The runs (training, picking, filters, label previews, loading a model) are built on
+:class:`~.tasks.BackgroundTask`; their results are shown as layers by ``overlays.py``.
 Each long job runs in a napari ``thread_worker`` and reports through the core's
 :class:`~..core.progress.Progress` protocol. Progress and per-epoch reports are marshalled
 to the GUI thread (``superqt.utils.ensure_main_thread``) and shown in napari's activity
@@ -14,209 +16,25 @@ torch is imported only inside the job functions (``core.train`` / ``core.predict
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psygnal import Signal
 
-from ..core.errors import Cancelled, CryoPickerError
+from ..core.errors import CryoPickerError
 from ..core.progress import Progress
-from .convert import META
 from .messages import notify
+from .overlays import CANDIDATE_FLOOR, FIDUCIALS_LAYER, show_fiducials, show_probability, show_suggestions
+from .tasks import BackgroundTask, Outcome, _config, _on_main
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import PickingSession
 
 log = logging.getLogger(__name__)
 
-
-# ----------------------------------------------------------------------------- outcome
-@dataclass
-class Outcome:
-    status: str  # "ok" | "cancelled" | "error"
-    value: Any = None
-    message: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-def readable_error(e: BaseException) -> str:
-    """A message for a notification: the core's own words, or the gist of anything else."""
-    if isinstance(e, CryoPickerError):
-        return str(e)
-    if isinstance(e, MemoryError):
-        return "out of memory; try a smaller tomogram, a smaller batch or patch size, or the GPU"
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if "out of memory" in text.lower():
-        return "the GPU ran out of memory; lower the batch or patch size, or use the CPU"
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def guarded(job: Callable[..., Any], *args, **kwargs) -> Outcome:
-    """Run ``job`` and turn every exception into an :class:`Outcome` (worker thread)."""
-    try:
-        return Outcome("ok", job(*args, **kwargs))
-    except Cancelled as e:
-        return Outcome("cancelled", None, str(e) or "cancelled")
-    except Exception as e:
-        log.debug("background job failed:\n%s", traceback.format_exc())
-        return Outcome("error", None, readable_error(e))
-
-
-def _on_main(fn: Callable, *args) -> None:
-    """Call ``fn(*args)`` on the GUI thread (directly if already there)."""
-    from superqt.utils import ensure_main_thread
-
-    ensure_main_thread(fn)(*args)
-
-
-# ----------------------------------------------------------------------------- task
-REPORT_INTERVAL = 1.0  # seconds between progress updates in the GUI
 CONTINUOUS_EPOCHS = 100_000  # "until Stop"
-BUSY_ANIMATION_SPEED = 10  # percent of normal speed for animated "busy" labels
-
-
-def calm_busy_animations() -> int:
-    """Slow napari's animated "in progress" indicator (a QMovie in the status bar) to a
-    tenth of its speed; called when one of our jobs starts, and it stays slow. Every frame
-    repaints the window; with a software OpenGL (a VNC session or remote X on a cluster
-    node, Xvfb) napari then composites the whole window each time: measured, the indicator's 27 frames/s took the
-    GUI thread and llvmpipe ~1.9 of 2 cores and made training 3-5x slower. Only public Qt
-    calls; returns how many animations were slowed."""
-    from qtpy.QtWidgets import QApplication, QLabel
-
-    app = QApplication.instance()
-    n = 0
-    if app is None:
-        return 0
-    for top in app.topLevelWidgets():
-        for label in top.findChildren(QLabel):
-            movie = label.movie()
-            if movie is not None and movie.speed() > BUSY_ANIMATION_SPEED:
-                movie.setSpeed(BUSY_ANIMATION_SPEED)
-                n += 1
-    return n
-
-
-class BackgroundTask:
-    """One cancellable background job with a progress bar in napari's activity dock."""
-
-    started = Signal()
-    finished = Signal(object)  # Outcome
-
-    def __init__(self, title: str, session: PickingSession | None = None, busy_name: str | None = None):
-        self.title = title
-        self.session = session
-        self.busy_name = busy_name
-        self.progress: Progress | None = None
-        self.worker = None
-        self._pbar = None
-        self._last_report = 0.0
-        self.last_outcome: Outcome | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
-
-    def start(self, job: Callable[[Progress], Any], on_result: Callable[[Any], None] | None = None,
-              *, total: int = 0) -> None:
-        """Run ``job(progress)`` in a thread; ``on_result(value)`` on success (GUI thread)."""
-        from napari.qt.threading import create_worker
-
-        if self.running:
-            raise CryoPickerError(f"{self.title} is already running; stop it first")
-        self.progress = Progress(callback=self._report)
-        self._pbar = _make_pbar(self.title, total, self.stop)
-        calm_busy_animations()
-        self._on_result = on_result
-        self.worker = create_worker(guarded, job, self.progress, _start_thread=False)
-        self.worker.returned.connect(self._returned)
-        self.worker.errored.connect(self._errored)  # only if guarded itself failed
-        if self.session is not None and self.busy_name:
-            self.session.set_busy(self.busy_name, True)
-        self.worker.start()
-        self.started.emit()
-
-    def stop(self) -> None:
-        """Ask the job to stop at its next check (training keeps the best model so far)."""
-        if self.progress is not None:
-            self.progress.cancel()
-            if self._pbar is not None:
-                self._pbar.set_description(f"{self.title}: stopping...")
-
-    # worker thread
-    def _report(self, done: int, total: int, message: str) -> None:
-        now = time.monotonic()
-        # at most once a second: each update repaints the window, and with a software
-        # OpenGL (no GPU, Xvfb) napari's main thread then composites the whole window,
-        # which at 10 updates/s took most of a 2-core CPU away from training
-        if done < total and now - self._last_report < REPORT_INTERVAL:
-            return
-        self._last_report = now
-        _on_main(self._show_progress, done, total, message)
-
-    # GUI thread
-    def _show_progress(self, done: int, total: int, message: str) -> None:
-        pbar = self._pbar
-        if pbar is None:
-            return
-        if total and pbar.total != total:
-            pbar.total = total
-        if done != pbar.n:
-            pbar.update(done - pbar.n)
-        desc = f"{self.title}: {message}" if message else self.title
-        if self.progress is not None and self.progress.cancelled:
-            desc = f"{self.title}: stopping..."
-        if desc != pbar.desc:
-            pbar.set_description(desc)
-
-    def _returned(self, outcome: Outcome) -> None:
-        self._finish(outcome)
-
-    def _errored(self, exc: BaseException) -> None:  # pragma: no cover - guarded catches all
-        self._finish(Outcome("error", None, readable_error(exc)))
-
-    def _finish(self, outcome: Outcome) -> None:
-        self.worker = None
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        if self.session is not None and self.busy_name:
-            self.session.set_busy(self.busy_name, False)
-        if outcome.ok and self._on_result is not None:
-            try:
-                self._on_result(outcome.value)
-            except Exception as e:  # showing a result must not crash the GUI
-                log.debug("showing result failed:\n%s", traceback.format_exc())
-                outcome = Outcome("error", None, readable_error(e))
-        if outcome.status == "error":
-            notify(f"{self.title} failed: {outcome.message}", "error")
-        self.last_outcome = outcome
-        self.finished.emit(outcome)
-
-
-def _make_pbar(title: str, total: int, on_cancel: Callable[[], None]):
-    from napari.utils import cancelable_progress
-
-    class _TaskProgress(cancelable_progress):
-        def cancel(self) -> None:  # the activity dock's cancel button
-            super().cancel()
-            on_cancel()
-
-    return _TaskProgress(total=total, desc=title)
-
-
-def _config(cls, values: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
 
 # ----------------------------------------------------------------------------- training
@@ -514,108 +332,6 @@ class PickingRun:
         if outcome.status == "cancelled":
             notify("Picking stopped; the earlier picks are unchanged")
         self.finished.emit(outcome)
-
-
-FIDUCIALS_LAYER = "gold fiducials"
-SUGGESTIONS = "suggestions: "
-
-
-def show_suggestions(session: PickingSession, picks, epoch: int) -> list:
-    """Live suggestions: one Points layer per class (a hollow diamond in the class colour,
-    sized to the particle), replaced at each epoch; not picks, never saved or trained on."""
-    viewer = session.viewer
-    out = []
-    for c in session.classes:
-        sub = picks.select(class_name=c.name)
-        name = SUGGESTIONS + c.name
-        if name in viewer.layers:
-            layer = viewer.layers[name]
-            layer.data = sub.zyx
-            layer.features = {"score": sub.table["score"].to_numpy()}
-            layer.metadata[META]["epoch"] = int(epoch)
-        elif len(sub):
-            layer = viewer.add_points(
-                sub.zyx, name=name, size=c.diameter, **session.layer_kwargs(), symbol="diamond",
-                face_color="transparent", border_color=c.colour, border_width=0.08, border_width_is_relative=True,
-                projection_mode="rescale_spherical", opacity=0.8, features={"score": sub.table["score"].to_numpy()},
-                metadata={META: {"kind": "suggestions", "tomogram": session.tomogram_name, "epoch": int(epoch)}},
-            )
-        else:
-            continue
-        out.append(layer)
-    if session.active_class is not None and session.active_class in session.classes:
-        session.set_active_class(session.active_class)  # clicks keep going to the picks
-    return out
-
-
-def show_fiducials(session: PickingSession, fiducials):
-    """The gold beads picking left out, as a Points layer of their masked extent."""
-    viewer = session.viewer
-    zyx = np.asarray(fiducials.zyx, float).reshape(-1, 3)
-    size = 2 * (2.0 * np.asarray(fiducials.radius, float) + 1.0) if len(zyx) else 10.0
-    if FIDUCIALS_LAYER in viewer.layers:
-        layer = viewer.layers[FIDUCIALS_LAYER]
-        layer.data = zyx
-        layer.size = size
-        return layer
-    layer = viewer.add_points(
-        zyx, name=FIDUCIALS_LAYER, size=size, **session.layer_kwargs(), face_color="transparent",
-        border_color="#ffd700", border_width=0.05, border_width_is_relative=True, symbol="disc",
-        projection_mode="rescale_spherical", opacity=0.7,
-        metadata={META: {"kind": "fiducials", "tomogram": session.tomogram_name}},
-    )
-    if session.active_class is not None:  # clicks keep going to the picks, not to this layer
-        session.set_active_class(session.active_class)
-    return layer
-
-
-#: Picking keeps candidates down to this score; the sliders start at the model's thresholds.
-CANDIDATE_FLOOR = 0.05
-
-
-def show_probability(session: PickingSession, score_map, classes) -> list:
-    """One Image layer per class ("probability: <class>"), replacing earlier ones: the
-    class's probability where it is the arg-max class (what MP-NMS picks from), 0 elsewhere.
-
-    Lazy (dask, computed per displayed slice) over the :class:`~..core.predict.ScoreMap`
-    that picking keeps anyway, on the network's working grid (scaled and shifted onto the
-    tomogram): no copy of the volume, one byte per working voxel."""
-    import dask.array as da
-
-    viewer = session.viewer
-    lab, conf = score_map.label, score_map.confidence
-    chunks = (min(8, lab.shape[0]), *lab.shape[1:])
-    lab_d = da.from_array(lab, chunks=chunks, asarray=False)
-    conf_d = da.from_array(conf, chunks=chunks, asarray=False)
-    f = int(score_map.factor)
-    kw = session.layer_kwargs()
-    scale = tuple(float(v) * f for v in kw["scale"])
-    translate = tuple(float(v) * score_map.offset for v in kw["scale"])
-    out = []
-    for k, c in enumerate(classes, start=1):
-        name = f"probability: {c.name}"
-        vol = da.where(lab_d == k, conf_d, np.uint8(0))
-        if name in viewer.layers:
-            layer = viewer.layers[name]
-            layer.data = vol
-            layer.scale, layer.translate = scale, translate
-        else:
-            from napari.utils.colormaps import Colormap
-
-            cmap = Colormap([[0, 0, 0, 0], _rgba(c.colour)], name=f"cryopicker-{c.name}")
-            layer = viewer.add_image(
-                vol, name=name, **{**kw, "scale": scale}, translate=translate, colormap=cmap,
-                blending="additive", contrast_limits=(0, 255), opacity=0.6,
-                metadata={META: {"kind": "probability", "class": c.name, "tomogram": session.tomogram_name}},
-            )
-        out.append(layer)
-    return out
-
-
-def _rgba(colour: str) -> list[float]:
-    from napari.utils.colormaps.standardize_color import transform_color
-
-    return [float(v) for v in transform_color(colour)[0]]
 
 
 # ----------------------------------------------------------------------------- filters / labels

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 from ..messages import MESSAGES, Message
 from ..session import PickingSession, get_session
 from ..messages import notify
-from ..workers import readable_error
+from ..tasks import readable_error
 
 log = logging.getLogger(__name__)
 
