@@ -266,7 +266,7 @@ def _batch_requested(a) -> bool:
         return True
     if len(a.tomogram) != 1:
         return True
-    from .core.batch import LIST_SUFFIXES, _is_glob
+    from .core.batch_inputs import LIST_SUFFIXES, _is_glob
 
     spec = a.tomogram[0]
     p = Path(spec)

@@ -29,7 +29,7 @@ from .annotations import (
     read_json,
     write_json_atomic,
 )
-from .batch import expand_tomograms
+from .batch_inputs import expand_tomograms
 from .classes import ClassTable
 from .errors import CryoPickerError
 from .picks import Picks
