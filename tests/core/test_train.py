@@ -519,3 +519,23 @@ def test_rejections_do_not_crowd_the_particles_out_of_the_crops():
 
     assert abs(share_on_rejections(20, 300) - NEGATIVE_SHARE) < 0.03
     assert abs(share_on_rejections(30, 5) - 5 / 35) < 0.03  # under the cap: as often as they are many
+
+
+
+def test_augment_without_quarter_turns_keeps_the_wedge_axis():
+    """rot90=False never swaps y and x (a wedge about y stays about y); it draws the same
+    random numbers as the default, so the crops and flips of a run stay the same."""
+    from napari_cryopicker.core.train_data import _augment
+
+    y = np.arange(4 * 6 * 6).reshape(4, 6, 6)  # labels: moved like the image, never rescaled
+    x = y.astype(np.float32)
+    flips = [np.flip(y, axes) if axes else y for axes in
+             [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]]
+    turned = same = 0
+    for seed in range(40):
+        xa, ya = _augment(x, y, np.random.default_rng(seed), rot90=True)
+        xb, yb = _augment(x, y, np.random.default_rng(seed), rot90=False)
+        assert any(np.array_equal(yb, f) for f in flips)
+        turned += not any(np.array_equal(ya, f) for f in flips)
+        same += np.array_equal(ya, yb) and np.allclose(xa, xb)
+    assert turned >= 10 and same >= 10  # the default turns by quarters; half the draws agree

@@ -81,6 +81,7 @@ class TrainConfig:
     class_weights: str | Sequence[float] | None = "auto"
     lowpass: float = 0.0                     # Gaussian sigma (voxels) applied to the input
     augment: bool = True
+    rot90: bool = True                       # quarter turns about z too (see train_data._augment)
     amp: bool = True                         # mixed precision on CUDA
     tune_thresholds: bool = True             # pick MP-NMS t_lm per class on validation
     checkpoint_path: str | None = None       # save the best model here (atomically) after each better epoch
@@ -410,7 +411,7 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
                     x = _read_crop(v, st, crop, config.lowpass)
                     y = _crop_labels(v, st, crop, classes, config, negatives=NEGATIVE if config.sparse else 0)
                     if config.augment:
-                        x, y = _augment(x, y, rng)
+                        x, y = _augment(x, y, rng, config.rot90)
                     xs.append(x)
                     ys.append(y)
                 xb = torch.from_numpy(np.stack(xs)[:, None]).to(device).contiguous(

@@ -297,12 +297,19 @@ def _sample(v: _Volume, rng: np.random.Generator, crop, config: TrainConfig) -> 
     return [int(np.clip(int(s), 0, h)) for s, h in zip(start, hi)]
 
 
-def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator):
+def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, rot90: bool = True):
+    """Flips about each axis, a quarter turn about z (``rot90``), contrast and noise.
+
+    Every flip keeps a missing wedge about y where it is; a quarter turn about z turns it
+    into a wedge about x, which the tomograms to pick never have (``rot90=False`` draws
+    the same random numbers and turns by 0 or 180 degrees only)."""
     for ax in range(3):
         if rng.random() < 0.5:
             x, y = np.flip(x, ax), np.flip(y, ax)
     if x.shape[1] == x.shape[2]:
         k = int(rng.integers(4))
+        if not rot90:
+            k -= k % 2
         if k:
             x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k, axes=(1, 2))
     a = rng.uniform(0.85, 1.15)
