@@ -9,7 +9,10 @@ the picks of a realistic tomogram, and (``--project``) the Project panel of a si
 its cache). Writes docs/images/particles.png. With ``--project benchmarks/.cache`` (and ``--model``): the Project panel
 for every ``real_*`` tomogram of FOLDER (linked as TS_01 ... into a temporary folder, so
 their annotation files stay out of the cache), 40 clicks per class on the first and the
-model's picks of the second, as docs/images/project.png.
+model's picks of the second, as docs/images/project.png. With ``--live FOLDER`` (a realistic
+tomogram's cache folder, e.g. benchmarks/.cache/real_200x512x512_s100, and ``--model``): live
+mode fine-tuning that model from 10 clicks per class in view, its suggestions on screen
+(docs/images/live.png), then the Particles panel's doubtful-first queue (docs/images/queue.png).
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--project", default=None, metavar="FOLDER",
                     help="the Project panel of the realistic tomograms in FOLDER (benchmarks/.cache)")
+    ap.add_argument("--live", default=None, metavar="FOLDER",
+                    help="live mode and the doubts queue on the realistic tomogram in FOLDER")
     a = ap.parse_args()
     if a.project:
         return project_shot(a)
+    if a.live:
+        return live_shot(a)
     if not a.tomogram:
         ap.error("give --tomogram (the Particles panel shot) or --project FOLDER")
     a.out = a.out or str(Path(__file__).parent / "images" / "particles.png")
@@ -112,6 +119,96 @@ def project_shot(a) -> int:
         QApplication.processEvents()
     viewer.screenshot(out, canvas_only=False)
     print(f"wrote {out}")
+    viewer.close()
+    return 0
+
+
+def live_shot(a) -> int:
+    """Live mode on a realistic training tomogram: fine-tune ``--model`` from 10 clicks per
+    class around slice 100 with suggestions on, shoot the Training panel once the second
+    epoch's suggestions are shown, then the Particles panel's doubtful-first queue on the
+    model's predictions, with training still running."""
+    import tempfile
+    import time
+
+    import napari
+    import pandas as pd
+    from qtpy.QtWidgets import QApplication
+
+    from napari_cryopicker._napari.session import get_session
+    from napari_cryopicker._napari.widgets.all_panels import dock_all
+    from napari_cryopicker._napari.widgets.particles import ParticlesWidget
+    from napari_cryopicker._napari.widgets.training import TrainingWidget
+    from napari_cryopicker.core.model import load_checkpoint
+    from napari_cryopicker.core.picks import Picks
+    from napari_cryopicker.core.predict import PredictConfig, predict_picks
+    from napari_cryopicker.core.realistic import BENCHMARK_CLASSES
+
+    src = Path(a.live) / "tomogram.mrc"
+    job = Path(tempfile.mkdtemp(prefix="cryopicker-shot-"))
+    (job / "TS_01.mrc").symlink_to(src.resolve())  # its annotation file stays out of the cache
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1600, 1000)
+    panels = dock_all(viewer)
+    s = get_session(viewer)
+    viewer.open(str(job / "TS_01.mrc"), plugin="napari-cryopicker")
+    ck = load_checkpoint(a.model)
+    s.set_checkpoint(ck, a.model)
+    truth = pd.read_csv(src.with_name("picks.csv"))
+    near = truth[(truth["z"] - 100).abs() < 20]
+    for c in ck.classes:
+        sel = near[near["class"] == c.name].head(10) if c.name in BENCHMARK_CLASSES else near.iloc[:0]
+        s.add_picks(Picks.from_zyx(sel[["z", "y", "x"]].to_numpy(float), class_name=c.name,
+                                   voxel_size=s.voxel_size))
+    res = predict_picks(s.tomogram, ck, PredictConfig(device="cpu", score_floor=0.05))
+    for name, t in res.thresholds.items():
+        s.thresholds[name] = float(t)
+    s.set_predictions(res.picks.with_tomogram(s.tomogram_name), checkpoint_classes=ck.classes)
+    for layer in viewer.layers:
+        if layer.name.startswith("predicted: "):
+            layer.visible = False  # the suggestions are the subject of the first shot
+    viewer.dims.set_point(0, 100 * s.voxel_size)  # world coordinates are in A
+    panels.show_panel(TrainingWidget)
+    w = panels.panel(TrainingWidget)
+    w.fine_tune.setChecked(True)
+    w.live.setChecked(True)
+    w.continuous.setChecked(True)
+    w.btn_train.click()
+    t0 = time.monotonic()
+    while w.run.live_updates < 2:
+        QApplication.processEvents()
+        time.sleep(0.05)
+        if time.monotonic() - t0 > 600:
+            raise SystemExit("no live suggestions within 10 minutes")
+    print(f"suggestions from 2 epochs after {time.monotonic() - t0:.0f} s")
+    viewer.camera.zoom = 0.25  # screen pixels per Angstrom: ~260 voxels across the canvas
+    for _ in range(20):
+        QApplication.processEvents()
+    out = Path(a.out or Path(__file__).parent / "images" / "live.png")
+    viewer.screenshot(str(out), canvas_only=False)
+    print(f"wrote {out}")
+    for layer in viewer.layers:
+        if layer.name.startswith(("predicted: ", "suggestions: ")):
+            layer.visible = layer.name.startswith("predicted: ")
+    panels.show_panel(ParticlesWidget)
+    p = panels.panel(ParticlesWidget)
+    p.order.setCurrentText("doubtful first")
+    shape = s.tomogram.shape
+    for _ in range(50):  # the first doubtful candidate away from the tomogram's edges
+        p.next()
+        cur = p.review.current
+        if cur is not None and all(40 <= c <= n - 40 for c, n in zip(cur.zyx[1:], shape[1:])):
+            break
+    viewer.camera.zoom = 0.45
+    for _ in range(20):
+        QApplication.processEvents()
+    queue = out.with_name("queue.png")
+    viewer.screenshot(str(queue), canvas_only=False)
+    print(f"wrote {queue}")
+    w.btn_stop.click()
+    while w.run.running:
+        QApplication.processEvents()
+        time.sleep(0.05)
     viewer.close()
     return 0
 

@@ -198,6 +198,9 @@ def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):
     assert ck.binning == 2 and "works at bin 2" in w.summary.text()
     lines = w.plot.ax.get_lines()
     assert lines and len(lines[0].get_xdata()) == len(run.history)
+    w.plot.canvas.draw()
+    ticks = [t for t in w.plot.ax.get_xticks() if w.plot.ax.get_xlim()[0] <= t <= w.plot.ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks  # epochs, never 30.75
 
 
 def test_a_stopped_run_keeps_the_old_model_unless_it_validates_better(viewer, picked, qtbot):

@@ -52,6 +52,9 @@ class LossPlot:
             for sp in a.spines.values():
                 sp.set_color("#808080")
         ax.set_xlabel("epoch", color="#d0d0d0", fontsize=7)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: never a tick at 30.75
         ax.set_ylabel("loss", color="#d0d0d0", fontsize=7)
         ax2.set_ylabel("F3", color="#d0d0d0", fontsize=7)
         ax2.set_ylim(0, 1)
