@@ -43,8 +43,9 @@ from . import tilt
 from .classes import ClassTable, ParticleClass
 from .picks import Picks
 from .progress import Progress, ensure
-from .simulate import MEMBRANE_HALF_THICKNESS, SimulatedTomogram, _Occupancy, _render_bilayer_sphere, \
-    truth_in_order
+from .simulate import SimulatedTomogram
+from .simulate_placement import _Occupancy
+from .simulate_shapes import MEMBRANE_HALF_THICKNESS, _render_bilayer_sphere, truth_in_order
 
 __all__ = ["REALISTIC_CLASSES", "ClassSpec", "class_template", "realistic_classes", "simulate_realistic"]
 
