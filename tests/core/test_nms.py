@@ -128,7 +128,7 @@ def test_refinement_equals_smoothing_the_whole_volume():
     """The batched refinement (per-axis operators on small boxes) finds the same peak as
     mean-pooling the whole volume at full resolution and taking the maximum within one
     block, also for peaks on the volume's edges and corners."""
-    from napari_cryopicker.core.nms import _refine, _smooth
+    from napari_cryopicker.core.nms_peaks import _refine, _smooth
 
     rng = np.random.default_rng(5)
     shape = (40, 50, 60)

@@ -225,7 +225,7 @@ class ProjectController:
         ``annotations`` (manual, accepted, imported), ``predictions`` (those at or above
         each class's threshold) or ``both``."""
         from ..core.formats import write_picks
-        from .controllers import Exporter
+        from .exporter import Exporter
 
         if not formats:
             raise CryoPickerError("choose at least one format")

@@ -50,30 +50,51 @@
   output is standardised to mean 0 and standard deviation 1 over the whole volume.
 
 Everything is deterministic given ``seed`` (one :class:`numpy.random.Generator`).
-A 96 x 256 x 256 volume takes about a second on two cores.
+A 96 x 256 x 256 volume takes about a second on two cores. The shapes and their rendering
+are in :mod:`.simulate_shapes`, the placement in :mod:`.simulate_placement`, the Fourier
+filters in :mod:`.simulate_optics`.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import warnings
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.fft as sfft
-from scipy.spatial.transform import Rotation
 
 from .classes import ClassTable, ParticleClass
 from .picks import Picks
 from .progress import Progress, ensure
 from .tomogram import write_tomogram
+
+from .simulate_optics import (  # the Fourier filters (the public ones re-exported: __all__)
+    _parseval_var,
+    apply_missing_wedge,
+    ctf_filter,
+    envelope_filter,
+    missing_wedge_mask,
+)
+from .simulate_shapes import (  # shapes, classes and rendering (the public ones re-exported: __all__)
+    DEFAULT_CLASSES,
+    GOLD_DENSITY,
+    SHAPES,
+    _render_bilayer_sphere,
+    _render_particles,
+    _render_sphere,
+    _resolve_classes,
+    _shape_for,
+    default_classes,
+    render_particle,
+    truth_in_order,
+)
+from .simulate_placement import _Occupancy, _place_beads, _place_membranes, _place_particles
 
 __all__ = [
     "DEFAULT_CLASSES",
@@ -93,345 +114,6 @@ __all__ = [
 REFERENCE_SHAPE = (96, 256, 256)
 #: Particles per class per million voxels of the whole volume (about 38 per class for 96x256x256).
 DEFAULT_DENSITY = 6.0
-
-PROTEIN_DENSITY = 1.0
-GOLD_DENSITY = 3.0
-MEMBRANE_DENSITY = 0.6
-LEAFLET_OFFSET = 1.5  # voxels from the bilayer mid-surface to each leaflet
-LEAFLET_WIDTH = 0.7  # Gaussian sigma (voxels) of one leaflet
-MEMBRANE_HALF_THICKNESS = LEAFLET_OFFSET + 2.5 * LEAFLET_WIDTH
-
-
-# --------------------------------------------------------------------------------------
-# shapes: signed distance (approximate, in voxels) in template coordinates u = (x, y, z)
-# --------------------------------------------------------------------------------------
-def _sdf_ribosome(u: np.ndarray, r: float) -> np.ndarray:
-    # large lobe: radius 0.6 r centred at -0.4 r on the template z axis (reaches -r);
-    # small lobe: radius 0.45 r centred at +0.55 r (reaches +r). Both off-axis extents
-    # are inside the bounding sphere (0.72 r and 0.71 r from the centre).
-    z = u[:, 2]
-    q = u[:, 0] ** 2 + u[:, 1] ** 2
-    big = np.sqrt(q + (z + 0.4 * r) ** 2) - 0.6 * r
-    small = np.sqrt(q + (z - 0.55 * r) ** 2) - 0.45 * r
-    return np.minimum(big, small)
-
-
-def _sdf_shell(u: np.ndarray, r: float) -> np.ndarray:
-    d = np.sqrt(np.einsum("ij,ij->i", u, u))
-    return np.maximum(d - r, 0.7 * r - d)
-
-
-def _sdf_barrel(u: np.ndarray, r: float) -> np.ndarray:
-    # outer radius 0.6 r, half height 0.8 r: corner at sqrt(0.36 + 0.64) r = r
-    rho = np.sqrt(u[:, 0] ** 2 + u[:, 1] ** 2)
-    ring = np.maximum(rho - 0.6 * r, 0.3 * r - rho)
-    return np.maximum(ring, np.abs(u[:, 2]) - 0.8 * r)
-
-
-def _sdf_blob(u: np.ndarray, r: float) -> np.ndarray:
-    axes = np.array([1.0, 0.7, 0.55]) * r
-    k = np.sqrt(np.einsum("ij,ij->i", u / axes, u / axes))
-    return (k - 1.0) * axes.min()
-
-
-SHAPES: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
-    "ribosome": _sdf_ribosome,
-    "shell": _sdf_shell,
-    "barrel": _sdf_barrel,
-    "blob": _sdf_blob,
-}
-_SHAPE_CYCLE = ["ribosome", "barrel", "shell", "blob"]
-_SHAPE_HINTS = {
-    "ribo": "ribosome",
-    "apo": "shell",
-    "ferritin": "shell",
-    "virus": "shell",
-    "vlp": "shell",
-    "shell": "shell",
-    "proteasome": "barrel",
-    "barrel": "barrel",
-    "galactosidase": "barrel",
-    "blob": "blob",
-    "amylase": "blob",
-    "thyroglobulin": "ribosome",
-}
-
-
-def default_classes() -> ClassTable:
-    """A fresh copy of the default class table (diameters in voxels)."""
-    return ClassTable(
-        [
-            ParticleClass("ribosome", 25.0),
-            ParticleClass("shell", 13.0),
-            ParticleClass("barrel", 18.0),
-            ParticleClass("blob", 9.0),
-        ]
-    )
-
-
-#: ribosome 25 vox (two lobes), shell 13 (hollow sphere), barrel 18 (hollow cylinder),
-#: blob 9 (small solid ellipsoid). Do not modify; :func:`default_classes` gives a copy.
-DEFAULT_CLASSES: ClassTable = default_classes()
-
-
-def _shape_for(name: str, index: int, shapes: Mapping[str, str] | None) -> str:
-    if shapes and name in shapes:
-        s = shapes[name]
-        if s not in SHAPES:
-            raise ValueError(f"class {name!r}: unknown shape {s!r}; choose from {', '.join(SHAPES)}")
-        return s
-    if name in SHAPES:
-        return name
-    low = name.lower()
-    for hint, s in _SHAPE_HINTS.items():
-        if hint in low:
-            return s
-    return _SHAPE_CYCLE[index % len(_SHAPE_CYCLE)]
-
-
-def _resolve_classes(classes) -> ClassTable:
-    if classes is None:
-        return default_classes()
-    if isinstance(classes, ClassTable):
-        return copy.deepcopy(classes)
-    out = []
-    for c in classes:
-        if isinstance(c, ParticleClass):
-            out.append(copy.deepcopy(c))
-        elif isinstance(c, str):
-            if c in DEFAULT_CLASSES:
-                out.append(copy.deepcopy(DEFAULT_CLASSES[c]))
-            elif "=" in c:
-                out.extend(ClassTable.parse([c]).classes)
-            else:
-                raise ValueError(
-                    f"unknown class {c!r}: use one of {', '.join(DEFAULT_CLASSES.names)} "
-                    "or NAME=DIAMETER_VOXELS"
-                )
-        else:
-            raise TypeError(f"classes: expected ParticleClass or str, got {type(c).__name__}")
-    if not out:
-        raise ValueError("classes: need at least one particle class")
-    return ClassTable(out)
-
-
-# --------------------------------------------------------------------------------------
-# rendering
-# --------------------------------------------------------------------------------------
-def _box_offsets(half: int) -> np.ndarray:
-    r = np.arange(-half, half + 1)
-    zz, yy, xx = np.meshgrid(r, r, r, indexing="ij")
-    return np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1).astype(np.float32)
-
-
-def _paste(vol: np.ndarray, box: np.ndarray, corner: np.ndarray) -> None:
-    """Add ``box`` into ``vol`` with its [0,0,0] at ``corner`` (z, y, x), clipped."""
-    src, dst = [], []
-    for lo, n, size in zip(corner, box.shape, vol.shape):
-        a, b = max(lo, 0), min(lo + n, size)
-        if b <= a:
-            return
-        dst.append(slice(a, b))
-        src.append(slice(a - lo, b - lo))
-    vol[tuple(dst)] += box[tuple(src)]
-
-
-def render_particle(
-    vol: np.ndarray,
-    centre_zyx: Sequence[float],
-    shape: str,
-    diameter: float,
-    rotation: np.ndarray | None = None,
-    density: float = PROTEIN_DENSITY,
-    _offsets: np.ndarray | None = None,
-) -> None:
-    """Add one particle of ``shape`` (a key of :data:`SHAPES`) into ``vol`` in place.
-
-    ``rotation`` is a 3x3 matrix in (x, y, z) coordinates that maps template coordinates
-    to tomogram coordinates (identity when None). ``centre_zyx`` may be fractional.
-    """
-    r = float(diameter) / 2.0
-    half = int(math.ceil(r + 1.5))
-    offsets = _box_offsets(half) if _offsets is None else _offsets
-    c = np.asarray(centre_zyx, dtype=float)
-    ci = np.floor(c).astype(int)
-    frac = (c - ci).astype(np.float32)
-    v_xyz = (offsets - frac)[:, ::-1]
-    rot = np.eye(3) if rotation is None else np.asarray(rotation, dtype=float)
-    # row vectors: u = R^T v  <=>  u_row = v_row @ R
-    u = v_xyz @ rot.astype(np.float32)
-    sdf = SHAPES[shape](u, r)
-    dens = np.clip(0.5 - sdf, 0.0, 1.0).astype(np.float32) * np.float32(density)
-    n = 2 * half + 1
-    _paste(vol, dens.reshape(n, n, n), ci - half)
-
-
-def truth_in_order(table: ClassTable, placed: Mapping[str, list], rng: np.random.Generator):
-    """(names, zyx, rotation matrices, ZYZ angles) of placed particles, in class-table order,
-    each with a uniformly random orientation drawn from ``rng``."""
-    names: list[str] = []
-    centres: list[np.ndarray] = []
-    for cls in table:
-        names += [cls.name] * len(placed[cls.name])
-        centres += placed[cls.name]
-    zyx = np.array(centres, dtype=float).reshape(-1, 3)
-    rots = _random_rotations(rng, len(zyx))
-    mats = rots.as_matrix().reshape(-1, 3, 3)
-    angles = rots.as_euler("ZYZ", degrees=True).reshape(-1, 3) if len(zyx) else np.zeros((0, 3))
-    return names, zyx, mats, angles
-
-
-def _random_rotations(rng: np.random.Generator, n: int) -> Rotation:
-    q = rng.standard_normal((max(n, 1), 4))
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    return Rotation.from_quat(q[:n] if n else q[:0])
-
-
-def _render_bilayer_sphere(
-    vol: np.ndarray, centre: np.ndarray, radius: float, zlim: tuple[int, int]
-) -> None:
-    """Add a spherical bilayer (two Gaussian leaflets) clipped to z in [zlim)."""
-    reach = radius + MEMBRANE_HALF_THICKNESS + 1
-    lo = np.maximum(np.floor(centre - reach).astype(int), [zlim[0], 0, 0])
-    hi = np.minimum(np.ceil(centre + reach).astype(int) + 1, [zlim[1], vol.shape[1], vol.shape[2]])
-    if np.any(hi <= lo):
-        return
-    z = (np.arange(lo[0], hi[0], dtype=np.float32) - np.float32(centre[0]))[:, None, None]
-    y = (np.arange(lo[1], hi[1], dtype=np.float32) - np.float32(centre[1]))[None, :, None]
-    x = (np.arange(lo[2], hi[2], dtype=np.float32) - np.float32(centre[2]))[None, None, :]
-    d = np.abs(np.sqrt(z * z + y * y + x * x) - np.float32(radius))
-    near = d < MEMBRANE_HALF_THICKNESS
-    prof = np.zeros(d.shape, dtype=np.float32)
-    t = (d[near] - LEAFLET_OFFSET) / LEAFLET_WIDTH
-    prof[near] = MEMBRANE_DENSITY * np.exp(-0.5 * t * t)
-    vol[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] += prof
-
-
-# --------------------------------------------------------------------------------------
-# Fourier filters
-# --------------------------------------------------------------------------------------
-def _rfft_freqs(shape: Sequence[int]):
-    kz = sfft.fftfreq(shape[0]).astype(np.float32)[:, None, None]
-    ky = sfft.fftfreq(shape[1]).astype(np.float32)[None, :, None]
-    kx = sfft.rfftfreq(shape[2]).astype(np.float32)[None, None, :]
-    return kz, ky, kx
-
-
-def missing_wedge_mask(shape: Sequence[int], tilt_range: float = 60.0) -> np.ndarray:
-    """Boolean mask on the ``rfftn`` grid of a (z, y, x) volume: True = measured.
-
-    A single-axis tilt series from -``tilt_range`` to +``tilt_range`` degrees about Y
-    samples the central slices whose normal lies within ``tilt_range`` of z, i.e. the
-    components with ``|kz| <= tan(tilt_range) |kx|`` (any ky). The rest, a double wedge
-    around the kz axis in the kz-kx plane, is missing. The kz = 0 plane (including the
-    mean) is always kept. ``tilt_range >= 90`` keeps everything.
-    """
-    shape = tuple(int(s) for s in shape)
-    kz, ky, kx = _rfft_freqs(shape)
-    full = (shape[0], shape[1], shape[2] // 2 + 1)
-    if tilt_range >= 90:
-        return np.ones(full, dtype=bool)
-    t = np.float32(math.tan(math.radians(max(tilt_range, 0.0))))
-    keep = np.abs(kz) <= t * np.abs(kx) + np.float32(1e-7)
-    return np.broadcast_to(keep, full).copy()
-
-
-def apply_missing_wedge(volume: np.ndarray, tilt_range: float = 60.0, workers: int = -1) -> np.ndarray:
-    """Zero the Fourier components of ``volume`` (z, y, x) in the missing wedge (float32)."""
-    vol = np.asarray(volume, dtype=np.float32)
-    f = sfft.rfftn(vol, workers=workers)
-    f *= missing_wedge_mask(vol.shape, tilt_range)
-    return sfft.irfftn(f, s=vol.shape, workers=workers).astype(np.float32, copy=False)
-
-
-def electron_wavelength(voltage_kv: float = 300.0) -> float:
-    """Relativistic electron wavelength in Angstrom."""
-    v = voltage_kv * 1e3
-    return 12.2643 / math.sqrt(v * (1.0 + 0.978466e-6 * v))
-
-
-def ctf_filter(
-    shape: Sequence[int],
-    voxel_size: float,
-    defocus_um: float = 4.0,
-    voltage_kv: float = 300.0,
-    cs_mm: float = 2.7,
-    amplitude_contrast: float = 0.07,
-    bfactor: float = 1500.0,
-) -> np.ndarray:
-    """Phase-flipped CTF ``|CTF(k)| exp(-B k^2/4)`` on the ``rfftn`` grid (float32, >= 0)."""
-    kz, ky, kx = _rfft_freqs(shape)
-    vs = np.float32(voxel_size)
-    k2 = (kz * kz + ky * ky + kx * kx) / (vs * vs)  # (1/Angstrom)^2
-    lam = electron_wavelength(voltage_kv)
-    dz = defocus_um * 1e4
-    cs = cs_mm * 1e7
-    chi = np.float32(math.pi * lam * dz) * k2 - np.float32(0.5 * math.pi * cs * lam**3) * k2 * k2
-    a = np.float32(amplitude_contrast)
-    ctf = np.abs(np.float32(math.sqrt(1 - amplitude_contrast**2)) * np.sin(chi) + a * np.cos(chi))
-    ctf *= np.exp(np.float32(-bfactor / 4.0) * k2)
-    return ctf.astype(np.float32, copy=False)
-
-
-def envelope_filter(shape: Sequence[int], voxel_size: float, bfactor: float = 1500.0) -> np.ndarray:
-    """The B-factor envelope ``exp(-B k^2 / 4)`` alone on the ``rfftn`` grid (a low-pass)."""
-    kz, ky, kx = _rfft_freqs(shape)
-    vs = np.float32(voxel_size)
-    k2 = (kz * kz + ky * ky + kx * kx) / (vs * vs)
-    return np.exp(np.float32(-bfactor / 4.0) * k2).astype(np.float32, copy=False)
-
-
-def _rfft_weights(shape: Sequence[int]) -> np.ndarray:
-    """How often each rfft column stands for a full-spectrum coefficient (1 or 2)."""
-    nx = shape[2]
-    w = np.full(nx // 2 + 1, 2.0, dtype=np.float64)
-    w[0] = 1.0
-    if nx % 2 == 0:
-        w[-1] = 1.0
-    return w
-
-
-def _parseval_var(f: np.ndarray, shape: Sequence[int]) -> float:
-    """Variance of the real volume whose rfftn is ``f``."""
-    n = float(np.prod(shape))
-    p = (f.real.astype(np.float64) ** 2 + f.imag.astype(np.float64) ** 2).sum(axis=(0, 1))
-    energy = float((p * _rfft_weights(shape)).sum()) / n
-    mean = float(f[0, 0, 0].real) / n
-    return energy / n - mean * mean
-
-
-# --------------------------------------------------------------------------------------
-# placement
-# --------------------------------------------------------------------------------------
-class _Occupancy:
-    """Spheres on a spatial hash; ``free`` tests a new sphere against all of them."""
-
-    def __init__(self, cell: float, margin: float):
-        self.cell = float(cell)
-        self.margin = float(margin)
-        self.grid: dict[tuple[int, int, int], list[int]] = defaultdict(list)
-        self.centres: list[np.ndarray] = []
-        self.radii: list[float] = []
-
-    def _key(self, p: np.ndarray) -> tuple[int, int, int]:
-        k = np.floor(p / self.cell).astype(int)
-        return int(k[0]), int(k[1]), int(k[2])
-
-    def free(self, p: np.ndarray, r: float) -> bool:
-        kz, ky, kx = self._key(p)
-        for dz in (-1, 0, 1):
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    for i in self.grid.get((kz + dz, ky + dy, kx + dx), ()):
-                        q = self.centres[i]
-                        if np.sum((p - q) ** 2) < (r + self.radii[i] + self.margin) ** 2:
-                            return False
-        return True
-
-    def add(self, p: np.ndarray, r: float) -> None:
-        self.grid[self._key(p)].append(len(self.centres))
-        self.centres.append(np.asarray(p, dtype=float))
-        self.radii.append(float(r))
 
 
 # --------------------------------------------------------------------------------------
@@ -481,6 +163,7 @@ def _counts(
         n = int(round(density * float(np.prod(shape)) / 1e6))
         return {c.name: int(n_per_class.get(c.name, n)) for c in table}
     return {c.name: int(n_per_class) for c in table}
+
 
 
 def simulate_tomogram(
@@ -550,7 +233,7 @@ def simulate_tomogram(
     prog.update(0, total_steps, "placing particles")
     prog.check()
 
-    Z, Y, X = shape
+    Z = shape[0]
     thick = max(1, int(round(slab_fraction * Z)))
     z0 = (Z - thick) // 2
     z1 = z0 + thick
@@ -559,73 +242,15 @@ def simulate_tomogram(
     max_r = max([c.radius for c in table] + [bead_diameter / 2.0])
     occ = _Occupancy(cell=2 * max_r + margin, margin=margin)
     distractor_info: list[dict] = []
-
-    # membranes first (analytic; particles test against them)
+    # membranes first (analytic; particles test against them), then gold, then particles
     membranes: list[tuple[np.ndarray, float]] = []
     if distractors and n_membranes > 0:
-        rv = float(rng.uniform(0.3, 0.45)) * thick
-        rv = max(rv, 6.0)
-        cv = np.array(
-            [(z0 + z1) / 2.0 + rng.uniform(-0.05, 0.05) * thick, rng.uniform(0.2, 0.8) * Y, rng.uniform(0.2, 0.8) * X]
-        )
-        membranes.append((cv, rv))
-        distractor_info.append({"kind": "vesicle", "centre_zyx": cv.tolist(), "radius": rv})
-        if n_membranes > 1:
-            big = max(Y, X)
-            rs = float(rng.uniform(2.0, 4.0)) * big
-            phi = rng.uniform(0, 2 * np.pi)
-            nz = rng.uniform(-0.4, 0.4)
-            normal = np.array([nz, math.sin(phi), math.cos(phi)])
-            normal /= np.linalg.norm(normal)
-            p0 = np.array([(z0 + z1) / 2.0, rng.uniform(0.15, 0.85) * Y, rng.uniform(0.15, 0.85) * X])
-            cs = p0 - rs * normal
-            membranes.append((cs, rs))
-            distractor_info.append({"kind": "sheet", "centre_zyx": cs.tolist(), "radius": rs})
-
-    def clear_of_membranes(p: np.ndarray, r: float) -> bool:
-        for c, rad in membranes:
-            if abs(float(np.linalg.norm(p - c)) - rad) < r + margin + MEMBRANE_HALF_THICKNESS:
-                return False
-        return True
-
-    # gold beads near the slab surfaces
+        membranes = _place_membranes(rng, shape, (z0, z1), n_membranes, distractor_info)
     beads: list[np.ndarray] = []
     if distractors:
         nb = max(1, int(round(4 * scale))) if n_gold is None else int(n_gold)
-        rb = bead_diameter / 2.0
-        for _ in range(nb):
-            for _try in range(100):
-                top = rng.random() < 0.5
-                zc = (z1 - rb - rng.uniform(0, 2)) if top else (z0 + rb + rng.uniform(0, 2))
-                p = np.array([zc, rng.uniform(rb, Y - 1 - rb), rng.uniform(rb, X - 1 - rb)])
-                if occ.free(p, rb) and clear_of_membranes(p, rb):
-                    occ.add(p, rb)
-                    beads.append(p)
-                    distractor_info.append({"kind": "gold", "centre_zyx": p.tolist(), "radius": rb})
-                    break
-
-    # particles, largest first
-    order = sorted(table, key=lambda c: -c.diameter)
-    placed: dict[str, list[np.ndarray]] = {c.name: [] for c in table}
-    short: list[str] = []
-    for cls in order:
-        r = cls.radius
-        want = counts[cls.name]
-        zlo, zhi = z0 + r, z1 - 1 - r
-        if zhi < zlo:  # slab thinner than the particle: centre it in the slab
-            zlo = zhi = (z0 + z1 - 1) / 2.0
-        ylo, yhi = min(r / 2, (Y - 1) / 2), max(Y - 1 - r / 2, (Y - 1) / 2)
-        xlo, xhi = min(r / 2, (X - 1) / 2), max(X - 1 - r / 2, (X - 1) / 2)
-        tries = 0
-        budget = 200 * max(want, 1)
-        while len(placed[cls.name]) < want and tries < budget:
-            tries += 1
-            p = np.array([rng.uniform(zlo, zhi), rng.uniform(ylo, yhi), rng.uniform(xlo, xhi)])
-            if occ.free(p, r) and clear_of_membranes(p, r):
-                occ.add(p, r)
-                placed[cls.name].append(p)
-        if len(placed[cls.name]) < want:
-            short.append(f"{cls.name} {len(placed[cls.name])}/{want}")
+        beads = _place_beads(rng, occ, membranes, shape, (z0, z1), nb, bead_diameter / 2.0, margin, distractor_info)
+    placed, short = _place_particles(rng, occ, membranes, table, counts, shape, (z0, z1), margin)
     if short:
         warnings.warn(
             "simulate_tomogram: the sample slab is too crowded; placed only " + ", ".join(short),
@@ -636,27 +261,7 @@ def simulate_tomogram(
 
     prog.update(1, total_steps, "rendering particles")
     prog.check()
-    particles = np.zeros(shape, dtype=np.float32)
-    offsets_cache: dict[int, np.ndarray] = {}
-    for i, (p, nm) in enumerate(zip(zyx, names)):
-        d = table[nm].diameter
-        half = int(math.ceil(d / 2.0 + 1.5))
-        if half not in offsets_cache:
-            offsets_cache[half] = _box_offsets(half)
-        render_particle(particles, p, shape_of[nm], d, mats[i], PROTEIN_DENSITY, offsets_cache[half])
-        if i % 64 == 63:
-            prog.check()
-
-    membrane_vol = None
-    if membranes:
-        membrane_vol = np.zeros(shape, dtype=np.float32)
-        for c, rad in membranes:
-            _render_bilayer_sphere(membrane_vol, c, rad, (z0, z1))
-    gold_vol = None
-    if beads:
-        gold_vol = np.zeros(shape, dtype=np.float32)
-        for p in beads:
-            _render_sphere(gold_vol, p, bead_diameter / 2.0, GOLD_DENSITY)
+    particles = _render_particles(shape, table, shape_of, names, zyx, mats, prog)
 
     prog.update(2, total_steps, "CTF and missing wedge")
     prog.check()
@@ -668,33 +273,16 @@ def simulate_tomogram(
     fp *= filt
     signal = sfft.irfftn(fp, s=shape, workers=workers)
     del fp
-    slab_signal = signal[z0:z1]
-    var_s = float(slab_signal.var(dtype=np.float64))
+    var_s = float(signal[z0:z1].var(dtype=np.float64))
 
     prog.update(3, total_steps, "noise")
     prog.check()
-    rest = None
-    if membrane_vol is not None:
-        rest = sfft.rfftn(membrane_vol, workers=workers)
-        rest *= filt
-        del membrane_vol
-    if gold_vol is not None:
-        # gold is a strong amplitude-contrast object: wedge and envelope, no phase CTF
-        fg = sfft.rfftn(gold_vol, workers=workers)
-        del gold_vol
-        fg *= wedge
-        if ctf:
-            fg *= envelope_filter(shape, voxel_size, bfactor)
-        rest = fg if rest is None else rest + fg
-        del fg
+    rest = _distractor_spectrum(
+        shape, membranes, beads, (z0, z1), bead_diameter, filt, wedge,
+        envelope=(voxel_size, bfactor) if ctf else None, workers=workers,
+    )
     if snr is not None and math.isfinite(snr):
-        noise = rng.standard_normal(shape, dtype=np.float32)
-        fn = sfft.rfftn(noise, workers=workers)
-        del noise
-        fn *= wedge
-        var_n = _parseval_var(fn, shape)
-        target = var_s / snr if var_s > 0 else 1.0
-        fn *= np.float32(math.sqrt(target / var_n)) if var_n > 0 else np.float32(0.0)
+        fn = _noise_spectrum(rng, shape, wedge, var_s / snr if var_s > 0 else 1.0, workers)
         # dense objects are dark: data = -(particles + distractors) + noise
         total_f = fn if rest is None else fn - rest
         del fn
@@ -702,18 +290,13 @@ def simulate_tomogram(
         total_f = None if rest is None else -rest
     del rest
     data = -signal
-    del signal, slab_signal
+    del signal
     if total_f is not None:
         data += sfft.irfftn(total_f, s=shape, workers=workers)
     del total_f
 
     prog.update(4, total_steps, "normalising")
-    m = float(data.mean(dtype=np.float64))
-    sd = float(data.std(dtype=np.float64))
-    data -= np.float32(m)
-    if sd > 0:
-        data /= np.float32(sd)
-    data = data.astype(np.float32, copy=False)
+    data = _standardise(data)
 
     picks = Picks.from_zyx(
         zyx,
@@ -741,15 +324,66 @@ def simulate_tomogram(
     )
 
 
-def _render_sphere(vol: np.ndarray, centre: np.ndarray, radius: float, density: float) -> None:
-    half = int(math.ceil(radius + 1.5))
-    c = np.asarray(centre, dtype=float)
-    ci = np.floor(c).astype(int)
-    v = _box_offsets(half) - (c - ci).astype(np.float32)
-    sdf = np.sqrt(np.einsum("ij,ij->i", v, v)) - radius
-    dens = np.clip(0.5 - sdf, 0.0, 1.0).astype(np.float32) * np.float32(density)
-    n = 2 * half + 1
-    _paste(vol, dens.reshape(n, n, n), ci - half)
+# --------------------------------------------------------------------------------------
+# the steps of simulate_tomogram (in the order it draws from the random generator)
+# --------------------------------------------------------------------------------------
+def _distractor_spectrum(
+    shape: Sequence[int],
+    membranes: Sequence[tuple[np.ndarray, float]],
+    beads: Sequence[np.ndarray],
+    slab: tuple[int, int],
+    bead_diameter: float,
+    filt: np.ndarray,
+    wedge: np.ndarray,
+    envelope: tuple[float, float] | None,
+    workers: int,
+) -> np.ndarray | None:
+    """The ``rfftn`` of the filtered distractors (None without any): the membranes through
+    ``filt`` like the particles; gold, a strong amplitude-contrast object, through the
+    wedge and the envelope (``(voxel_size, bfactor)``, None: none) only, no phase CTF."""
+    rest = None
+    if membranes:
+        membrane_vol = np.zeros(shape, dtype=np.float32)
+        for c, rad in membranes:
+            _render_bilayer_sphere(membrane_vol, c, rad, slab)
+        rest = sfft.rfftn(membrane_vol, workers=workers)
+        rest *= filt
+        del membrane_vol
+    if beads:
+        gold_vol = np.zeros(shape, dtype=np.float32)
+        for p in beads:
+            _render_sphere(gold_vol, p, bead_diameter / 2.0, GOLD_DENSITY)
+        fg = sfft.rfftn(gold_vol, workers=workers)
+        del gold_vol
+        fg *= wedge
+        if envelope is not None:
+            fg *= envelope_filter(shape, *envelope)
+        rest = fg if rest is None else rest + fg
+        del fg
+    return rest
+
+
+def _noise_spectrum(
+    rng: np.random.Generator, shape: Sequence[int], wedge: np.ndarray, target: float, workers: int
+) -> np.ndarray:
+    """The ``rfftn`` of white Gaussian noise through the wedge, scaled to variance ``target``."""
+    noise = rng.standard_normal(shape, dtype=np.float32)
+    fn = sfft.rfftn(noise, workers=workers)
+    del noise
+    fn *= wedge
+    var_n = _parseval_var(fn, shape)
+    fn *= np.float32(math.sqrt(target / var_n)) if var_n > 0 else np.float32(0.0)
+    return fn
+
+
+def _standardise(data: np.ndarray) -> np.ndarray:
+    """``data`` (in place where it can) to mean 0 and standard deviation 1, float32."""
+    m = float(data.mean(dtype=np.float64))
+    sd = float(data.std(dtype=np.float64))
+    data -= np.float32(m)
+    if sd > 0:
+        data /= np.float32(sd)
+    return data.astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------

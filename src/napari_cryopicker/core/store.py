@@ -12,13 +12,14 @@ The store keeps one :class:`State` (coordinates and per-point features) per :cla
 * ``Key("predicted", c)``  the model's picks of ``c``, shown above the class's threshold
 * ``REJECTED``             deleted predictions, kept as explicit background for retraining
 
-Coordinates are voxels (z, y, x) of the tomogram at ``voxel_size``.
+Coordinates are voxels (z, y, x) of the tomogram at ``voxel_size``. The keys, states and
+edits are in :mod:`.store_state`; the predictions, thresholds, accept and reject in
+:mod:`.store_predictions`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -27,84 +28,26 @@ from psygnal import Signal, SignalGroup
 from .annotations import ANNOTATION_SOURCES, AUTOSAVE_FORMAT, payload_picks, payload_predictions
 from .classes import ClassTable, ParticleClass
 from .errors import CryoPickerError
-from .picks import ANGLES, Picks
+from .picks import Picks
+from .store_predictions import StorePredictions
+
+from .store_state import (  # the sets and undo steps (re-exported: __all__)
+    FEATURES,
+    REJECTED,
+    Edit,
+    Key,
+    State,
+    _parts,
+    empty_features,
+    features_frame,
+)
+
+__all__ = [
+    "FEATURES", "MAX_UNDO", "REJECTED", "AnnotationStore", "Edit", "Key", "State", "StoreEvents",
+    "empty_features", "features_frame",
+]
 
 MAX_UNDO = 200
-FEATURES = ["class", "score", "source"]
-_DEFAULT_SOURCE = {"picks": "manual", "predicted": "predicted", "rejected": "rejected"}
-
-
-def empty_features() -> pd.DataFrame:
-    return pd.DataFrame({"class": pd.Series([], dtype=object), "score": pd.Series([], dtype=float),
-                         "source": pd.Series([], dtype=object)})
-
-
-def features_frame(picks: Picks) -> pd.DataFrame:
-    """Per-point features (class, score, source, and angles where known) of ``picks``."""
-    t = picks.table
-    df = pd.DataFrame({"class": t["class_name"].astype(str).to_numpy(),
-                       "score": t["score"].astype(float).to_numpy(),
-                       "source": t["source"].astype(str).to_numpy()})
-    if picks.has_angles:
-        for c in ANGLES:
-            df[c] = t[c].to_numpy(dtype=float)
-    return df
-
-
-@dataclass(frozen=True)
-class Key:
-    """One set of points: kind ``picks``/``predicted`` + class, or ``rejected``."""
-
-    kind: str
-    class_name: str | None = None
-
-    @property
-    def name(self) -> str:
-        """The napari layer name: ``picks: ribosome``, ``predicted: ribosome``, ``rejected``."""
-        return "rejected" if self.kind == "rejected" else f"{self.kind}: {self.class_name or ''}"
-
-    @property
-    def default_source(self) -> str:
-        return _DEFAULT_SOURCE[self.kind]
-
-
-REJECTED = Key("rejected")
-
-
-@dataclass
-class State:
-    """A snapshot of one set of points: coordinates (n x 3 voxels) and features."""
-
-    data: np.ndarray
-    features: pd.DataFrame
-
-    @classmethod
-    def empty(cls) -> State:
-        return cls(np.zeros((0, 3)), empty_features())
-
-    @classmethod
-    def of_picks(cls, picks: Picks) -> State:
-        return cls(picks.zyx.reshape(-1, 3).astype(float), features_frame(picks)[FEATURES])
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def plus(self, data: np.ndarray, features: pd.DataFrame) -> State:
-        """This state with points appended."""
-        return State(np.vstack([self.data.reshape(-1, 3), np.asarray(data, float).reshape(-1, 3)]),
-                     pd.concat([self.features, features[FEATURES]], ignore_index=True))
-
-    def without(self, idx: Sequence[int]) -> State:
-        keep = np.setdiff1d(np.arange(len(self)), np.asarray(idx, dtype=int))
-        return State(self.data[keep], self.features.iloc[keep].reset_index(drop=True))
-
-
-@dataclass
-class Edit:
-    """One undoable action: before/after snapshots of every set it touched."""
-
-    label: str
-    changes: list[tuple[Key, State, State]] = field(default_factory=list)
 
 
 class StoreEvents(SignalGroup):
@@ -116,7 +59,7 @@ class StoreEvents(SignalGroup):
     message = Signal(str, str)      # text, level ("info" / "warning"): something the user should know
 
 
-class AnnotationStore:
+class AnnotationStore(StorePredictions):
     """Picks, predictions and rejections of one tomogram, with undo and redo."""
 
     def __init__(self, classes: ClassTable | None = None):
@@ -345,13 +288,6 @@ class AnnotationStore:
         self.edit(label, new)
         return len(idx)
 
-    def rejection_of(self, predicted: State, idx: Sequence[int]) -> tuple[Key, State, State]:
-        """The change that adds predictions ``idx`` of a snapshot to the rejections."""
-        before = self.state(REJECTED)
-        feats = predicted.features.iloc[list(idx)].reset_index(drop=True).copy()
-        feats["source"] = "rejected"
-        return REJECTED, before, before.plus(predicted.data[list(idx)], feats)
-
     def move_pick(self, class_name: str, index: int, zyx: Sequence[float]) -> None:
         key = Key("picks", class_name)
         cur = self.state(key)
@@ -427,129 +363,6 @@ class AnnotationStore:
                     out[name]["rejected"] = int(n)
         return out
 
-    # ------------------------------------------------------------------ predictions
-    def set_predictions(self, picks: Picks, *, skip_known: bool = True) -> int:
-        """Replace the predictions with ``picks`` (undoable); returns how many are kept.
-
-        With ``skip_known``, predictions within one particle radius of a pick already in the
-        training set (or of a rejected one) are left out: they need no decision again.
-        """
-        if picks.voxel_size is not None and self.voxel_size and not np.isclose(picks.voxel_size, self.voxel_size):
-            picks = picks.rescaled(self.voxel_size)
-        self._ensure_named(picks.class_names)
-        picks = picks.copy()
-        picks.table["source"] = "predicted"
-        self.last_skipped = 0
-        if skip_known and len(picks):
-            from scipy.spatial import cKDTree
-
-            known = self.training_picks()
-            keep = np.ones(len(picks), dtype=bool)
-            for name in picks.class_names:
-                ref = known.select(class_name=name)
-                if len(ref):
-                    rows = np.flatnonzero((picks.table["class_name"] == name).to_numpy())
-                    d, _ = cKDTree(ref.zyx).query(picks.zyx[rows], k=1)
-                    keep[rows[d <= self.classes[name].radius]] = False
-            self.last_skipped = int((~keep).sum())
-            picks = picks.subset(keep)
-        new = {}
-        for name in self.classes.names:
-            key = Key("predicted", name)
-            sub = picks.select(class_name=name)
-            if len(sub) or key in self._states:
-                new[key] = State.of_picks(sub)
-        self.edit(f"pick {len(picks)} particle(s)", new)
-        return len(picks)
-
-    def prediction_scores(self, class_name: str) -> np.ndarray:
-        """Scores of every prediction of ``class_name`` (shown or below the threshold)."""
-        state = self.state(Key("predicted", class_name))
-        if not len(state) or "score" not in state.features:
-            return np.zeros(0)
-        return state.features["score"].to_numpy(dtype=float)
-
-    def shown_mask(self, class_name: str | None, state: State | None = None) -> np.ndarray:
-        """Which predictions of a class score at least its threshold."""
-        state = self.state(Key("predicted", class_name)) if state is None else state
-        t = self.thresholds.get(class_name or "", self.default_threshold)
-        if not len(state):
-            return np.zeros(0, dtype=bool)
-        score = state.features["score"].to_numpy(dtype=float) if "score" in state.features else np.ones(len(state))
-        return score >= t
-
-    def set_threshold(self, class_name: str, value: float) -> None:
-        """Show only predictions of ``class_name`` scoring >= ``value`` (no re-inference)."""
-        self.thresholds[class_name] = float(value)
-        self.events.threshold.emit(class_name)
-
-    def _take(self, name: str, idx: Sequence[int], source: str):
-        """Split one class's predictions: (remaining state, taken points, taken features with
-        ``source``), or None when ``idx`` selects nothing."""
-        cur = self.state(Key("predicted", name))
-        idx = sorted({int(i) for i in idx if 0 <= int(i) < len(cur)})
-        if not idx:
-            return None
-        f = cur.features.iloc[idx].reset_index(drop=True).copy()
-        f["source"] = source
-        f["class"] = name
-        return cur.without(idx), cur.data[idx], f[FEATURES]
-
-    def accept(self, selection: dict[str, Sequence[int]], *, as_class: str | None = None) -> int:
-        """Move predictions into the training set (source ``accepted``, score kept), as
-        their own class or, with ``as_class``, as that class (a candidate of the wrong class)."""
-        if as_class is not None and as_class not in self.classes:
-            raise CryoPickerError(f"unknown class {as_class!r}")
-        new: dict[Key, State] = {}
-        n = 0
-        for name, idx in selection.items():
-            taken = self._take(name, idx, "accepted")
-            if taken is None:
-                continue
-            rest, data, feats = taken
-            new[Key("predicted", name)] = rest
-            target = as_class or name
-            feats["class"] = target
-            key = Key("picks", target)
-            new[key] = new.get(key, self.state(key)).plus(data, feats)
-            n += len(data)
-        if n:
-            self.edit(f"accept {n} prediction(s)" + (f" as {as_class}" if as_class else ""), new)
-        return n
-
-    def reject(self, selection: dict[str, Sequence[int]]) -> int:
-        """Delete predictions and remember them as negatives (source ``rejected``)."""
-        new: dict[Key, State] = {}
-        rej = self.state(REJECTED)
-        n = 0
-        for name, idx in selection.items():
-            taken = self._take(name, idx, "rejected")
-            if taken is None:
-                continue
-            rest, data, feats = taken
-            new[Key("predicted", name)] = rest
-            rej = rej.plus(data, feats)
-            n += len(data)
-        if n:
-            new[REJECTED] = rej
-            self.edit(f"reject {n} prediction(s)", new)
-        return n
-
-    def accept_shown(self, class_name: str | None = None) -> int:
-        """Accept every shown (above-threshold) prediction of one or all classes."""
-        sel = {}
-        for key, state in self._states.items():
-            if key.kind == "predicted" and (class_name is None or key.class_name == class_name):
-                idx = np.flatnonzero(self.shown_mask(key.class_name, state)).tolist()
-                if idx:
-                    sel[key.class_name] = idx
-        return self.accept(sel)
-
-    def clear_predictions(self) -> None:
-        new = {k: State.empty() for k, s in self._states.items() if k.kind == "predicted" and len(s)}
-        if new:
-            self.edit("clear predictions", new)
-
     # ------------------------------------------------------------------ the session file
     def payload(self) -> dict:
         """The store as an annotation payload (``core.annotations``): classes, active
@@ -600,6 +413,3 @@ class AnnotationStore:
             self._set(new, make_rejected=False)  # negatives are remembered without a layer
         return len(picks)
 
-
-def _parts(picks: Picks) -> tuple[np.ndarray, pd.DataFrame]:
-    return picks.zyx, features_frame(picks)[FEATURES]

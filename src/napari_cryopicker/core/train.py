@@ -1,7 +1,9 @@
 """Training: the loop, its settings (:class:`TrainConfig`) and schedule, best-checkpoint
 keeping, cancel and time budget. What it learns from (volumes, crops, labels, sampling,
 augmentation, the loss) is :mod:`.train_data`; validation and thresholds are
-:mod:`.train_validate`.
+:mod:`.train_validate`. The epoch plan and learning rate are :mod:`.train_plan`, the best
+epoch, weight averaging, fine-tuning and checkpoint :mod:`.train_state`, the checks of the
+inputs :mod:`.train_inputs`.
 
 The loop never prints: it reports through :class:`~.progress.Progress` and an
 ``on_epoch`` callback (the GUI plots the history, the CLI prints it).
@@ -9,13 +11,12 @@ The loop never prints: it reports through :class:`~.progress.Progress` and an
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -42,7 +43,12 @@ from .train_data import (
     loss_fn,
     nms_defaults,
 )
+from .train_inputs import _checked_picks, _few_for_val
+from .train_plan import _Plan
+from .train_state import TrainState, _better, _checkpoint, _copy_state, _ema_model, _init_from
 from .train_validate import _self_label, validate
+
+__all__ = ["TrainConfig", "TrainState", "loss_fn", "nms_defaults", "train_model", "training_binning"]
 
 
 @dataclass
@@ -131,104 +137,6 @@ class TrainConfig:
         if d["class_weights"] is not None and not isinstance(d["class_weights"], str):
             d["class_weights"] = [float(w) for w in d["class_weights"]]
         return d
-
-
-@dataclass
-class TrainState:
-    history: list[dict] = field(default_factory=list)
-    best_state: dict | None = None
-    best_epoch: int | None = None
-    best_key: tuple = (-math.inf, -math.inf)
-    top_score: float = -math.inf  # the best validation F-alpha seen
-    best_score: float | None = None
-    best_nms: dict = field(default_factory=dict)
-
-
-def _ema_model(net: ResUNet, decay: float):
-    """An exponential moving average of ``net``'s weights and batch-norm buffers (torch's
-    AveragedModel; the first update copies), or None for ``decay`` 0."""
-    if not decay:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-
-def _copy_state(net) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-
-
-def _init_from(net: ResUNet, init: Checkpoint, classes: ClassTable) -> None:
-    """Load weights of ``init``; map head channels by class name when the classes differ."""
-    src = init.state_dict
-    own = net.state_dict()
-    for k, v in src.items():
-        if k in own and own[k].shape == v.shape and not k.startswith("head."):
-            own[k] = v.clone()
-    old = ["__background__"] + init.classes.names
-    new = ["__background__"] + classes.names
-    for k in ("head.weight", "head.bias"):
-        if k in src:
-            for j, name in enumerate(new):
-                if name in old:
-                    own[k][j] = src[k][old.index(name)]
-    net.load_state_dict(own)
-
-
-def _few_for_val(tomograms, picks: Sequence[Picks], config: TrainConfig) -> bool:
-    """True when no tomogram has enough picks inside it for a validation split of ``val_fraction``."""
-    return all(round(int((p.inside(t.shape) & (p.table["source"] != "rejected").to_numpy()).sum())
-                     * config.val_fraction) < 2 for t, p in zip(tomograms, picks))
-
-
-def _checked_picks(tomograms, picks, classes: ClassTable, config: TrainConfig) -> list[Picks]:
-    """Picks in voxels of their tomogram; errors for what training cannot use, warnings for
-    what it leaves out (picks outside the volume, a too small validation split)."""
-    out = []
-    for tomo, p in zip(tomograms, picks):
-        where = str(tomo.path) if tomo.path is not None else f"tomogram {tomo.name!r}"
-        if p.voxel_size is not None and tomo.voxel_size and not math.isclose(
-                p.voxel_size, tomo.voxel_size, rel_tol=1e-3):
-            warnings.warn(
-                f"{where}: the picks are at {p.voxel_size:.4g} A per voxel, the tomogram at "
-                f"{tomo.voxel_size:.4g} A; the pick coordinates were rescaled to the tomogram's voxels",
-                CryoPickerWarning, stacklevel=3,
-            )
-            p = p.rescaled(tomo.voxel_size)
-        unknown = [c for c in p.exclude_source("rejected").class_names if c not in classes]
-        if unknown:
-            raise CryoPickerError(
-                f"{where}: picks of class(es) {', '.join(unknown)} are not in the class table "
-                f"({', '.join(classes.names)}); add the class(es) with a diameter or remove those picks"
-            )
-        inside = p.inside(tomo.shape)
-        if (~inside).any():
-            warnings.warn(
-                f"{where}: {int((~inside).sum())} of {len(p)} pick(s) lie outside the tomogram "
-                f"(z, y, x = {tomo.shape}); they are ignored",
-                CryoPickerWarning, stacklevel=3,
-            )
-        out.append(p)
-    positives = [p.subset(p.inside(t.shape)).exclude_source("rejected") for t, p in zip(tomograms, out)]
-    counts = Picks.concat([p.rescaled(1.0) for p in positives]).counts()
-    everywhere = Picks.concat([p.exclude_source("rejected").rescaled(1.0) for p in out]).counts()
-    empty = [c for c in classes.names if counts.get(c, 0) == 0]
-    if empty:
-        outside = sum(everywhere.get(c, 0) for c in empty)
-        where = f" inside the tomogram(s) ({outside} lie outside)" if outside else ""
-        raise CryoPickerError(
-            f"class(es) {', '.join(empty)} have no picks{where}; pick a few of each class or remove the class"
-        )
-    if config.val_fraction > 0 and _few_for_val(tomograms, out, config):
-        need = math.ceil(1.5 / config.val_fraction)
-        n = max(len(p) for p in positives)
-        warnings.warn(
-            f"only {n} pick(s) per tomogram: holding out {config.val_fraction:.0%} for validation needs at "
-            f"least {need}; training without validation (the epoch with the lowest training loss is kept "
-            "and the pick thresholds are not tuned)",
-            CryoPickerWarning, stacklevel=3,
-        )
-    return out
 
 
 def train_model(
@@ -374,19 +282,6 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
             f = max(f, (time.monotonic() - t_start) / config.time_limit)
         return min(1.0, f)
 
-    def lr_at(s: int) -> float:
-        if s < warmup:
-            return config.lr * (0.1 + 0.9 * s / warmup)
-        peak = 1.0
-        if config.continuous:
-            into, period = s - warmup, max(1, int(config.cycle_epochs)) * config.steps_per_epoch
-            while into >= period:  # each cycle twice as long as the one before, from half its peak
-                into, period, peak = into - period, 2 * period, peak / 2
-            q = into / period
-        else:
-            q = (s - warmup) / max(1, plan.total_steps - warmup)
-        return config.lr * peak * (0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * min(1.0, q))))
-
     renewed_note = None
     for epoch in range(config.epochs):
         if epoch >= plan.epochs:
@@ -418,7 +313,7 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
                     memory_format=torch.channels_last_3d)
                 yb = torch.from_numpy(np.stack(ys).astype(np.int64)).to(device)
                 for g in opt.param_groups:
-                    g["lr"] = lr_at(step)
+                    g["lr"] = plan.lr_at(step, warmup)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     logits = net(xb)
                 yb, vw = _voxel_weights(yb, config)
@@ -447,7 +342,7 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
             "train_loss": float(np.mean(ep_losses)),
             "val_loss": None,
             "val_f1": None,
-            "lr": lr_at(max(0, step - 1)),
+            "lr": plan.lr_at(max(0, step - 1), warmup),
             "planned_epochs": plan.epochs,
         }
         if config.sparse:
@@ -503,102 +398,3 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
         state.best_state = _copy_state(eval_net)
         state.best_epoch = state.history[-1]["epoch"] if state.history else None
     return _checkpoint(state, mcfg, classes, vs, config, out)
-
-
-class _Plan:
-    """How many epochs a run trains: ``config.epochs``, or with a time limit as many as fit.
-
-    The count is planned once, after the warm-up epochs (whose learning rates do not
-    depend on it), from the last one's measured time (training and validation), so the
-    cosine schedule that follows is a function of the step alone and a run can be
-    repeated exactly with ``epochs`` set to the planned count (8 or more) and no time limit. It is
-    planned again only if the median epoch since then says the run will end a whole epoch
-    late (the machine got busier) or 2.5 epochs early; the time limit itself still stops a
-    run at once."""
-
-    def __init__(self, config: TrainConfig):
-        self.config = config
-        self.warm_epochs = max(1, min(int(config.warmup_epochs), config.epochs // 4))
-        self.epochs = config.epochs
-        self.planned = not config.time_limit
-        self.last_elapsed = 0.0
-
-    def warmup_steps(self) -> int:
-        """Whole warm-up epochs, so a timed run plans after them; a short run (under
-        4 x warmup_epochs) warms up over its first 5 % of steps instead, as all runs did
-        before session 9."""
-        c = self.config
-        if c.time_limit or c.epochs >= 4 * max(1, int(c.warmup_epochs)):
-            return self.warm_epochs * c.steps_per_epoch
-        return max(1, round(0.05 * c.epochs * c.steps_per_epoch))
-
-    @property
-    def total_steps(self) -> int:
-        return max(1, self.epochs * self.config.steps_per_epoch)
-
-    def after_epoch(self, done: int, elapsed: float) -> None:
-        """Called once an epoch (with its validation) is over, ``elapsed`` seconds into the run."""
-        limit = self.config.time_limit
-        seconds = elapsed - self.last_elapsed  # the whole cycle: training, validation, saving
-        self.last_elapsed = elapsed
-        if not limit:
-            return
-        if not self.planned:
-            if done < self.warm_epochs:
-                return
-            # 3 % of the time left to spare, so that the clock's jitter does not cut the last epoch
-            self.epochs = min(self.config.epochs, done + max(0, int(0.97 * (limit - elapsed) / max(seconds, 1e-6))))
-            self.planned, self.cycles = True, [seconds]
-            return
-        # the median epoch since the plan (3 or more), so that a one-off pause (self-labelling,
-        # a save, another program for a moment) does not shorten the whole run: seen, one
-        # 34-s epoch among 23-s ones re-planned 31 epochs down to 25 when the mean was used
-        self.cycles.append(seconds)
-        if len(self.cycles) < 3:
-            return
-        typical = max(float(np.median(self.cycles)), 1e-6)
-        end = elapsed + (self.epochs - done) * typical
-        # a whole epoch late: fewer epochs; 2.5 early (the planning epoch was slow): more
-        if end > limit + typical or (end < limit - 2.5 * typical and self.epochs < self.config.epochs):
-            self.epochs = min(self.config.epochs, done + max(0, int(0.97 * (limit - elapsed) / typical)))
-
-
-def _better(key: tuple, state: TrainState, tolerance: float) -> bool:
-    """Is the epoch with ``key`` = (validation F-alpha, -validation loss) the new best?
-
-    F-alpha on a few dozen held-out picks moves in steps of one pick (~0.01-0.03) and
-    plateaus while the loss still falls; a strict maximum would keep the first lucky epoch
-    of the plateau, often a half-trained one (seen: epoch 13 of 25 kept with sparse picks,
-    F-alpha 0.747 against 0.739 at epoch 22, whose loss was 17 % lower). So an epoch wins
-    by a clearly higher F-alpha, or by a lower loss at an F-alpha within ``tolerance`` of
-    the best seen (``state.top_score``, this epoch's included). Without validation,
-    key = (-inf, -training loss): lowest loss wins."""
-    f = key[0]
-    if state.best_epoch is None or f > state.best_key[0] + tolerance:
-        return True
-    return f >= state.top_score - tolerance and key[1] > state.best_key[1]
-
-
-def _checkpoint(state: TrainState, mcfg: ModelConfig, classes: ClassTable, vs, config: TrainConfig,
-                out: tuple[ClassTable, int]) -> Checkpoint:
-    """The checkpoint of the best epoch so far: MP-NMS settings in the working grid's voxels,
-    the user's class table and voxel size, and the binning that leads from one to the other."""
-    user_classes, factor = out
-    post = nms_defaults(classes, config)
-    for name, (t, f) in state.best_nms.items():
-        post[name]["t_lm"] = float(t)
-        post[name]["min_fill"] = float(f)
-    return Checkpoint(
-        model=mcfg.to_dict(),
-        state_dict=state.best_state,
-        classes=copy.deepcopy(user_classes),
-        voxel_size=float(np.mean(vs)),
-        label_mode=config.label_mode,
-        normalisation={"method": "percentile", "lo": 0.5, "hi": 99.5, "lowpass": config.lowpass,
-                       "binning": int(factor)},
-        history=list(state.history),
-        train_config=config.to_dict(),
-        best_epoch=state.best_epoch,
-        best_score=state.best_score,
-        postprocess=post,
-    )

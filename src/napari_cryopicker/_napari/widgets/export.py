@@ -17,7 +17,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..controllers import FORMAT_LABELS, Exporter, write_formats
+from ..exporter import FORMAT_LABELS, Exporter, write_formats
 from ..messages import notify
 from ._common import PanelBase, hint_label, reports_errors
 

@@ -14,7 +14,8 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from ..controllers import CopickPanel, TomogramPanel
+from ..controllers import TomogramPanel
+from ..copick_panel import CopickPanel
 from ..messages import notify
 from ._common import PanelBase, hint_label, reports_errors
 
