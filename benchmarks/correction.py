@@ -7,8 +7,9 @@ and pick the next tomogram. For each seed, from the model and clicks of an earli
 `realistic.py` run (``--from TAG``, its `<TAG>_s<seed>.pt`):
 
 1. the model picks the training tomogram (seed 100 + s); the shown candidates (at or
-   above their class's threshold, none within a radius of a click, as the GUI shows them)
-   are ordered by ``core.doubt`` as the queue orders them;
+   above their class's threshold, none within a radius of a click, as the GUI shows them;
+   ``--queue all``: every candidate down to a score of 0.05) are ordered by
+   ``core.doubt`` as the queue orders them;
 2. a simulated user answers the first ``--answers`` of them from the truth (the
    interactive benchmark's `Annotator`: accept when a particle of that class is there,
    accept as the right class when another benchmark class is, reject otherwise; a
@@ -38,14 +39,16 @@ from interactive import Annotator
 from realistic import OUT, _pairs, clicks, print_table, realistic_sim, score
 
 
-def shown_candidates(res, user, classes):
-    """The predictions the Particles panel's queue holds, doubtful first."""
+def shown_candidates(res, user, classes, below: bool = False):
+    """The predictions the Particles panel's queue holds, doubtful first (``below``: every
+    candidate down to the score floor, the misses below the thresholds too)."""
     from napari_cryopicker.core.doubt import doubt
 
     cand = user.unknown(res.picks)
     th = {c: float(v) for c, v in (res.thresholds or {}).items()}
     names = cand.table["class_name"].to_numpy()
-    cand = cand.subset(cand.table["score"].to_numpy(float) >= np.array([th.get(c, 0.3) for c in names]))
+    if not below:
+        cand = cand.subset(cand.table["score"].to_numpy(float) >= np.array([th.get(c, 0.3) for c in names]))
     known = user.picks.zyx if len(user.picks) else None
     order = np.argsort(doubt(cand.zyx, cand.table["class_name"].to_numpy(), cand.table["score"].to_numpy(float),
                              th, classes, known), kind="stable")
@@ -75,8 +78,9 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
     tree = cKDTree(user.truth.zyx)
     user.clicked = {int(i) for i in tree.query(made.zyx)[1]}
     t0 = time.monotonic()
-    res = predict_picks(tomo, ckpt, PredictConfig(device=args.device))
-    queue = shown_candidates(res, user, classes)
+    below = args.queue == "all"
+    res = predict_picks(tomo, ckpt, PredictConfig(device=args.device, score_floor=0.05 if below else None))
+    queue = shown_candidates(res, user, classes, below)
     kinds = {"accepted": 0, "rejected": 0, "skipped": 0}  # accepted: as its class or as the right one
     n_before = len(user.picks)
     user.answer(queue, args.answers)
@@ -106,7 +110,7 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
     predict_s = time.monotonic() - t2
     save_checkpoint(tuned, OUT / f"{args.tag}_s{seed}.pt")
     out.picks.table.to_csv(OUT / f"{args.tag}_s{seed}_picks.csv", index=False)
-    return {"seed": seed, "from": args.source, "answers": args.answers, "answered": kinds,
+    return {"seed": seed, "from": args.source, "answers": args.answers, "answered": kinds, "queue_kind": args.queue,
             "queue": len(queue), "pick_train_seconds": round(pick_s, 1), "fine_tune_seconds": round(tune_s, 1),
             "predict_seconds": round(predict_s, 1), "best_epoch": tuned.best_epoch, "epochs": len(tuned.history),
             "scores": score(out.picks, seed, shape), "scores_before": before["scores"],
@@ -120,6 +124,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--answers", type=int, default=80, help="queue items the user answers (default 80)")
     ap.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (default 10)")
+    ap.add_argument("--queue", choices=("shown", "all"), default="shown",
+                    help="shown: the predictions at or above their threshold, as the Particles panel "
+                         "queues them (default); all: every candidate down to a score of 0.05")
     ap.add_argument("--per-class", type=int, default=40)
     ap.add_argument("--shape", default="200x512x512")
     ap.add_argument("--device", default="cpu")
@@ -127,7 +134,7 @@ def main(argv=None) -> int:
                     help="override a TrainConfig field of the fine-tuning")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args(argv)
-    args.tag = args.tag or f"{args.source}_corrected{args.answers}"
+    args.tag = args.tag or f"{args.source}_corrected{args.answers}" + ("_all" if args.queue == "all" else "")
     print("# command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
     print(f"# {C.machine()}")
     overrides = _pairs(args.sets)
