@@ -21,6 +21,25 @@ import argparse
 from pathlib import Path
 
 
+def _viewer_with(tomogram, model: str):
+    """A 1600x1000 napari window with every CryoPicker panel, ``tomogram`` open and the
+    model ``model`` loaded: (viewer, panels, session, checkpoint)."""
+    import napari
+
+    from napari_cryopicker._napari.session import get_session
+    from napari_cryopicker._napari.widgets.all_panels import dock_all
+    from napari_cryopicker.core.model import load_checkpoint
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1600, 1000)
+    panels = dock_all(viewer)
+    s = get_session(viewer)
+    viewer.open(str(tomogram), plugin="napari-cryopicker")
+    ck = load_checkpoint(model)
+    s.set_checkpoint(ck, model)
+    return viewer, panels, s, ck
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tomogram", default=None, help="the Particles panel shot: this tomogram")
@@ -39,22 +58,12 @@ def main() -> int:
         ap.error("give --tomogram (the Particles panel shot) or --project FOLDER")
     a.out = a.out or str(Path(__file__).parent / "images" / "particles.png")
 
-    import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_cryopicker._napari.session import get_session
-    from napari_cryopicker._napari.widgets.all_panels import dock_all
     from napari_cryopicker._napari.widgets.particles import ParticlesWidget
-    from napari_cryopicker.core.model import load_checkpoint
     from napari_cryopicker.core.predict import PredictConfig, predict_picks
 
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1600, 1000)
-    panels = dock_all(viewer)
-    s = get_session(viewer)
-    viewer.open(a.tomogram, plugin="napari-cryopicker")
-    ck = load_checkpoint(a.model)
-    s.set_checkpoint(ck, a.model)
+    viewer, panels, s, ck = _viewer_with(a.tomogram, a.model)
     res = predict_picks(s.tomogram, ck, PredictConfig(device="cpu", score_floor=0.05))
     for name, t in res.thresholds.items():
         s.thresholds[name] = float(t)
@@ -75,16 +84,12 @@ def main() -> int:
 def project_shot(a) -> int:
     import tempfile
 
-    import napari
     import pandas as pd
     from qtpy.QtWidgets import QApplication
 
     from napari_cryopicker._napari.project import project_for
-    from napari_cryopicker._napari.session import get_session
-    from napari_cryopicker._napari.widgets.all_panels import dock_all
     from napari_cryopicker._napari.widgets.project import ProjectWidget
     from napari_cryopicker.core.annotations import store_predictions
-    from napari_cryopicker.core.model import load_checkpoint
     from napari_cryopicker.core.picks import Picks
     from napari_cryopicker.core.predict import PredictConfig, predict_picks
     from napari_cryopicker.core.realistic import BENCHMARK_CLASSES
@@ -94,13 +99,7 @@ def project_shot(a) -> int:
     sources = sorted(Path(a.project).glob("real_*/tomogram.mrc"))
     for i, src in enumerate(sources):
         (job / f"TS_{i + 1:02d}.mrc").symlink_to(src.resolve())
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1600, 1000)
-    panels = dock_all(viewer)
-    s = get_session(viewer)
-    viewer.open(str(job / "TS_01.mrc"), plugin="napari-cryopicker")
-    ck = load_checkpoint(a.model)
-    s.set_checkpoint(ck, a.model)
+    viewer, panels, s, ck = _viewer_with(job / "TS_01.mrc", a.model)
     truth = pd.read_csv(sources[0].with_name("picks.csv"))
     for c in ck.classes:
         sel = truth[truth["class"] == c.name].head(40) if c.name in BENCHMARK_CLASSES else truth.iloc[:0]
@@ -131,15 +130,11 @@ def live_shot(a) -> int:
     import tempfile
     import time
 
-    import napari
     import pandas as pd
     from qtpy.QtWidgets import QApplication
 
-    from napari_cryopicker._napari.session import get_session
-    from napari_cryopicker._napari.widgets.all_panels import dock_all
     from napari_cryopicker._napari.widgets.particles import ParticlesWidget
     from napari_cryopicker._napari.widgets.training import TrainingWidget
-    from napari_cryopicker.core.model import load_checkpoint
     from napari_cryopicker.core.picks import Picks
     from napari_cryopicker.core.predict import PredictConfig, predict_picks
     from napari_cryopicker.core.realistic import BENCHMARK_CLASSES
@@ -147,13 +142,7 @@ def live_shot(a) -> int:
     src = Path(a.live) / "tomogram.mrc"
     job = Path(tempfile.mkdtemp(prefix="cryopicker-shot-"))
     (job / "TS_01.mrc").symlink_to(src.resolve())  # its annotation file stays out of the cache
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1600, 1000)
-    panels = dock_all(viewer)
-    s = get_session(viewer)
-    viewer.open(str(job / "TS_01.mrc"), plugin="napari-cryopicker")
-    ck = load_checkpoint(a.model)
-    s.set_checkpoint(ck, a.model)
+    viewer, panels, s, ck = _viewer_with(job / "TS_01.mrc", a.model)
     truth = pd.read_csv(src.with_name("picks.csv"))
     near = truth[(truth["z"] - 100).abs() < 20]
     for c in ck.classes:
