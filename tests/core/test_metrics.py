@@ -12,6 +12,7 @@ from napari_cryopicker.core.metrics import (
     CZII_RADII_A,
     CZII_WEIGHTS,
     Report,
+    counts_over_thresholds,
     czii_score,
     evaluate,
     f_alpha,
@@ -170,6 +171,38 @@ def test_per_tomogram_matching():
     # names missing on one side: match across the whole set
     r = evaluate(P([[0, 0, 1]], tomo=""), truth, TABLE)
     assert r.overall.tp == 1
+
+
+def test_counts_over_thresholds_equal_evaluate_on_each_subset():
+    """Validation's fast counts are evaluate()'s on every (score, fill) subset: crowded
+    random picks in two tomograms, a class with picks and no truth, one truth class the
+    picks never name, and a rejected row on each side."""
+    rng = np.random.default_rng(3)
+    table = ClassTable.parse(["a=10", "b=6", "c=8"])
+    tp_ = Picks.from_zyx(rng.uniform(0, 40, (60, 3)), class_name=rng.choice(["a", "c"], 60).tolist(),
+                         tomogram=rng.choice(["A", "B"], 60).tolist(), source="manual")
+    near = tp_.zyx[:45] + rng.normal(0, 2.5, (45, 3))
+    pred = Picks.from_zyx(np.vstack([near, rng.uniform(0, 40, (30, 3))]),
+                          class_name=tp_.table["class_name"].tolist()[:45] + rng.choice(["a", "b"], 30).tolist(),
+                          score=rng.uniform(0, 1, 75), source="predicted",
+                          tomogram=tp_.table["tomogram"].tolist()[:45] + rng.choice(["A", "B"], 30).tolist())
+    pred.table["fill"] = rng.uniform(0, 1, 75)
+    pred.table.loc[3, "source"] = "rejected"
+    tp_.table.loc[5, "source"] = "rejected"
+    grid, fills = (0.1, 0.3, 0.5, 0.9), (0.0, 0.4)
+    counts = counts_over_thresholds(pred, tp_, table, grid, fills)
+    seen = 0
+    for t in grid:
+        for f in fills:
+            keep = (pred.table["score"].to_numpy() >= t) & (pred.table["fill"].to_numpy() >= f)
+            rep = evaluate(pred.subset(keep), tp_, table)
+            for name in ("a", "b", "c"):
+                cs = rep.per_class.get(name)
+                assert counts.get(name, {}).get((t, f)) == (None if cs is None else (cs.tp, cs.fp, cs.fn))
+                seen += cs is not None and cs.tp > 0
+    assert seen >= 8  # matches happen: the comparison is not between empty sets
+    with pytest.raises(ValueError, match="'zz'"):
+        counts_over_thresholds(P([[0, 0, 0]], cls="zz"), P([[0, 0, 0]]), table, grid)
 
 
 def test_voxel_sizes_are_reconciled():

@@ -22,7 +22,7 @@ and a non-empty side scores 0. The scores and the report are in :mod:`.metrics_r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -47,6 +47,7 @@ __all__ = [
     "CZII_WEIGHTS",
     "ClassScore",
     "Report",
+    "counts_over_thresholds",
     "czii_score",
     "evaluate",
     "f_alpha",
@@ -269,6 +270,54 @@ def evaluate(
         dsum_all += dsum
     report.overall = ClassScore.from_counts("overall", tp_all, n_pred_all, n_true_all, beta, dsum_all)
     return report
+
+
+def counts_over_thresholds(
+    picks: Picks,
+    truth: Picks,
+    classes: ClassTable,
+    thresholds: Sequence[float],
+    fills: Sequence[float] = (0.0,),
+) -> dict[str, dict[tuple[float, float], tuple[int, int, int]]]:
+    """(TP, FP, FN) per class of the picks with ``score >= t`` and ``fill >= f``, for
+    every ``(t, f)`` of ``thresholds`` x ``fills``: what :func:`evaluate` counts on each
+    such subset (full radius, per tomogram), without building a table per subset.
+
+    Training validation scores 54 subsets per epoch; through :func:`evaluate` that cost
+    about 5 s of a 25-s epoch on the realistic benchmark, all in pandas. A class appears
+    at a ``(t, f)`` only when it has truth or picks there, as in :func:`evaluate`."""
+    pred = _same_voxel_size(_usable(picks), truth)
+    true = _usable(truth)
+    pz, tz = pred.zyx, true.zyx
+    pc, tc = pred.table["class_name"].to_numpy(), true.table["class_name"].to_numpy()
+    pt, tt = pred.table["tomogram"].astype(str).to_numpy(), true.table["tomogram"].astype(str).to_numpy()
+    score = pred.table["score"].to_numpy(dtype=float)
+    fill = pred.table["fill"].to_numpy(dtype=float) if "fill" in pred.table else np.ones(len(pred))
+    present = set(pc) | set(tc)
+    missing = sorted(n for n in present if n not in classes)
+    if missing:
+        raise ValueError(f"class {missing[0]!r} is not in the class table; add it with its diameter")
+    out: dict[str, dict[tuple[float, float], tuple[int, int, int]]] = {}
+    for c in classes:
+        if c.name not in present:
+            continue
+        pm, tm = pc == c.name, tc == c.name
+        names = list(dict.fromkeys(list(pt[pm]) + list(tt[tm])))
+        if not pm.any() or not tm.any() or "" in names:  # evaluate's rule: per tomogram only when all are named
+            groups = [(pm, tm)]
+        else:
+            groups = [(pm & (pt == n), tm & (tt == n)) for n in names]
+        n_true = int(tm.sum())
+        table = out.setdefault(c.name, {})
+        for t in thresholds:
+            for f in fills:
+                keep = (score >= t) & (fill >= f)
+                n_pred = int((pm & keep).sum())
+                if n_pred == 0 and n_true == 0:
+                    continue
+                tp = sum(len(match(pz[g & keep], tz[h], c.radius)[2]) for g, h in groups)
+                table[(t, f)] = (tp, n_pred - tp, n_true - tp)
+    return out
 
 
 def czii_score(

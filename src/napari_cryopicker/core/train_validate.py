@@ -22,7 +22,7 @@ def validate(net, vols, classes, config, device, crop, n_classes, weights, multi
 
     Returns (val_loss, f_alpha, best per-class t_lm dict).
     """
-    from .metrics import evaluate, fbeta
+    from .metrics import counts_over_thresholds, fbeta
     from .predict import PredictConfig, segment
 
     losses, labels, confs, truths, known = [], [], [], [], []
@@ -68,15 +68,7 @@ def validate(net, vols, classes, config, device, crop, n_classes, weights, multi
     pr_all = Picks.concat(found)
     tr = Picks.concat([t_.with_tomogram(f"v{i}") for i, t_ in enumerate(truths)])
     per_class_scores = {c.name: {} for c in classes}
-    fill = pr_all.table["fill"].to_numpy() if len(pr_all) else np.zeros(0)
-    for t in grid:
-        for f in FILL_GRID:
-            rep = evaluate(pr_all.subset((pr_all.table["score"].to_numpy() >= t) & (fill >= f)), tr, classes,
-                           beta=config.f_alpha)
-            for c in classes:
-                cs = rep.per_class.get(c.name)
-                if cs is not None:
-                    per_class_scores[c.name][(t, f)] = (cs.tp, cs.fp, cs.fn)
+    per_class_scores.update(counts_over_thresholds(pr_all, tr, classes, grid, FILL_GRID))
     best_t = {}
     tp = fp = fn = 0
     for c in classes:
