@@ -87,7 +87,7 @@ class TrainConfig:
     class_weights: str | Sequence[float] | None = "auto"
     lowpass: float = 0.0                     # Gaussian sigma (voxels) applied to the input
     augment: bool = True
-    rot90: bool = True                       # quarter turns about z too (False keeps the wedge about y: train_data._augment)
+    rot90: bool = False                      # quarter turns about z too (they turn the wedge about y into one about x: train_data._augment)
     amp: bool = True                         # mixed precision on CUDA
     tune_thresholds: bool = True             # pick MP-NMS t_lm per class on validation
     checkpoint_path: str | None = None       # save the best model here (atomically) after each better epoch

@@ -297,7 +297,7 @@ def _sample(v: _Volume, rng: np.random.Generator, crop, config: TrainConfig) -> 
     return [int(np.clip(int(s), 0, h)) for s, h in zip(start, hi)]
 
 
-def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, rot90: bool = True):
+def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, rot90: bool = False):
     """Flips about each axis, a quarter turn about z (``rot90``), contrast and noise.
 
     Every flip keeps a missing wedge about y where it is; a quarter turn about z turns it
