@@ -39,10 +39,11 @@ from interactive import Annotator
 from realistic import OUT, _pairs, clicks, print_table, realistic_sim, score
 
 
-def shown_candidates(res, user, classes, below: bool = False):
+def shown_candidates(res, user, classes, below: bool = False, data=None):
     """The predictions the Particles panel's queue holds, doubtful first (``below``: every
-    candidate down to the score floor, the misses below the thresholds too)."""
-    from napari_cryopicker.core.doubt import doubt
+    candidate down to the score floor, the misses below the thresholds too; ``data``: the
+    tomogram, to rank candidates unlike the clicks of their class early, as the panel does)."""
+    from napari_cryopicker.core.doubt import doubt, unlike_clicks
 
     cand = user.unknown(res.picks)
     th = {c: float(v) for c, v in (res.thresholds or {}).items()}
@@ -50,9 +51,14 @@ def shown_candidates(res, user, classes, below: bool = False):
     if not below:
         cand = cand.subset(cand.table["score"].to_numpy(float) >= np.array([th.get(c, 0.3) for c in names]))
     known = user.picks.zyx if len(user.picks) else None
+    unlike = None
+    if data is not None:
+        ok = user.picks.exclude_source("rejected")
+        unlike = unlike_clicks(data, cand.zyx, cand.table["class_name"].to_numpy(), ok.zyx,
+                               ok.table["class_name"].to_numpy(), classes)
     order = np.argsort(doubt(cand.zyx, cand.table["class_name"].to_numpy(), cand.table["score"].to_numpy(float),
-                             th, classes, known), kind="stable")
-    return cand.subset(order)
+                             th, classes, known, unlike=unlike), kind="stable")
+    return cand.take(order)
 
 
 def run_seed(args, seed: int, overrides: dict) -> dict:
@@ -80,7 +86,7 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
     t0 = time.monotonic()
     below = args.queue == "all"
     res = predict_picks(tomo, ckpt, PredictConfig(device=args.device, score_floor=0.05 if below else None))
-    queue = shown_candidates(res, user, classes, below)
+    queue = shown_candidates(res, user, classes, below, None if args.no_unlike else tomo.data)
     kinds = {"accepted": 0, "rejected": 0, "skipped": 0}  # accepted: as its class or as the right one
     n_before = len(user.picks)
     user.answer(queue, args.answers)
@@ -110,7 +116,7 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
     predict_s = time.monotonic() - t2
     save_checkpoint(tuned, OUT / f"{args.tag}_s{seed}.pt")
     out.picks.table.to_csv(OUT / f"{args.tag}_s{seed}_picks.csv", index=False)
-    return {"seed": seed, "from": args.source, "answers": args.answers, "answered": kinds, "queue_kind": args.queue,
+    return {"seed": seed, "from": args.source, "answers": args.answers, "answered": kinds, "queue_kind": args.queue, "unlike": not args.no_unlike,
             "queue": len(queue), "pick_train_seconds": round(pick_s, 1), "fine_tune_seconds": round(tune_s, 1),
             "predict_seconds": round(predict_s, 1), "best_epoch": tuned.best_epoch, "epochs": len(tuned.history),
             "scores": score(out.picks, seed, shape), "scores_before": before["scores"],
@@ -127,6 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--queue", choices=("shown", "all"), default="shown",
                     help="shown: the predictions at or above their threshold, as the Particles panel "
                          "queues them (default); all: every candidate down to a score of 0.05")
+    ap.add_argument("--no-unlike", action="store_true",
+                    help="order the queue without core.doubt.unlike_clicks (as before session 12)")
     ap.add_argument("--per-class", type=int, default=40)
     ap.add_argument("--shape", default="200x512x512")
     ap.add_argument("--device", default="cpu")

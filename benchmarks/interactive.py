@@ -218,7 +218,7 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
         th = {c: float(v) for c, v in (res.thresholds or {}).items()}
         order = np.argsort(doubt(sug.zyx, sug.table["class_name"].to_numpy(), sug.table["score"].to_numpy(float),
                                  th, classes, known), kind="stable")
-        shown = sug.subset(order)
+        shown = sug.take(order)
         answered = user.answer(shown, args.answers)
         clicked = user.click(args.clicks, user.missed(sug.subset(sug.table["score"].to_numpy() >= np.array(
             [th.get(c, 0.3) for c in sug.table["class_name"]]))))

@@ -22,6 +22,15 @@ def test_select_exclude_and_inside():
     assert p.inside((10, 10, 10)).tolist() == [True, True, False, False]
 
 
+def test_subset_takes_a_mask_and_take_takes_row_numbers_in_order():
+    p = Picks.from_zyx([[0, 0, 0], [1, 1, 1], [2, 2, 2]], class_name=["a", "b", "c"], voxel_size=5)
+    assert p.subset(np.array([True, False, True])).class_names == ["a", "c"]
+    assert p.take([2, 0, 1]).class_names == ["c", "a", "b"] and p.take([2, 0]).voxel_size == 5.0
+    # an order cast to booleans would keep rows 1 and 2 in the old order, silently
+    with pytest.raises(TypeError, match="take"):
+        p.subset(np.argsort([3, 1, 2]))
+
+
 def test_rescale_keeps_physical_positions_and_concat_guards_voxel_size():
     p = Picks.from_zyx([[10, 20, 30]], voxel_size=10.0)
     q = p.rescaled(5.0)
