@@ -244,3 +244,38 @@ def test_an_answer_goes_to_the_particle_on_screen_after_other_edits(reviewed, vi
     qtbot.keyClick(viewer.window._qt_viewer.canvas.native, "g")
     got = sorted(map(tuple, s.annotations().select(class_name="proteasome").zyx.tolist()))
     assert got == [(10, 16, 16), (25, 10, 50)]
+
+
+def test_doubtful_first_puts_candidates_unlike_the_clicks_early(viewer, tmp_path):
+    """Seven clicked solid balls; six predictions of the class at one score, three on solid
+    balls and three on hollow shells of the same size (what a few-click network calls the
+    same class). The shells come first in the doubtful-first queue: the tomogram's density
+    around each candidate is compared with the clicks' (core.doubt.unlike_clicks)."""
+    from napari_cryopicker._napari.session import get_session
+    from napari_cryopicker._napari.widgets.particles import ParticlesWidget
+    from napari_cryopicker.core.tomogram import write_tomogram
+
+    rng = np.random.default_rng(2)
+    shape = (24, 96, 96)
+    g = np.indices(shape).reshape(3, -1).T
+    vol = rng.normal(0, 0.3, shape).astype(np.float32)
+    centres = [(12, y, x) for y in range(12, 96, 24) for x in range(12, 96, 24)]  # 16 sites
+    clicks, solid, hollow = centres[:7], centres[7:10], centres[10:13]
+    for c in clicks + solid + hollow:
+        d = np.linalg.norm(g - np.asarray(c), axis=1).reshape(shape)
+        vol[(d <= 5) & ((d >= 3.5) if c in hollow else True)] -= 1.0
+    s = get_session(viewer)
+    viewer.open(str(write_tomogram(tmp_path / "balls.mrc", vol, VOXEL)), plugin="napari-cryopicker")
+    s.add_class("ribosome", 10)
+    for c in clicks:
+        s.add_pick(c, "ribosome")
+    s.set_predictions(Picks.from_zyx(solid + hollow, class_name="ribosome", score=0.8, voxel_size=VOXEL),
+                      skip_known=False)
+    s.thresholds.update({"ribosome": 0.5})
+    w = dock(viewer, ParticlesWidget)
+    w.order.setCurrentText("doubtful first")
+    q = w.review.candidates()
+    first = {tuple(int(v) for v in r) for r in q[["z", "y", "x"]].to_numpy()[:3]}
+    assert first == set(hollow), q
+    w.order.setCurrentText("best first")  # equal scores: by class, then z, y, x
+    assert {tuple(int(v) for v in r) for r in w.review.candidates()[["z", "y", "x"]].to_numpy()[:3]} != set(hollow)

@@ -46,6 +46,7 @@ class ParticleReview:
         self.session = session
         self.current: Row | None = None
         self.order = "best first"
+        self._profiles: tuple = (None, {})  # (tomogram, doubt.shell_profiles' cache)
 
     # ------------------------------------------------------------------ rows
     def rows(self) -> pd.DataFrame:
@@ -85,16 +86,24 @@ class ParticleReview:
         """The review queue: the shown predictions, best score first, or (``order`` "doubtful
         first") those where an answer tells the model most first (:func:`..core.doubt.doubt`:
         near their class's threshold, with a rival of another class on them, far from every
-        click and rejection; ties: class, z, y, x)."""
+        click and rejection, unlike the clicks of their class; ties: class, z, y, x)."""
         r = self.rows()
         known = r.loc[r["kind"] != "prediction", ["z", "y", "x"]].to_numpy(float)
+        clicks = r[r["kind"] == "pick"]
         r = r[r["kind"] == "prediction"].copy()
         if self.order == "doubtful first":
-            from ..core.doubt import doubt
+            from ..core.doubt import doubt, unlike_clicks
 
             s = self.session
-            r["_key"] = doubt(r[["z", "y", "x"]].to_numpy(float), r["class"].to_numpy(), r["score"].to_numpy(float),
-                              s.thresholds, s.classes, known, s.default_threshold)
+            zyx = r[["z", "y", "x"]].to_numpy(float)
+            unlike = None
+            if s.tomogram is not None and len(r):
+                if self._profiles[0] is not s.tomogram:  # cubes read once per tomogram
+                    self._profiles = (s.tomogram, {})
+                unlike = unlike_clicks(s.tomogram.data, zyx, r["class"].to_numpy(), clicks[["z", "y", "x"]].to_numpy(float),
+                                       clicks["class"].to_numpy(), s.classes, cache=self._profiles[1])
+            r["_key"] = doubt(zyx, r["class"].to_numpy(), r["score"].to_numpy(float),
+                              s.thresholds, s.classes, known, s.default_threshold, unlike=unlike)
             ascending = True
         else:
             r["_key"] = r["score"]

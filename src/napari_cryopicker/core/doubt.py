@@ -64,12 +64,13 @@ def doubt(zyx: np.ndarray, classes: np.ndarray, scores: np.ndarray, thresholds: 
     return out
 
 
-def shell_profiles(data, zyx: np.ndarray, radius: int) -> np.ndarray:
+def shell_profiles(data, zyx: np.ndarray, radius: int, cache: dict | None = None) -> np.ndarray:
     """A description of the density around each position that does not change when the
     particle turns: the mean and the spread of the voxels in each 1-voxel shell from the
     centre out to ``radius`` (``2 * (radius + 1)`` numbers per position). ``data``: a
     (z, y, x) array or memory map; only a cube around each position is read, mirrored at
-    the edges."""
+    the edges. ``cache``: a dict kept between calls on the same ``data`` (keyed by radius and
+    voxel), so that a queue ordered again after each answer reads each cube once."""
     r_ = int(radius)
     g = np.mgrid[-r_:r_ + 1, -r_:r_ + 1, -r_:r_ + 1]
     shell = np.sqrt((g ** 2).sum(0)).round().astype(np.int64).ravel()
@@ -80,6 +81,10 @@ def shell_profiles(data, zyx: np.ndarray, radius: int) -> np.ndarray:
     shape = np.asarray(data.shape)
     for n, c in enumerate(np.rint(np.asarray(zyx, float).reshape(-1, 3)).astype(np.int64)):
         c = np.clip(c, 0, shape - 1)
+        key = (r_, *map(int, c))
+        if cache is not None and key in cache:
+            out[n] = cache[key]
+            continue
         lo, hi = np.maximum(c - r_, 0), np.minimum(c + r_ + 1, shape)
         cube = np.asarray(data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float64)
         pad = [(int(a - b), int(d - e)) for a, b, d, e in zip(lo, c - r_, c + r_ + 1, hi)]
@@ -89,16 +94,19 @@ def shell_profiles(data, zyx: np.ndarray, radius: int) -> np.ndarray:
         mean = np.bincount(shell, v, r_ + 1) / count
         out[n, : r_ + 1] = mean
         out[n, r_ + 1:] = np.sqrt(np.maximum(np.bincount(shell, v * v, r_ + 1) / count - mean ** 2, 0.0))
+        if cache is not None:
+            cache[key] = out[n].copy()
     return out
 
 
 def unlike_clicks(data, zyx: np.ndarray, classes: np.ndarray, clicks_zyx: np.ndarray, click_classes: np.ndarray,
-                  table: ClassTable, k: int = 5) -> np.ndarray:
+                  table: ClassTable, k: int = 5, cache: dict | None = None) -> np.ndarray:
     """How unlike the clicked particles of its class each candidate looks, 0 (as alike as
     the clicks are to each other) to 1 (twice as far), from :func:`shell_profiles` over
     the class radius plus 2 voxels: the mean standardised distance to its ``k`` nearest
     clicks, over the 90th percentile of the same for each click among the others. 0 for
-    a class with fewer than ``k + 2`` clicks. All positions in voxels of ``data``."""
+    a class with fewer than ``k + 2`` clicks. All positions in voxels of ``data``;
+    ``cache``: as in :func:`shell_profiles`."""
     zyx = np.asarray(zyx, float).reshape(-1, 3)
     classes = np.asarray(classes).astype(str)
     clicks_zyx = np.asarray(clicks_zyx, float).reshape(-1, 3)
@@ -109,10 +117,10 @@ def unlike_clicks(data, zyx: np.ndarray, classes: np.ndarray, clicks_zyx: np.nda
         if name not in table or ref.sum() < k + 2:
             continue
         radius = int(round(table[name].diameter / 2)) + 2
-        f_ref = shell_profiles(data, clicks_zyx[ref], radius)
+        f_ref = shell_profiles(data, clicks_zyx[ref], radius, cache)
         mu, sd = f_ref.mean(0), f_ref.std(0) + 1e-6
         z_ref = (f_ref - mu) / sd
-        z = (shell_profiles(data, zyx[mine], radius) - mu) / sd
+        z = (shell_profiles(data, zyx[mine], radius, cache) - mu) / sd
         near = np.sort(((z[:, None, :] - z_ref[None]) ** 2).sum(-1), axis=1)[:, :k].mean(1)
         own = ((z_ref[:, None, :] - z_ref[None]) ** 2).sum(-1)
         own = np.sort(own, axis=1)[:, 1:k + 1].mean(1)  # each click among the others (itself left out)
