@@ -100,8 +100,9 @@ class ParticleReview:
             if s.tomogram is not None and len(r):
                 if self._profiles[0] is not s.tomogram:  # cubes read once per tomogram
                     self._profiles = (s.tomogram, {})
-                unlike = unlike_clicks(s.tomogram.data, zyx, r["class"].to_numpy(), clicks[["z", "y", "x"]].to_numpy(float),
-                                       clicks["class"].to_numpy(), s.classes, cache=self._profiles[1])
+                unlike = unlike_clicks(s.tomogram.data, zyx, r["class"].to_numpy(),
+                                       clicks[["z", "y", "x"]].to_numpy(float), clicks["class"].to_numpy(),
+                                       s.classes, cache=self._profiles[1])
             r["_key"] = doubt(zyx, r["class"].to_numpy(), r["score"].to_numpy(float),
                               s.thresholds, s.classes, known, s.default_threshold, unlike=unlike)
             ascending = True
