@@ -97,7 +97,9 @@ class ParticleReview:
             s = self.session
             zyx = r[["z", "y", "x"]].to_numpy(float)
             unlike = None
-            if s.tomogram is not None and len(r):
+            # only an in-memory or memory-mapped volume: each candidate's cube is read on the GUI
+            # thread (~0.2 s for 500), which chunked (OME-Zarr, dask) storage would make seconds
+            if s.tomogram is not None and len(r) and isinstance(s.tomogram.data, np.ndarray):
                 if self._profiles[0] is not s.tomogram:  # cubes read once per tomogram
                     self._profiles = (s.tomogram, {})
                 unlike = unlike_clicks(s.tomogram.data, zyx, r["class"].to_numpy(),
