@@ -42,7 +42,8 @@ from realistic import OUT, _pairs, clicks, print_table, realistic_sim, score
 def shown_candidates(res, user, classes, below: bool = False, data=None):
     """The predictions the Particles panel's queue holds, doubtful first (``below``: every
     candidate down to the score floor, the misses below the thresholds too; ``data``: the
-    tomogram, to rank candidates unlike the clicks of their class early, as the panel does)."""
+    tomogram, to rank candidates unlike the clicks of their class early, as the panel's
+    "unlike the clicks first" does)."""
     from napari_cryopicker.core.doubt import doubt, unlike_clicks
 
     cand = user.unknown(res.picks)
@@ -86,7 +87,7 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
     t0 = time.monotonic()
     below = args.queue == "all"
     res = predict_picks(tomo, ckpt, PredictConfig(device=args.device, score_floor=0.05 if below else None))
-    queue = shown_candidates(res, user, classes, below, None if args.no_unlike else tomo.data)
+    queue = shown_candidates(res, user, classes, below, tomo.data if args.unlike else None)
     kinds = {"accepted": 0, "rejected": 0, "skipped": 0}  # accepted: as its class or as the right one
     n_before = len(user.picks)
     user.answer(queue, args.answers)
@@ -116,7 +117,8 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
     predict_s = time.monotonic() - t2
     save_checkpoint(tuned, OUT / f"{args.tag}_s{seed}.pt")
     out.picks.table.to_csv(OUT / f"{args.tag}_s{seed}_picks.csv", index=False)
-    return {"seed": seed, "from": args.source, "answers": args.answers, "answered": kinds, "queue_kind": args.queue, "unlike": not args.no_unlike,
+    return {"seed": seed, "from": args.source, "answers": args.answers, "answered": kinds, "queue_kind": args.queue,
+            "unlike": bool(args.unlike),
             "queue": len(queue), "pick_train_seconds": round(pick_s, 1), "fine_tune_seconds": round(tune_s, 1),
             "predict_seconds": round(predict_s, 1), "best_epoch": tuned.best_epoch, "epochs": len(tuned.history),
             "scores": score(out.picks, seed, shape), "scores_before": before["scores"],
@@ -133,8 +135,9 @@ def main(argv=None) -> int:
     ap.add_argument("--queue", choices=("shown", "all"), default="shown",
                     help="shown: the predictions at or above their threshold, as the Particles panel "
                          "queues them (default); all: every candidate down to a score of 0.05")
-    ap.add_argument("--no-unlike", action="store_true",
-                    help="order the queue without core.doubt.unlike_clicks (as before session 12)")
+    ap.add_argument("--unlike", action="store_true",
+                    help="order the queue as the Particles panel's 'unlike the clicks first' "
+                         "(core.doubt.unlike_clicks); default: its 'doubtful first'")
     ap.add_argument("--per-class", type=int, default=40)
     ap.add_argument("--shape", default="200x512x512")
     ap.add_argument("--device", default="cpu")

@@ -246,11 +246,12 @@ def test_an_answer_goes_to_the_particle_on_screen_after_other_edits(reviewed, vi
     assert got == [(10, 16, 16), (25, 10, 50)]
 
 
-def test_doubtful_first_puts_candidates_unlike_the_clicks_early(viewer, tmp_path):
+def test_unlike_the_clicks_first_puts_the_odd_candidates_first(viewer, tmp_path):
     """Seven clicked solid balls; six predictions of the class at one score, three on solid
     balls and three on hollow shells of the same size (what a few-click network calls the
-    same class). The shells come first in the doubtful-first queue: the tomogram's density
-    around each candidate is compared with the clicks' (core.doubt.unlike_clicks)."""
+    same class). The shells come first in the "unlike the clicks first" queue: the
+    tomogram's density around each candidate is compared with the clicks'
+    (core.doubt.unlike_clicks). Neither of the other orders looks at the density."""
     from napari_cryopicker._napari.session import get_session
     from napari_cryopicker._napari.widgets.particles import ParticlesWidget
     from napari_cryopicker.core.tomogram import write_tomogram
@@ -273,9 +274,10 @@ def test_doubtful_first_puts_candidates_unlike_the_clicks_early(viewer, tmp_path
                       skip_known=False)
     s.thresholds.update({"ribosome": 0.5})
     w = dock(viewer, ParticlesWidget)
-    w.order.setCurrentText("doubtful first")
+    w.order.setCurrentText("unlike the clicks first")
     q = w.review.candidates()
     first = {tuple(int(v) for v in r) for r in q[["z", "y", "x"]].to_numpy()[:3]}
     assert first == set(hollow), q
-    w.order.setCurrentText("best first")  # equal scores: by class, then z, y, x
-    assert {tuple(int(v) for v in r) for r in w.review.candidates()[["z", "y", "x"]].to_numpy()[:3]} != set(hollow)
+    for order in ("best first", "doubtful first"):  # equal scores and novelty: by class, then z, y, x
+        w.order.setCurrentText(order)
+        assert {tuple(int(v) for v in r) for r in w.review.candidates()[["z", "y", "x"]].to_numpy()[:3]} == set(solid)

@@ -40,7 +40,10 @@ class Row:
 class ParticleReview:
     """Rows of every pick / shown prediction / rejection, and a cursor over the candidates."""
 
-    ORDERS = ("best first", "doubtful first")
+    # "unlike the clicks first" is doubtful first plus core.doubt.unlike_clicks: on the
+    # realistic benchmark its first 80 answers held 66-73 wrong picks against 46-60, but a
+    # round of fine-tuning on them did no better (benchmarks/README.md, session 12)
+    ORDERS = ("best first", "doubtful first", "unlike the clicks first")
 
     def __init__(self, session: PickingSession):
         self.session = session
@@ -86,12 +89,14 @@ class ParticleReview:
         """The review queue: the shown predictions, best score first, or (``order`` "doubtful
         first") those where an answer tells the model most first (:func:`..core.doubt.doubt`:
         near their class's threshold, with a rival of another class on them, far from every
-        click and rejection, unlike the clicks of their class; ties: class, z, y, x)."""
+        click and rejection), or ("unlike the clicks first") those ranked so and, above all,
+        unlike the clicks of their class (:func:`..core.doubt.unlike_clicks`); ties: class,
+        z, y, x."""
         r = self.rows()
         known = r.loc[r["kind"] != "prediction", ["z", "y", "x"]].to_numpy(float)
         clicks = r[r["kind"] == "pick"]
         r = r[r["kind"] == "prediction"].copy()
-        if self.order == "doubtful first":
+        if self.order in ("doubtful first", "unlike the clicks first"):
             from ..core.doubt import doubt, unlike_clicks
 
             s = self.session
@@ -99,7 +104,8 @@ class ParticleReview:
             unlike = None
             # only an in-memory or memory-mapped volume: each candidate's cube is read on the GUI
             # thread (~0.2 s for 500), which chunked (OME-Zarr, dask) storage would make seconds
-            if s.tomogram is not None and len(r) and isinstance(s.tomogram.data, np.ndarray):
+            if (self.order == "unlike the clicks first" and s.tomogram is not None and len(r)
+                    and isinstance(s.tomogram.data, np.ndarray)):
                 if self._profiles[0] is not s.tomogram:  # cubes read once per tomogram
                     self._profiles = (s.tomogram, {})
                 unlike = unlike_clicks(s.tomogram.data, zyx, r["class"].to_numpy(),

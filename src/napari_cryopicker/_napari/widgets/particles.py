@@ -209,7 +209,9 @@ class ParticlesWidget(PanelBase):
         self.order = QComboBox()
         self.order.addItems(list(ParticleReview.ORDERS))
         self.order.setToolTip("best first: the surest predictions first; doubtful first: those scoring nearest "
-                              "their class's threshold, where an answer teaches the model most")
+                              "their class's threshold, where an answer teaches the model most; unlike the clicks "
+                              "first: those that look least like the particles you clicked of their class, where "
+                              "the wrong picks are (to clean a list fast)")
         r.addWidget(self.order)
         row = QHBoxLayout()
         self.btn_prev = QPushButton("< Back (B)")
