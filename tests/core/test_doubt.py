@@ -63,7 +63,8 @@ def test_shell_profiles_do_not_change_when_the_particle_turns():
 def test_unlike_clicks_finds_the_candidates_that_do_not_look_like_the_clicks():
     """Clicked solid balls; candidates that are solid balls too, and hollow shells of the
     same size that a network might call the same class. The shells are unlike, the balls not,
-    and the doubtful-first order puts the shells before the balls at equal scores."""
+    and doubt() with the term (the panel's "unlike the clicks first") puts the shells before
+    the balls at equal scores."""
     from napari_cryopicker.core.doubt import UNLIKE, unlike_clicks
 
     rng = np.random.default_rng(1)
