@@ -165,3 +165,25 @@ def test_atomic_output_honours_the_umask(tmp_path):
         assert (tmp_path / "group.json").stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
+
+
+def test_one_channel_shortcut_is_the_convolution_it_replaces():
+    """The first block's 1x1x1 shortcut from one channel is computed as a product: the same
+    output and gradients as the convolution, and the same state dict."""
+    from napari_cryopicker.core.model import _ChannelScale
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(1, 8, 1, bias=False)
+    fast = _ChannelScale(1, 8, 1, bias=False)
+    fast.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 1, 8, 8, 8).contiguous(memory_format=torch.channels_last_3d)
+    g = torch.randn(2, 8, 8, 8, 8)
+    (conv(x) * g).sum().backward()
+    (fast(x) * g).sum().backward()
+    torch.testing.assert_close(fast(x), conv(x))
+    torch.testing.assert_close(fast.weight.grad, conv.weight.grad)
+    net = ResUNet(ModelConfig(n_classes=2, f_maps=(8, 16), coord_conv=False))  # training's default
+    assert isinstance(net.enc[0][0].short, _ChannelScale)
+    assert net.state_dict()["enc.0.0.short.weight"].shape == (8, 1, 1, 1, 1)
+    with_coords = ResUNet(ModelConfig(n_classes=2, f_maps=(8, 16), coord_conv=True))  # 4 input channels
+    assert type(with_coords.enc[0][0].short) is torch.nn.Conv3d

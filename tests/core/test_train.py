@@ -541,3 +541,28 @@ def test_augment_without_quarter_turns_keeps_the_wedge_axis():
         turned += not any(np.array_equal(ya, f) for f in flips)
         same += np.array_equal(ya, yb) and np.allclose(xa, xb)
     assert turned >= 10 and same >= 10  # the default turns by quarters; half the draws agree
+
+
+def test_crop_labels_equal_the_labels_of_the_picks_in_the_crop(small_sim):
+    """Training builds a crop's labels from arrays (no Picks table per crop): the same
+    voxels as make_labels on the picks near the crop, rejections included."""
+    from napari_cryopicker.core.labels import make_labels
+    from napari_cryopicker.core.train_data import NEGATIVE, _crop_labels, _prepare, label_diameters
+
+    tomo, sim = small_sim
+    picks = sim.picks.copy()
+    picks.table.loc[picks.table.index[::4], "source"] = "rejected"  # every fourth pick a rejection
+    cfg = TrainConfig(**TINY)
+    v = _prepare([tomo], [picks], sim.classes, cfg, (32, 64, 64))[0]
+    diam = label_diameters(sim.classes, cfg)
+    rng = np.random.default_rng(3)
+    nonzero = 0
+    for _ in range(6):
+        start = [int(rng.integers(0, max(1, n - c))) for n, c in zip(tomo.shape, (32, 64, 64))]
+        for neg in (0, NEGATIVE):
+            got = _crop_labels(v, start, (32, 64, 64), sim.classes, cfg, negatives=neg)
+            want = make_labels((32, 64, 64), v.picks, sim.classes, cfg.label_mode, diam, origin=start,
+                               rejected=neg)
+            np.testing.assert_array_equal(got, want)
+            nonzero += int((got > 0).sum())
+    assert nonzero > 0

@@ -88,15 +88,37 @@ def make_labels(
     ``rejected`` is the label of the balls of rejected picks (explicit background, 0 unless
     the caller wants to tell them apart from plain background).
     """
+    if len(picks) == 0:
+        return np.full(tuple(int(s) for s in shape), background, dtype=np.uint8)
+    t = picks.table
+    return labels_from_arrays(shape, np.rint(picks.zyx).astype(np.int64), t["class_name"].to_numpy(dtype=object),
+                              (t["source"] == "rejected").to_numpy(), classes, mode, diameter, origin,
+                              background, rejected)
+
+
+def labels_from_arrays(
+    shape: Sequence[int],
+    centres: np.ndarray,
+    names: np.ndarray,
+    is_rejected: np.ndarray,
+    classes: ClassTable,
+    mode: str = "tball",
+    diameter: float | dict[str, float] | None = None,
+    origin: Sequence[int] = (0, 0, 0),
+    background: int = 0,
+    rejected: int = 0,
+) -> np.ndarray:
+    """:func:`make_labels` from arrays: integer voxel ``centres`` (n, 3) in the tomogram,
+    their class ``names`` and ``is_rejected`` flags. Training builds a crop's labels this
+    way, without a :class:`Picks` table per crop (whose checks cost more than the labels)."""
     shape = tuple(int(s) for s in shape)
     labels = np.full(shape, background, dtype=np.uint8)
-    if len(picks) == 0:
+    if len(centres) == 0:
         return labels
     best = np.full(shape, np.inf, dtype=np.float32)
-    t = picks.table
-    centres = np.rint(picks.zyx).astype(np.int64) - np.asarray(origin, dtype=np.int64)[None, :]
-    names = t["class_name"].to_numpy(dtype=object, copy=True)
-    is_rejected = (t["source"] == "rejected").to_numpy(copy=True)
+    centres = np.asarray(centres, dtype=np.int64).reshape(-1, 3) - np.asarray(origin, dtype=np.int64)[None, :]
+    names = np.array(names, dtype=object, copy=True)
+    is_rejected = np.array(is_rejected, dtype=bool, copy=True)
     shp = np.asarray(shape)
     unknown = sorted({n for n, rej in zip(names, is_rejected) if not rej and n not in classes})
     if unknown:

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from .classes import ClassTable
 from .errors import CryoPickerError
-from .labels import IGNORE, make_labels
+from .labels import IGNORE, labels_from_arrays
 from .picks import Picks
 from .tomogram import Tomogram, normalise, robust_normalisation
 
@@ -167,8 +167,10 @@ def _crop_labels(v: _Volume, start, crop, classes, config: TrainConfig, negative
     lo = np.asarray(start) - rmax
     hi = np.asarray(start) + np.asarray(crop) + rmax
     m = np.all((v.zyx >= lo) & (v.zyx < hi), axis=1) if len(v.zyx) else np.zeros(0, bool)
-    labels = make_labels(crop, v.picks.subset(m), classes, config.label_mode, diam, origin=start,
-                         rejected=negatives)
+    t = v.picks.table
+    labels = labels_from_arrays(crop, v.zyx[m], t["class_name"].to_numpy(dtype=object)[m],
+                                (t["source"] == "rejected").to_numpy()[m], classes, config.label_mode, diam,
+                                origin=start, rejected=negatives)
     if config.unlabelled_weight < 1.0:
         _mark_far_background(labels, v, start, classes, config)
     return labels
