@@ -8,9 +8,11 @@ Every epoch records (seconds since the start, epoch, train loss, val loss, val F
 F-alpha with alpha = 3 (called ``val_f1`` in the record). After training, the best
 checkpoint picks a separate simulated test tomogram and its F1 per class is printed.
 
-In-process ratio: before training, the speed of one training step (forward, backward,
-AdamW; batch 4 of 48^3 crops) as train_model does it (channels_last_3d) is compared with
-the plain way (contiguous NCDHW), alternated in this process.
+In-process ratios: before training, the speed of one training step (forward, backward,
+AdamW; batch 4 of 48^3 crops) as train_model does it (channels_last_3d, the first block's
+one-channel shortcut computed as a product) is compared with the plain way (contiguous
+NCDHW) and with that shortcut as the 1x1x1 convolution it replaces, alternated in this
+process.
 
 The best checkpoint is saved to benchmarks/.cache/model.pt, where inference.py,
 postprocess.py and scaling.py find it.
@@ -26,8 +28,9 @@ import time
 import _common as C  # noqa: E402  (sets sys.path)
 
 
-def step_speed(n_classes: int, steps: int = 2, patch: int = 48, batch: int = 4, device: str = "cpu") -> dict:
-    """Seconds per training step, channels_last_3d (as train_model) vs contiguous."""
+def step_speed(n_classes: int, steps: int = 8, patch: int = 48, batch: int = 4, device: str = "cpu") -> dict:
+    """Seconds per training step: as train_model runs it (channels_last_3d), the plain
+    contiguous layout, and channels_last with the first shortcut as a Conv3d."""
     import numpy as np
     import torch
 
@@ -40,18 +43,23 @@ def step_speed(n_classes: int, steps: int = 2, patch: int = 48, batch: int = 4, 
     x0 = torch.from_numpy(rng.standard_normal((batch, 1, patch, patch, patch), dtype=np.float32)).to(device)
     y = torch.from_numpy(rng.integers(0, n_classes + 1, (batch, patch, patch, patch))).to(device)
     w = torch.ones(n_classes + 1, device=device)
-    out = {"channels_last": [], "contiguous": []}
+    out = {"channels_last": [], "contiguous": [], "conv_shortcut": []}
     nets = {}
     for name in out:
         torch.manual_seed(0)
         net = ResUNet(mc).train().to(device)
-        if name == "channels_last":
+        if name == "conv_shortcut" and not mc.coord_conv:
+            first = net.enc[0][0]
+            conv = torch.nn.Conv3d(1, first.short.out_channels, 1, bias=False).to(device)
+            conv.load_state_dict(first.short.state_dict())
+            first.short = conv
+        if name != "contiguous":
             net = net.to(memory_format=torch.channels_last_3d)
         nets[name] = (net, torch.optim.AdamW(net.parameters(), lr=1e-3))
 
     def one(name):
         net, opt = nets[name]
-        x = x0.contiguous(memory_format=torch.channels_last_3d) if name == "channels_last" else x0
+        x = x0 if name == "contiguous" else x0.contiguous(memory_format=torch.channels_last_3d)
         t = time.perf_counter()
         loss = loss_fn(net(x), y, n_classes, w, cfg)
         opt.zero_grad(set_to_none=True)
@@ -99,9 +107,10 @@ def main() -> None:
           f"{len(picks)} training picks ({', '.join(f'{k} {v}' for k, v in picks.counts().items())})")
 
     sp = step_speed(len(classes), device=a.device)
-    print(f"# training step (batch 4 x 48^3, fwd+bwd+AdamW), median of 2 after a warm-up, alternated in this process: "
+    print(f"# training step (batch 4 x 48^3, fwd+bwd+AdamW), median of 8 after a warm-up, alternated in this process: "
           f"channels_last {sp['channels_last']:.2f} s, contiguous (plain) {sp['contiguous']:.2f} s -> "
-          f"ratio plain/ours = {sp['contiguous'] / sp['channels_last']:.2f}x")
+          f"ratio plain/ours = {sp['contiguous'] / sp['channels_last']:.2f}x; the first shortcut as a 1x1x1 "
+          f"convolution {sp['conv_shortcut']:.2f} s -> ratio {sp['conv_shortcut'] / sp['channels_last']:.2f}x")
 
     cfg = TrainConfig(epochs=a.epochs, time_limit=a.time_limit, device=a.device, seed=a.seed)
     from napari_cryopicker.core.model import ModelConfig

@@ -566,3 +566,35 @@ def test_crop_labels_equal_the_labels_of_the_picks_in_the_crop(small_sim):
             np.testing.assert_array_equal(got, want)
             nonzero += int((got > 0).sum())
     assert nonzero > 0
+
+
+def test_validation_runs_a_copy_made_ready_for_inference_and_leaves_the_network_as_it_was(small_sim, monkeypatch):
+    """validate() scores a copy with batch norm folded and oneDNN convolutions (as
+    predict_picks runs a network): the same loss, score and thresholds as the network
+    itself, which is left unchanged for the next epoch's training."""
+    import napari_cryopicker.core.train_validate as V
+    from napari_cryopicker.core.train_data import _prepare
+
+    tomo, sim = small_sim
+    cfg = TrainConfig(**{**TINY, "val_fraction": 0.3})
+    vols = _prepare([tomo], [sim.picks], sim.classes, cfg, (32, 32, 32))
+    assert any(v.val_region is not None for v in vols)
+    torch.manual_seed(0)
+    n = len(sim.classes)
+    net = ResUNet(ModelConfig(n_classes=n, f_maps=cfg.f_maps, coord_conv=False)).train()
+    with torch.no_grad():  # batch-norm statistics that are not the identity, so folding matters
+        for _ in range(3):
+            net(torch.randn(2, 1, 32, 32, 32) * 2 + 0.5)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    args = (vols, sim.classes, cfg, torch.device("cpu"), (32, 32, 32), n, torch.ones(n + 1), 4,
+            [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    prepared = V.validate(net, *args)
+    monkeypatch.setattr(V, "prepare_for_inference", lambda m, device: m)
+    plain = V.validate(net, *args)
+    assert prepared[0] == pytest.approx(plain[0], rel=1e-4)
+    assert prepared[1] == pytest.approx(plain[1]) and prepared[2].keys() == plain[2].keys()
+    for k in plain[2]:
+        assert prepared[2][k] == pytest.approx(plain[2][k], abs=1e-6)
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k])
