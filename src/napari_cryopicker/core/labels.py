@@ -88,8 +88,6 @@ def make_labels(
     ``rejected`` is the label of the balls of rejected picks (explicit background, 0 unless
     the caller wants to tell them apart from plain background).
     """
-    if len(picks) == 0:
-        return np.full(tuple(int(s) for s in shape), background, dtype=np.uint8)
     t = picks.table
     return labels_from_arrays(shape, np.rint(picks.zyx).astype(np.int64), t["class_name"].to_numpy(dtype=object),
                               (t["source"] == "rejected").to_numpy(), classes, mode, diameter, origin,
