@@ -72,3 +72,42 @@ def test_unbin_map_restores_the_full_grid_of_odd_shapes():
     assert up[1, 5, 3, 9] == a[1, 2, 1, 4]
     assert up[0, 6, 8, 0] == a[0, 2, 3, 0]  # the dropped remainder takes the nearest voxel
     assert unbin_map(a[0], 2, (5, 8, 10)).shape == (5, 8, 10)
+
+
+def test_a_subvoxel_view_is_the_binned_grid_over_full_resolution_blocks(tmp_path):
+    """Shape and slices on the binned grid, blocks at full resolution (from a memory map, not
+    read whole); its percentiles are the binned tomogram's; mirror padding at the edges is
+    the full-resolution block's."""
+    from napari_cryopicker.core.binning import SubvoxelView, subvoxel_tomogram, working_tomogram
+    from napari_cryopicker.core.predict import read_block
+    from napari_cryopicker.core.tomogram import percentile_stats
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(21, 30, 34)).astype(np.float32)
+    path = tmp_path / "t.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(data)
+        m.voxel_size = 7.0
+    tomo = open_tomogram(path)
+    view = SubvoxelView(tomo.data, 2)
+    assert view.shape == (10, 15, 17) and view.ndim == 3
+    np.testing.assert_array_equal(view[3:5, 0:15, 16:17], data[6:10, 0:30, 32:34])
+    assert view[4:2, 0:1, 0:1].shape == (0, 2, 2)
+    with pytest.raises(TypeError, match="step 1"):
+        view[::2, :, :]
+    with pytest.raises(TypeError, match="three slices"):
+        view[1]
+    # its statistics are the binned tomogram's: its block means are normalised as those are
+    binned = bin_volume(data, 2)
+    np.testing.assert_allclose(view.strided_sample(1), binned, atol=1e-6)
+    np.testing.assert_allclose(view.strided_sample(3), binned[::3, ::3, ::3], atol=1e-6)
+    np.testing.assert_allclose(percentile_stats(view), percentile_stats(binned), atol=1e-6)
+    np.testing.assert_allclose(percentile_stats(view, max_samples=100), percentile_stats(binned, max_samples=100),
+                               atol=1e-6)
+    block = read_block(view, [-1, 13, 2], [3, 4, 2])
+    np.testing.assert_array_equal(block, np.pad(data[0:4, 26:30, 4:8], ((2, 0), (0, 4), (0, 0)), mode="symmetric"))
+    st = subvoxel_tomogram(tomo, 2)
+    assert st.shape == (10, 15, 17) and st.voxel_size == 14.0 and st.path == tomo.path
+    assert working_tomogram(tomo, 2).shape == (10, 15, 17)
+    assert isinstance(working_tomogram(tomo, 2).data, np.ndarray)  # block means, in memory
+    assert working_tomogram(tomo, 2, subvoxels=True).data.full is tomo.data

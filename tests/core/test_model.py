@@ -1,3 +1,4 @@
+import copy
 import pickle
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 from napari_cryopicker.core.classes import ClassTable, ParticleClass
 from napari_cryopicker.core.errors import ModelError
 from napari_cryopicker.core.model import (
-    Checkpoint, ModelConfig, ResUNet, count_parameters, load_checkpoint, macs_per_voxel, save_checkpoint,
+    Checkpoint, ModelConfig, ResBlock, ResUNet, count_parameters, load_checkpoint, macs_per_voxel, save_checkpoint,
 )
 
 
@@ -187,3 +188,55 @@ def test_one_channel_shortcut_is_the_convolution_it_replaces():
     assert net.state_dict()["enc.0.0.short.weight"].shape == (8, 1, 1, 1, 1)
     with_coords = ResUNet(ModelConfig(n_classes=2, f_maps=(8, 16), coord_conv=True))  # 4 input channels
     assert type(with_coords.enc[0][0].short) is torch.nn.Conv3d
+
+
+def test_space_to_depth_folds_each_block_into_channels_and_the_network_answers_on_the_binned_grid():
+    from napari_cryopicker.core.model import prepare_for_inference, space_to_depth
+
+    x = torch.randn(2, 1, 8, 12, 16)
+    y = space_to_depth(x, 2)
+    assert y.shape == (2, 8, 4, 6, 8)
+    assert torch.equal(y[1, (1 * 2 + 0) * 2 + 1, 3, 2, 5], x[1, 0, 7, 4, 11])  # sub-voxel (1, 0, 1)
+    torch.testing.assert_close(y.mean(1, keepdim=True), torch.nn.functional.avg_pool3d(x, 2))
+    cfg = ModelConfig(n_classes=3, f_maps=(4, 8, 16), coord_conv=False, subvoxels=2)
+    net = ResUNet(cfg).eval()
+    assert cfg.first_channels == 8 and net.enc[0][0].conv1.in_channels == 8
+    assert net(torch.randn(1, 1, 16, 24, 32)).shape == (1, 4, 8, 12, 16)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        net(torch.randn(1, 1, 12, 24, 32))  # 4 on the working grid: not a multiple of 4
+    # untrained, it computes what a network reading the block means would: sub-voxels that
+    # differ within their blocks change nothing yet
+    x = torch.randn(1, 1, 16, 24, 32)
+    means = torch.nn.functional.avg_pool3d(x, 2).repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net(means), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(net(x), net(torch.randn(1, 1, 16, 24, 32)), atol=1e-3)
+    w = net.enc[0][0].conv1.weight
+    one = ResUNet(ModelConfig(n_classes=3, f_maps=(4, 8, 16), coord_conv=False)).enc[0][0].conv1.weight
+    assert float(w.detach().abs().mean()) * 8 == pytest.approx(float(one.detach().abs().mean()), rel=0.3)  # the sub-voxels share a one-channel layer's weight
+    # per working-grid voxel, only the first convolution costs more
+    plain = ModelConfig(n_classes=3, f_maps=(4, 8, 16), coord_conv=False)
+    assert macs_per_voxel(plain) < macs_per_voxel(cfg) < 1.5 * macs_per_voxel(plain)
+    # ready for inference (batch norm folded, oneDNN): the same answer
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        want = net(x)
+        got = prepare_for_inference(copy.deepcopy(net))(x)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_without_the_fine_decoder_block_the_head_reads_the_finest_skip_and_old_models_keep_theirs(tmp_path):
+    cfg = ModelConfig(n_classes=2, f_maps=(4, 8, 16), coord_conv=False, fine_decoder=False)
+    net = ResUNet(cfg).eval()
+    assert isinstance(net.dec[-1], torch.nn.Identity) and isinstance(net.dec[0], ResBlock)
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 8, 12, 16)).shape == (1, 3, 8, 12, 16)
+    full = ModelConfig(n_classes=2, f_maps=(4, 8, 16), coord_conv=False)
+    assert macs_per_voxel(cfg) < 0.8 * macs_per_voxel(full)
+    ck = Checkpoint(model=cfg.to_dict(), state_dict=net.state_dict(), classes=ClassTable([ParticleClass("a", 8),
+                                                                                          ParticleClass("b", 8)]))
+    back = load_checkpoint(save_checkpoint(ck, tmp_path / "m.pt"))
+    assert back.model_config.fine_decoder is False
+    # a model file from before the option has the block
+    old = {k: v for k, v in full.to_dict().items() if k not in ("fine_decoder", "subvoxels")}
+    assert ModelConfig.from_dict(old).fine_decoder is True and ModelConfig.from_dict(old).subvoxels == 1

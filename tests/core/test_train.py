@@ -264,6 +264,41 @@ def test_binned_training_picks_the_full_tomogram_in_its_own_voxels(tmp_path):
         assert np.allclose(np.sort(strong.zyx, axis=0), np.sort(plain.zyx, axis=0)), name
 
 
+def test_a_network_that_takes_subvoxels_learns_on_the_binned_grid_and_picks_in_full_voxels(tmp_path):
+    """subvoxels=True at bin 2: the network reads full-resolution crops (each 2x2x2 block as
+    channels) and answers on the binned grid; the model says so, fine-tuning keeps it, and
+    its picks find the particles in the tomogram's own voxels."""
+    from napari_cryopicker.core.metrics import evaluate
+    from napari_cryopicker.core.model import load_checkpoint, save_checkpoint
+    from napari_cryopicker.core.predict import predict_picks
+    from napari_cryopicker.core.train import training_subvoxels
+
+    kw = dict(shape=(64, 128, 128), classes=["ribosome"], snr=3.0, n_per_class=10, distractors=False)
+    train_sim, test_sim = simulate_tomogram(seed=31, **kw), simulate_tomogram(seed=32, **kw)
+    cfg = TrainConfig(epochs=8, steps_per_epoch=8, batch_size=2, patch=32, val_fraction=0.0, device="cpu",
+                      f_maps=(8, 16, 32), binning=2, subvoxels=True)
+    ck = train_model([Tomogram(train_sim.data, 10.0)], [train_sim.picks], train_sim.classes, cfg)
+    ck = load_checkpoint(save_checkpoint(ck, tmp_path / "m.pt"))
+    assert ck.binning == 2 and ck.model_config.subvoxels == 2
+    assert ck.state_dict["enc.0.0.conv1.weight"].shape[1] == 8  # the 2x2x2 sub-voxels as channels
+    res = predict_picks(Tomogram(test_sim.data, 10.0), ck)
+    assert res.score_map.label.shape == tuple(n // 2 for n in test_sim.data.shape)
+    rep = evaluate(res.picks.with_tomogram("t"), test_sim.picks.with_tomogram("t"), test_sim.classes,
+                   distance_fraction=0.5)
+    assert rep.per_class["ribosome"].recall >= 0.7 and rep.per_class["ribosome"].precision >= 0.7, rep.per_class
+    assert training_subvoxels(TrainConfig(subvoxels=False), 2, init=ck) == 2  # fine-tuning keeps the model's
+    assert training_subvoxels(TrainConfig(subvoxels=True), 1) == 1  # nothing to fold at bin 1
+    tuned = train_model([Tomogram(train_sim.data, 10.0)], [train_sim.picks], train_sim.classes,
+                        TrainConfig(**{**cfg.__dict__, "epochs": 1, "subvoxels": False}), init=ck)
+    assert tuned.model_config.subvoxels == 2
+    with pytest.raises(CryoPickerError, match="low-pass"):
+        train_model([Tomogram(train_sim.data, 10.0)], [train_sim.picks], train_sim.classes,
+                    TrainConfig(**{**cfg.__dict__, "lowpass": 1.0}))
+    ck.normalisation["binning"] = 1  # a damaged file: sub-voxels of 2 at bin 1
+    with pytest.raises(CryoPickerError, match="inconsistent"):
+        predict_picks(Tomogram(test_sim.data, 10.0), ck)
+
+
 def test_binning_auto_and_fine_tuning_keep_a_consistent_factor(small_sim):
     from napari_cryopicker.core.train import training_binning
 

@@ -69,6 +69,73 @@ def binned_tomogram(tomo: Tomogram, factor: int, progress: Progress | None = Non
                     voxel_size_xyz=None if xyz is None else tuple(v * f for v in xyz), label=tomo.label)
 
 
+class SubvoxelView:
+    """A volume seen on the grid binned by ``factor`` without averaging anything away: its
+    ``shape`` is the binned grid's, and ``view[za:zb, ya:yb, xa:xb]`` (slices of that grid,
+    step 1) gives the full-resolution block under those binned voxels, ``factor`` times
+    larger per axis. A network with ``ModelConfig.subvoxels == factor`` takes such blocks
+    and answers on the binned grid, so crops, tiles, labels and picks all stay in binned
+    voxels. Reads go to ``full`` (a memory map is read block by block, never whole). Its
+    statistics (:meth:`strided_sample`) are those of the binned tomogram."""
+
+    ndim = 3
+
+    def __init__(self, full, factor: int):
+        self.full, self.factor = full, int(factor)
+        if self.factor < 1:
+            raise ValueError(f"a sub-voxel factor must be >= 1, not {factor}")
+        self.shape = tuple(int(s) // self.factor for s in full.shape)
+        if min(self.shape) < 1:
+            raise ValueError(f"a volume of shape {tuple(full.shape)} is too small to bin by {self.factor}")
+        self.dtype = full.dtype
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple) or len(key) != 3 or not all(isinstance(k, slice) for k in key):
+            raise TypeError("a SubvoxelView takes three slices (z, y, x)")
+        f, out = self.factor, []
+        for k, n in zip(key, self.shape):
+            a, b, step = k.indices(n)
+            if step != 1:
+                raise TypeError("a SubvoxelView takes slices of step 1")
+            out.append(slice(a * f, max(a, b) * f))
+        return self.full[tuple(out)]
+
+    def strided_sample(self, step: int) -> np.ndarray:
+        """Every ``step``-th voxel of the binned grid along each axis, as block means (float32):
+        the statistics of a view are the binned tomogram's, so that its block means are
+        normalised as the binned tomogram would be (read one binned slice at a time)."""
+        f, step = self.factor, max(1, int(step))
+        nz, ny, nx = self.shape
+        out = []
+        for z in range(0, nz, step):
+            blk = np.asarray(self.full[z * f: (z + 1) * f, : ny * f, : nx * f], dtype=np.float32)
+            out.append(blk.reshape(f, ny, f, nx, f).mean(axis=(0, 2, 4))[::step, ::step])
+        return np.stack(out)
+
+
+def subvoxel_tomogram(tomo: Tomogram, factor: int) -> Tomogram:
+    """``tomo`` on the grid binned by ``factor`` as a :class:`SubvoxelView` (nothing is read
+    or averaged), with its voxel size scaled."""
+    f = int(factor)
+    if f <= 1:
+        return tomo
+    xyz = tomo.voxel_size_xyz
+    return Tomogram(data=SubvoxelView(tomo.data, f), voxel_size=tomo.voxel_size * f, path=tomo.path,
+                    voxel_size_xyz=None if xyz is None else tuple(v * f for v in xyz), label=tomo.label)
+
+
+def working_tomogram(tomo: Tomogram, factor: int, subvoxels: bool = False,
+                     progress: Progress | None = None) -> Tomogram:
+    """The tomogram on the grid a network works at: block-mean binned by ``factor``, or
+    (``subvoxels``) seen through a :class:`SubvoxelView` by a network that takes sub-voxels."""
+    return subvoxel_tomogram(tomo, factor) if subvoxels else binned_tomogram(tomo, factor, progress)
+
+
+def full_data(data):
+    """The array behind ``data`` at full resolution (``data`` itself unless a view)."""
+    return data.full if isinstance(data, SubvoxelView) else data
+
+
 def picks_to_binned(picks: Picks, factor: int) -> Picks:
     """Picks in the voxels of the grid binned by ``factor``."""
     f = int(factor)

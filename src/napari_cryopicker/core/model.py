@@ -41,6 +41,15 @@ class ModelConfig:
     coord_conv: bool = True
     pyramid: bool = True
     blocks_per_level: int = 1
+    # Sub-voxel input (1: off): the network takes the tomogram at ``subvoxels`` times its
+    # working grid's sampling and first folds each subvoxels^3 block into channels (space to
+    # depth), so it works and answers on the binned grid but sees everything block-mean
+    # binning would average away (see core.binning.SubvoxelView).
+    subvoxels: int = 1
+    # The finest level's decoder block (False: the head reads the sum of the up-sampled
+    # features and the first encoder block's, with no block between; that block is about a
+    # third of a training step's arithmetic, all at the crop's full size).
+    fine_decoder: bool = True
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -55,8 +64,14 @@ class ModelConfig:
 
     @property
     def multiple(self) -> int:
-        """Input sizes must be multiples of this."""
+        """Sizes on the working grid (the output's) must be multiples of this."""
         return 2 ** (len(self.f_maps) - 1)
+
+    @property
+    def first_channels(self) -> int:
+        """Channels into the first block (before CoordConv's): the input's, times the
+        sub-voxels folded into each."""
+        return self.in_channels * self.subvoxels ** 3
 
 
 class _ChannelScale(nn.Conv3d):
@@ -104,9 +119,11 @@ class ResUNet(nn.Module):
         f = list(config.f_maps)
         extra = 3 if config.coord_conv else 0
         self.enc = nn.ModuleList()
+        if int(config.subvoxels) < 1:
+            raise ValueError(f"subvoxels must be >= 1, not {config.subvoxels}")
         for i, fi in enumerate(f):
             if i == 0:
-                cin = config.in_channels + extra
+                cin = config.first_channels + extra
             else:
                 cin = f[i - 1] + (config.in_channels if config.pyramid else 0)
             blocks = [ResBlock(cin, fi)] + [ResBlock(fi, fi) for _ in range(config.blocks_per_level - 1)]
@@ -115,9 +132,28 @@ class ResUNet(nn.Module):
         self.dec = nn.ModuleList()
         for i in range(len(f) - 2, -1, -1):
             self.up.append(nn.ConvTranspose3d(f[i + 1], f[i], 2, stride=2))
-            self.dec.append(ResBlock(f[i], f[i]))
+            self.dec.append(ResBlock(f[i], f[i]) if i > 0 or config.fine_decoder else nn.Identity())
         self.head = nn.Conv3d(f[0], config.n_classes + 1, 1)
         self.onednn_pool = False  # set by prepare_for_inference
+        if config.subvoxels > 1:
+            self._start_as_binned()
+
+    @torch.no_grad()
+    def _start_as_binned(self) -> None:
+        """Sub-voxel input: give the first block's weights on the f^3 sub-voxels of an input
+        channel that channel's weight / f^3, so that the untrained network computes what one
+        reading the block means would (a random mixture of sub-voxels would start from their
+        noise); training then learns what the sub-voxels add."""
+        cfg = self.config
+        k, c = cfg.subvoxels ** 3, cfg.in_channels
+        block = self.enc[0][0]
+        convs = [block.conv1] + ([block.short] if isinstance(block.short, nn.Conv3d) else [])
+        for conv in convs:
+            w = conv.weight
+            # drawn at 1/sqrt(k) of a one-channel layer's scale (k times the fan-in): / sqrt(k)
+            # again makes each sub-voxel's weight that layer's / k, their sum its weight
+            per = w[:, : c * k : k].clone()
+            w[:, : c * k] = per.repeat_interleave(k, dim=1) / k ** 0.5
 
     def _down(self, x: torch.Tensor) -> torch.Tensor:
         """2x average pooling. With ``onednn_pool`` (inference on the CPU) as a depthwise
@@ -133,10 +169,15 @@ class ResUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        m = cfg.multiple
+        m = cfg.multiple * cfg.subvoxels
         if any(s % m for s in x.shape[2:]):
             raise ValueError(f"input spatial shape {tuple(x.shape[2:])} must be a multiple of {m}")
-        img = x
+        if cfg.subvoxels > 1:
+            x = space_to_depth(x, cfg.subvoxels)
+            # the pyramid gets the block means: the binned tomogram, as without sub-voxels
+            img = x.reshape(x.shape[0], cfg.in_channels, -1, *x.shape[2:]).mean(2)
+        else:
+            img = x
         if cfg.coord_conv:
             cc = coord_channels(x.shape[2:], x.device, x.dtype).expand(x.shape[0], -1, -1, -1, -1)
             x = torch.cat([x, cc], dim=1)
@@ -153,6 +194,16 @@ class ResUNet(nn.Module):
         for up, dec in zip(self.up, self.dec):
             x = dec(up(x) + skips.pop())
         return self.head(x)
+
+
+def space_to_depth(x: torch.Tensor, f: int) -> torch.Tensor:
+    """(B, C, f*Z, f*Y, f*X) -> (B, C*f^3, Z, Y, X): each f^3 block of voxels becomes
+    channels (channel ``c*f^3 + (i*f + j)*f + k`` holds sub-voxel (i, j, k) of channel c);
+    the result is channels-last, as the convolutions want it."""
+    b, c, z, y, xx = x.shape
+    x = x.reshape(b, c, z // f, f, y // f, f, xx // f, f)
+    x = x.permute(0, 1, 3, 5, 7, 2, 4, 6)
+    return x.reshape(b, c * f ** 3, z // f, y // f, xx // f).contiguous(memory_format=torch.channels_last_3d)
 
 
 def fold_batchnorm(net: ResUNet) -> ResUNet:
@@ -237,13 +288,14 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def macs_per_voxel(config: ModelConfig) -> float:
-    """Multiply-adds per input voxel of one forward pass (convolutions only)."""
+    """Multiply-adds per voxel of the working grid (the output's) of one forward pass
+    (convolutions only)."""
     model = ResUNet(config)
     total = 0.0
-    m = config.multiple
+    m = config.multiple * config.subvoxels
     shape = (m * 2,) * 3
     hooks = []
-    n_in = float(shape[0] * shape[1] * shape[2])
+    n_in = float(shape[0] * shape[1] * shape[2]) / config.subvoxels ** 3  # per working-grid voxel
 
     def hook(mod, inp, out):
         nonlocal total

@@ -22,7 +22,7 @@ from . import compiled
 from .errors import CryoPickerError, CryoPickerWarning
 from .model import Checkpoint, cudnn_autotune, prepare_for_inference, resolve_device
 from .memory import physical_memory, scratch_zeros
-from .binning import binned_tomogram, classes_binned, picks_from_binned, unbin_map
+from .binning import SubvoxelView, classes_binned, picks_from_binned, unbin_map, working_tomogram
 from .nms import NMSParams, mp_nms
 from .picks import Picks
 from .progress import Progress, ensure
@@ -127,12 +127,14 @@ def tile_starts(n: int, tile: int, margin: int) -> list[int]:
 
 def read_block(data: np.ndarray, start, size, dtype=np.float32) -> np.ndarray:
     """data[start : start + size] with mirror padding where the block leaves the volume
-    (as ``dtype``; None keeps the file's type)."""
+    (as ``dtype``; None keeps the file's type). From a :class:`.binning.SubvoxelView`
+    (positions and sizes on its binned grid) the block is its full-resolution one."""
+    f = data.factor if isinstance(data, SubvoxelView) else 1
     sl, pads = [], []
     for s, n, dim in zip(start, size, data.shape):
         a, b = max(0, s), min(dim, s + n)
         sl.append(slice(a, b))
-        pads.append((a - s, s + n - b))
+        pads.append(((a - s) * f, (s + n - b) * f))
     block = np.asarray(data[tuple(sl)], dtype=dtype)
     if any(p != (0, 0) for p in pads):
         mode = "reflect" if all(p[0] < d and p[1] < d for p, d in zip(pads, block.shape)) else "symmetric"
@@ -347,16 +349,20 @@ def predict_picks(
             "size, or train a model at this voxel size"
         )
     full_tomogram, factor = tomogram, checkpoint.binning
-    if factor > 1:
-        tomogram = binned_tomogram(tomogram, factor, progress)
     mc = checkpoint.model_config
+    if mc.subvoxels > 1 and mc.subvoxels != factor:
+        raise CryoPickerError(f"the model takes sub-voxels of {mc.subvoxels} but works at bin {factor}: "
+                              "its file is inconsistent; train it again")
+    if factor > 1:
+        tomogram = working_tomogram(tomogram, factor, mc.subvoxels > 1, progress)
     tshape = _tile_shape(tomogram.shape, config.tile, config.margin, mc.multiple)
     n_tiles = math.prod(len(tile_starts(n, t, config.margin)) for n, t in zip(tomogram.shape, tshape))
     bs = max(1, int(config.batch_size))
     key = compiled.network_key(checkpoint, tshape, bs) if config.compile and device.type == "cpu" else None
     net = None
     if key is not None and compiled.wanted(config.compile, device, key, n_tiles):
-        net = compiled.compiled_network(checkpoint, key, (bs, mc.in_channels, *tshape), progress)
+        net = compiled.compiled_network(checkpoint, key, (bs, mc.in_channels, *(t * mc.subvoxels for t in tshape)),
+                                         progress)
     if net is None:
         net = prepare_for_inference(checkpoint.build(device), device)
     if int(config.tta) > 1:

@@ -200,13 +200,18 @@ def percentile_stats(data: np.ndarray, lo: float = 0.5, hi: float = 99.5, max_sa
                      seed: int = 0) -> tuple[float, float]:
     """Robust (lo, hi) percentiles from a strided sample, without loading the whole volume.
 
-    NaN and infinite voxels are left out; a volume without finite voxels gives (0, 1).
+    NaN and infinite voxels are left out; a volume without finite voxels gives (0, 1). A
+    view that samples itself (``strided_sample(step)``, :class:`.binning.SubvoxelView`) is
+    sampled that way.
     """
     arr = data
     n = int(np.prod(arr.shape))
-    if n > max_samples:
+    step = max(1, int(round((n / max_samples) ** (1 / 3)))) if n > max_samples else 1
+    sampler = getattr(arr, "strided_sample", None)
+    if sampler is not None:
+        sample = np.asarray(sampler(step), dtype=np.float32)
+    elif step > 1:
         # sample a regular grid of slices (cheap on a memory map)
-        step = max(1, int(round((n / max_samples) ** (1 / 3))))
         sample = np.asarray(arr[::step, ::step, ::step], dtype=np.float32)
     else:
         sample = np.asarray(arr, dtype=np.float32)

@@ -79,10 +79,10 @@ def _better(key: tuple, state: TrainState, tolerance: float) -> bool:
 
 
 def _checkpoint(state: TrainState, mcfg: ModelConfig, classes: ClassTable, vs, config: TrainConfig,
-                out: tuple[ClassTable, int]) -> Checkpoint:
+                out: tuple[ClassTable, int, int]) -> Checkpoint:
     """The checkpoint of the best epoch so far: MP-NMS settings in the working grid's voxels,
     the user's class table and voxel size, and the binning that leads from one to the other."""
-    user_classes, factor = out
+    user_classes, factor = out[:2]  # (and the sub-voxel factor, which the model config holds)
     post = nms_defaults(classes, config)
     for name, (t, f) in state.best_nms.items():
         post[name]["t_lm"] = float(t)
