@@ -558,6 +558,36 @@ def test_rejections_do_not_crowd_the_particles_out_of_the_crops():
     assert abs(share_on_rejections(30, 5) - 5 / 35) < 0.03  # under the cap: as often as they are many
 
 
+def test_answer_share_centres_that_share_of_the_crops_on_the_users_answers():
+    """answer_share=0.5: half the centred crops land on an accepted or rejected candidate,
+    whatever their number; 0 draws the same crops as before the option."""
+    from napari_cryopicker.core.train_data import _prepare, _sample
+
+    rng0 = np.random.default_rng(0)
+    zyx = rng0.integers(10, 54, (60, 3)).astype(float)
+    source = ["manual"] * 50 + ["accepted"] * 4 + ["rejected"] * 6
+    picks = Picks.from_zyx(zyx, class_name="ribo", source=source)
+    tomo = Tomogram(np.zeros((64, 64, 64), np.float32), 10.0)
+    classes = ClassTable([ParticleClass("ribo", 10)])
+
+    def starts(share, forget=False):
+        cfg = TrainConfig(positive_fraction=1.0, jitter=0.0, val_fraction=0.0, answer_share=share)
+        v = _prepare([tomo], [picks], classes, cfg, (16, 16, 16))[0]
+        assert sorted(v.answered) == list(range(50, 60))
+        if forget:  # as before the option: no answers known
+            v.answered = None
+        rng = np.random.default_rng(1)
+        return np.array([_sample(v, rng, (16, 16, 16), cfg) for _ in range(4000)]) + 8
+
+    answers = {tuple(c) for c in np.rint(zyx[50:]).astype(int)}
+    on_answers = lambda st: np.mean([tuple(s) in answers for s in st])  # noqa: E731
+    assert abs(on_answers(starts(0.0)) - 10 / 60) < 0.03
+    assert abs(on_answers(starts(0.5)) - (0.5 + 0.5 * 10 / 60)) < 0.03
+    # off, the option draws no random number: the crops of earlier runs are unchanged
+    assert np.array_equal(starts(0.0), starts(0.0, forget=True))
+    assert not np.array_equal(starts(0.5), starts(0.5, forget=True))
+
+
 
 def test_augment_without_quarter_turns_keeps_the_wedge_axis():
     """rot90=False never swaps y and x (a wedge about y stays about y); it draws the same

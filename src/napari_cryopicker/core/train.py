@@ -113,6 +113,10 @@ class TrainConfig:
     # The network's finest decoder block (ModelConfig.fine_decoder); without it a step is
     # ~0.6x the arithmetic.
     fine_decoder: bool = True
+    # Share of the crops centred on a pick that are centred on one of the user's answers
+    # (accepted or rejected candidates), so that an answer is seen more often than a click
+    # (0: answers are drawn like any pick, rejections capped as NEGATIVE_SHARE says).
+    answer_share: float = 0.0
     # Validate and keep an exponential moving average of the weights and batch-norm
     # statistics (decay per step; 0: the raw weights), which smooths the step-to-step
     # noise of small batches: see docs/method.md.

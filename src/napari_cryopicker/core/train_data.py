@@ -36,6 +36,7 @@ class _Volume:
     val_region: tuple[slice, slice, slice] | None = None
     val_truth: Picks | None = None
     n_pos: int = 0
+    answered: np.ndarray | None = None  # indices into zyx of the user's answers (accepted, rejected) inside the train region
 
 
 def _crop_shape(shape: Sequence[int], patch: int, multiple: int) -> tuple[int, int, int]:
@@ -110,7 +111,7 @@ def _prepare(tomograms, picks_list, classes, config: TrainConfig, crop) -> list[
         pos_idx = np.flatnonzero(~rej & in_train)
         neg_idx = np.flatnonzero(rej & in_train)
         v = _Volume(tomo, c, s, zyx, picks, np.concatenate([pos_idx, neg_idx]), train_hi, region, truth,
-                    n_pos=len(pos_idx))
+                    n_pos=len(pos_idx), answered=_answered(picks, in_train))
         vols.append(v)
     return vols
 
@@ -138,10 +139,18 @@ def _renew(vols: list[_Volume], picks_list: Sequence[Picks], classes: ClassTable
             if m.sum() >= 2:
                 v.val_truth = pos.subset(m)
         v.zyx, v.picks, v.positives, v.n_pos = zyx, picks, np.concatenate([pos_idx, neg_idx]), len(pos_idx)
+        v.answered = _answered(picks, in_train)
         after += len(picks)
     if not any(v.n_pos for v in vols):
         raise CryoPickerError("no picks left inside the training part of the tomogram(s)")
     return f"{before} -> {after} picks and rejections"
+
+
+def _answered(picks: Picks, in_train: np.ndarray) -> np.ndarray:
+    """Rows of ``picks`` that are the user's answers to candidates (accepted or rejected)
+    inside the training region."""
+    src = picks.table["source"].to_numpy()
+    return np.flatnonzero(((src == "accepted") | (src == "rejected")) & in_train) if len(src) else np.zeros(0, int)
 
 
 def _read_crop(v: _Volume, start, crop, lowpass: float) -> np.ndarray:
@@ -284,6 +293,11 @@ def _sample(v: _Volume, rng: np.random.Generator, crop, config: TrainConfig) -> 
     if min(hi) < 0:
         hi = [max(0, h) for h in hi]
     if len(v.positives) and rng.random() < config.positive_fraction:
+        if config.answer_share > 0 and v.answered is not None and len(v.answered) and rng.random() < config.answer_share:
+            i = v.answered[rng.integers(len(v.answered))]
+            j = rng.uniform(-config.jitter, config.jitter, 3) * np.asarray(crop)
+            start = v.zyx[i] + j - np.asarray(crop) / 2
+            return [int(np.clip(int(s), 0, h)) for s, h in zip(start, hi)]
         k = rng.integers(len(v.positives))
         n_neg = len(v.positives) - v.n_pos
         if v.n_pos and k >= v.n_pos and n_neg > NEGATIVE_SHARE * len(v.positives):
