@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import _common as C  # noqa: E402  (sets sys.path)
 
 
 def step_speed(n_classes: int, steps: int = 8, patch: int = 48, batch: int = 4, device: str = "cpu") -> dict:
     """Seconds per training step: as train_model runs it (channels_last_3d), the plain
-    contiguous layout, and channels_last with the first shortcut as a Conv3d."""
+    contiguous layout, channels_last with the first shortcut as a Conv3d, and with the
+    finest decoder block (the default until session 14)."""
     import numpy as np
     import torch
 
@@ -38,16 +40,17 @@ def step_speed(n_classes: int, steps: int = 8, patch: int = 48, batch: int = 4, 
     from napari_cryopicker.core.train import TrainConfig, loss_fn
 
     cfg = TrainConfig()
-    mc = ModelConfig(n_classes=n_classes, f_maps=tuple(cfg.f_maps), coord_conv=cfg.coord_conv, pyramid=cfg.pyramid)
+    mc = ModelConfig(n_classes=n_classes, f_maps=tuple(cfg.f_maps), coord_conv=cfg.coord_conv, pyramid=cfg.pyramid,
+                     fine_decoder=cfg.fine_decoder)
     rng = np.random.default_rng(0)
     x0 = torch.from_numpy(rng.standard_normal((batch, 1, patch, patch, patch), dtype=np.float32)).to(device)
     y = torch.from_numpy(rng.integers(0, n_classes + 1, (batch, patch, patch, patch))).to(device)
     w = torch.ones(n_classes + 1, device=device)
-    out = {"channels_last": [], "contiguous": [], "conv_shortcut": []}
+    out = {"channels_last": [], "contiguous": [], "conv_shortcut": [], "fine_decoder": []}
     nets = {}
     for name in out:
         torch.manual_seed(0)
-        net = ResUNet(mc).train().to(device)
+        net = ResUNet(replace(mc, fine_decoder=True) if name == "fine_decoder" else mc).train().to(device)
         if name == "conv_shortcut" and not mc.coord_conv:
             first = net.enc[0][0]
             conv = torch.nn.Conv3d(1, first.short.out_channels, 1, bias=False).to(device)
@@ -110,12 +113,15 @@ def main() -> None:
     print(f"# training step (batch 4 x 48^3, fwd+bwd+AdamW), median of 8 after a warm-up, alternated in this process: "
           f"channels_last {sp['channels_last']:.2f} s, contiguous (plain) {sp['contiguous']:.2f} s -> "
           f"ratio plain/ours = {sp['contiguous'] / sp['channels_last']:.2f}x; the first shortcut as a 1x1x1 "
-          f"convolution {sp['conv_shortcut']:.2f} s -> ratio {sp['conv_shortcut'] / sp['channels_last']:.2f}x")
+          f"convolution {sp['conv_shortcut']:.2f} s -> ratio {sp['conv_shortcut'] / sp['channels_last']:.2f}x; "
+          f"with the finest decoder block {sp['fine_decoder']:.2f} s -> ratio "
+          f"{sp['fine_decoder'] / sp['channels_last']:.2f}x")
 
     cfg = TrainConfig(epochs=a.epochs, time_limit=a.time_limit, device=a.device, seed=a.seed)
     from napari_cryopicker.core.model import ModelConfig
 
-    mc = ModelConfig(n_classes=len(classes), f_maps=tuple(cfg.f_maps), coord_conv=cfg.coord_conv)
+    mc = ModelConfig(n_classes=len(classes), f_maps=tuple(cfg.f_maps), coord_conv=cfg.coord_conv,
+                     fine_decoder=cfg.fine_decoder)
     print(f"# network: f_maps={list(cfg.f_maps)} coord_conv={cfg.coord_conv} pyramid={cfg.pyramid}; "
           f"{macs_per_voxel(mc) / 1e3:.1f} k MACs/voxel; patch {cfg.patch}, batch {cfg.batch_size}, "
           f"{cfg.steps_per_epoch} steps/epoch, lr {cfg.lr}; budget {a.time_limit:.0f} s")

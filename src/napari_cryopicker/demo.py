@@ -81,7 +81,8 @@ def run_demo(out: Path = Path("demo_out"), time_limit: float = 600.0, seed: int 
     cfg = TrainConfig(epochs=epochs, time_limit=time_limit, device=device, seed=seed)
     from .core.model import ModelConfig
 
-    mc = ModelConfig(n_classes=len(classes), f_maps=tuple(cfg.f_maps))
+    mc = ModelConfig(n_classes=len(classes), f_maps=tuple(cfg.f_maps), coord_conv=cfg.coord_conv,
+                     fine_decoder=cfg.fine_decoder)
     log(f"[2/5] training a ResUNet f_maps={list(cfg.f_maps)} ({macs_per_voxel(mc) / 1e3:.0f} k multiply-adds "
         f"per voxel) for up to {time_limit:.0f} s ...")
     bar = TerminalBar()

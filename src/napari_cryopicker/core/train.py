@@ -110,9 +110,11 @@ class TrainConfig:
     # factor^3 block into channels (ModelConfig.subvoxels) instead of reading the block
     # means, so it learns what binning would average away at the binned grid's cost.
     subvoxels: bool = False
-    # The network's finest decoder block (ModelConfig.fine_decoder); without it a step is
-    # ~0.6x the arithmetic.
-    fine_decoder: bool = True
+    # The network's finest decoder block (ModelConfig.fine_decoder). Off by default since
+    # session 14: a training step is ~0.6x the arithmetic, so the 12-minute run trains 62
+    # epochs instead of 39, for the same F1 on the realistic benchmark's three seeds and
+    # picking 1.5x faster (docs/method.md).
+    fine_decoder: bool = False
     # Share of the crops centred on a pick that are centred on one of the user's answers
     # (accepted or rejected candidates), so that an answer is seen more often than a click
     # (0: answers are drawn like any pick, rejections capped as NEGATIVE_SHARE says).
