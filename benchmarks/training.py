@@ -37,11 +37,11 @@ def step_speed(n_classes: int, steps: int = 8, patch: int = 48, batch: int = 4, 
     import torch
 
     from napari_cryopicker.core.model import ModelConfig, ResUNet
-    from napari_cryopicker.core.train import TrainConfig, loss_fn
+    from napari_cryopicker.core.train import TrainConfig, loss_fn, wants_fine_decoder
 
     cfg = TrainConfig()
     mc = ModelConfig(n_classes=n_classes, f_maps=tuple(cfg.f_maps), coord_conv=cfg.coord_conv, pyramid=cfg.pyramid,
-                     fine_decoder=cfg.fine_decoder)
+                     fine_decoder=wants_fine_decoder(cfg))
     rng = np.random.default_rng(0)
     x0 = torch.from_numpy(rng.standard_normal((batch, 1, patch, patch, patch), dtype=np.float32)).to(device)
     y = torch.from_numpy(rng.integers(0, n_classes + 1, (batch, patch, patch, patch))).to(device)
@@ -98,7 +98,7 @@ def main() -> None:
     from napari_cryopicker.core.model import count_parameters, macs_per_voxel, save_checkpoint
     from napari_cryopicker.core.predict import PredictConfig, predict_picks
     from napari_cryopicker.core.tomogram import open_tomogram
-    from napari_cryopicker.core.train import TrainConfig, train_model
+    from napari_cryopicker.core.train import TrainConfig, train_model, wants_fine_decoder
     from napari_cryopicker.demo import _subsample
 
     shape = C.parse_shape(a.shape)
@@ -121,7 +121,7 @@ def main() -> None:
     from napari_cryopicker.core.model import ModelConfig
 
     mc = ModelConfig(n_classes=len(classes), f_maps=tuple(cfg.f_maps), coord_conv=cfg.coord_conv,
-                     fine_decoder=cfg.fine_decoder)
+                     fine_decoder=wants_fine_decoder(cfg))
     print(f"# network: f_maps={list(cfg.f_maps)} coord_conv={cfg.coord_conv} pyramid={cfg.pyramid}; "
           f"{macs_per_voxel(mc) / 1e3:.1f} k MACs/voxel; patch {cfg.patch}, batch {cfg.batch_size}, "
           f"{cfg.steps_per_epoch} steps/epoch, lr {cfg.lr}; budget {a.time_limit:.0f} s")

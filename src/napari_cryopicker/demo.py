@@ -59,7 +59,7 @@ def run_demo(out: Path = Path("demo_out"), time_limit: float = 600.0, seed: int 
     from .core.progress import Progress, TerminalBar
     from .core.simulate import write_simulation
     from .core.tomogram import open_tomogram
-    from .core.train import TrainConfig, train_model
+    from .core.train import TrainConfig, train_model, wants_fine_decoder
 
     out = Path(out)
     t_all = time.monotonic()
@@ -82,7 +82,7 @@ def run_demo(out: Path = Path("demo_out"), time_limit: float = 600.0, seed: int 
     from .core.model import ModelConfig
 
     mc = ModelConfig(n_classes=len(classes), f_maps=tuple(cfg.f_maps), coord_conv=cfg.coord_conv,
-                     fine_decoder=cfg.fine_decoder)
+                     fine_decoder=wants_fine_decoder(cfg))
     log(f"[2/5] training a ResUNet f_maps={list(cfg.f_maps)} ({macs_per_voxel(mc) / 1e3:.0f} k multiply-adds "
         f"per voxel) for up to {time_limit:.0f} s ...")
     bar = TerminalBar()

@@ -536,6 +536,17 @@ def test_continuous_training_cycles_the_learning_rate(small_sim):
     # after the warm-up (epoch 1): a 2-epoch cycle ends low (epoch 3); the next, 4 epochs
     # from half the peak, starts high (epoch 4) and ends low again (epoch 7)
     assert lr[1] > 0.6 and lr[2] < 0.1 and 0.3 < lr[3] < 0.5 and lr[6] < 0.05
+    # live training keeps the finest decoder block (its first suggestions come sooner);
+    # a run with a planned end goes without it, unless told
+    from napari_cryopicker.core.train import wants_fine_decoder
+
+    assert ck.model_config.fine_decoder is True
+    assert ck.state_dict["dec.1.conv1.weight"].shape[0] == TINY["f_maps"][0]
+    assert wants_fine_decoder(TrainConfig()) is False
+    assert wants_fine_decoder(TrainConfig(fine_decoder=True)) and not wants_fine_decoder(
+        TrainConfig(continuous=True, fine_decoder=False))
+    batch = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(TINY, epochs=1)))
+    assert batch.model_config.fine_decoder is False and not any(k.startswith("dec.1.") for k in batch.state_dict)
 
 
 def test_rejections_do_not_crowd_the_particles_out_of_the_crops():

@@ -131,11 +131,6 @@ def working_tomogram(tomo: Tomogram, factor: int, subvoxels: bool = False,
     return subvoxel_tomogram(tomo, factor) if subvoxels else binned_tomogram(tomo, factor, progress)
 
 
-def full_data(data):
-    """The array behind ``data`` at full resolution (``data`` itself unless a view)."""
-    return data.full if isinstance(data, SubvoxelView) else data
-
-
 def picks_to_binned(picks: Picks, factor: int) -> Picks:
     """Picks in the voxels of the grid binned by ``factor``."""
     f = int(factor)

@@ -110,11 +110,13 @@ class TrainConfig:
     # factor^3 block into channels (ModelConfig.subvoxels) instead of reading the block
     # means, so it learns what binning would average away at the binned grid's cost.
     subvoxels: bool = False
-    # The network's finest decoder block (ModelConfig.fine_decoder). Off by default since
-    # session 14: a training step is ~0.6x the arithmetic, so the 12-minute run trains 62
-    # epochs instead of 39, for the same F1 on the realistic benchmark's three seeds and
-    # picking 1.5x faster (docs/method.md).
-    fine_decoder: bool = False
+    # The network's finest decoder block (ModelConfig.fine_decoder). None: without it for a
+    # run with a planned end (since session 14: a step is ~0.6x the arithmetic, so the
+    # 12-minute run trains 62 epochs instead of 39, for the same F1 on the realistic
+    # benchmark's three seeds, and picking is 1.5x faster), with it for live training
+    # (``continuous``), whose first suggestions it brought after 2 epochs instead of 5
+    # (46 s instead of 81 s; docs/method.md).
+    fine_decoder: bool | None = None
     # Share of the crops centred on a pick that are centred on one of the user's answers
     # (accepted or rejected candidates), so that an answer is seen more often than a click
     # (0: answers are drawn like any pick, rejections capped as NEGATIVE_SHARE says).
@@ -234,6 +236,12 @@ def training_binning(classes: ClassTable, config: TrainConfig, init: Checkpoint 
     return f
 
 
+def wants_fine_decoder(config: TrainConfig) -> bool:
+    """Whether a new network gets its finest decoder block (``config.fine_decoder``; None:
+    only for live training, see TrainConfig)."""
+    return bool(config.continuous) if config.fine_decoder is None else bool(config.fine_decoder)
+
+
 def training_subvoxels(config: TrainConfig, factor: int, init: Checkpoint | None = None) -> int:
     """The network's sub-voxel factor (``ModelConfig.subvoxels``): the model's own when
     fine-tuning, else the binning factor with ``config.subvoxels``, else 1."""
@@ -260,7 +268,7 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
         mcfg = ModelConfig(**{**mcfg.__dict__, "n_classes": n_classes})
     else:
         mcfg = ModelConfig(n_classes=n_classes, f_maps=tuple(config.f_maps), coord_conv=config.coord_conv,
-                           pyramid=config.pyramid, subvoxels=out[2], fine_decoder=config.fine_decoder)
+                           pyramid=config.pyramid, subvoxels=out[2], fine_decoder=wants_fine_decoder(config))
     net = ResUNet(mcfg)
     if init is not None:
         _init_from(net, init, classes)
