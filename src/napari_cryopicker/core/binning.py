@@ -106,11 +106,8 @@ class SubvoxelView:
         normalised as the binned tomogram would be (read one binned slice at a time)."""
         f, step = self.factor, max(1, int(step))
         nz, ny, nx = self.shape
-        out = []
-        for z in range(0, nz, step):
-            blk = np.asarray(self.full[z * f: (z + 1) * f, : ny * f, : nx * f], dtype=np.float32)
-            out.append(blk.reshape(f, ny, f, nx, f).mean(axis=(0, 2, 4))[::step, ::step])
-        return np.stack(out)
+        return np.stack([bin_volume(self.full[z * f: (z + 1) * f, : ny * f, : nx * f], f)[0, ::step, ::step]
+                         for z in range(0, nz, step)])
 
 
 def subvoxel_tomogram(tomo: Tomogram, factor: int) -> Tomogram:

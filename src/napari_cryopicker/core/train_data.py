@@ -295,17 +295,15 @@ def _sample(v: _Volume, rng: np.random.Generator, crop, config: TrainConfig) -> 
     if len(v.positives) and rng.random() < config.positive_fraction:
         if config.answer_share > 0 and v.answered is not None and len(v.answered) and rng.random() < config.answer_share:
             i = v.answered[rng.integers(len(v.answered))]
-            j = rng.uniform(-config.jitter, config.jitter, 3) * np.asarray(crop)
-            start = v.zyx[i] + j - np.asarray(crop) / 2
-            return [int(np.clip(int(s), 0, h)) for s, h in zip(start, hi)]
-        k = rng.integers(len(v.positives))
-        n_neg = len(v.positives) - v.n_pos
-        if v.n_pos and k >= v.n_pos and n_neg > NEGATIVE_SHARE * len(v.positives):
-            # rejections outnumber: a centred crop lands on one NEGATIVE_SHARE of the time, so a
-            # user who rejected hundreds of candidates still trains on the particles
-            if rng.random() >= NEGATIVE_SHARE * len(v.positives) / n_neg:
-                k = rng.integers(v.n_pos)
-        i = v.positives[k]
+        else:
+            k = rng.integers(len(v.positives))
+            n_neg = len(v.positives) - v.n_pos
+            if v.n_pos and k >= v.n_pos and n_neg > NEGATIVE_SHARE * len(v.positives):
+                # rejections outnumber: a centred crop lands on one NEGATIVE_SHARE of the time, so a
+                # user who rejected hundreds of candidates still trains on the particles
+                if rng.random() >= NEGATIVE_SHARE * len(v.positives) / n_neg:
+                    k = rng.integers(v.n_pos)
+            i = v.positives[k]
         j = rng.uniform(-config.jitter, config.jitter, 3) * np.asarray(crop)
         start = v.zyx[i] + j - np.asarray(crop) / 2
     else:
