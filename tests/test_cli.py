@@ -127,6 +127,24 @@ def test_train_predict_round_trip(simdir, tmp_path, capsys, monkeypatch):
         assert len(built) == 1 and len(list((tmp_path / "compiled").glob("*.pt2"))) == 1
 
 
+def test_train_makes_two_networks_unless_told(simdir, tmp_path, capsys):
+    """`cryopicker train` trains two networks by default (each with half the epochs) and
+    says so; --members 1 trains one; --members 0 is one clear line."""
+    from napari_cryopicker.core.model import load_checkpoint
+
+    base = ["train", "--tomogram", str(simdir / "tomogram.mrc"), "--picks", str(simdir / "picks.csv"),
+            "--class", "ribosome=25", "--class", "shell=13", "--class", "barrel=18", "--class", "blob=9",
+            "--epochs", "2", "--patch", "32", "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "two.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   1  network 1" in out and "epoch   2  network 2" in out and "2 networks" in out
+    assert load_checkpoint(tmp_path / "two.pt").n_members == 2
+    assert main([*base, "--out", str(tmp_path / "one.pt"), "--members", "1"]) == 0
+    assert load_checkpoint(tmp_path / "one.pt").n_members == 1 and "  network 1" not in capsys.readouterr().out
+    assert main([*base, "--out", str(tmp_path / "none.pt"), "--members", "0"]) == 2
+    assert "--members 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv, needle",
     [

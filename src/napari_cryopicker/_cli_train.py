@@ -22,6 +22,9 @@ def add_train_parser(sub) -> None:
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", default=None, metavar="MODEL.pt", help="fine-tune from this model")
+    t.add_argument("--members", type=int, default=None, metavar="N",
+                   help="train N networks one after another (each with 1/N of the epochs and time) and pick with "
+                        "their mean (default 2; 1 for one network; fine-tuning keeps the model's own count)")
     t.add_argument("--patch", type=int, default=None, help="training crop edge (voxels of the binned tomogram)")
     t.add_argument("--bin", dest="work_binning", default=None, metavar="auto|N",
                    help="train and pick on the tomogram block-mean binned by N (default auto: the largest "
@@ -48,7 +51,8 @@ def add_train_parser(sub) -> None:
 def _print_epoch(r: dict) -> None:
     vl = "-" if r.get("val_loss") is None else f"{r['val_loss']:.3f}"
     vf = "-" if r.get("val_f1") is None else f"{r['val_f1']:.3f}"
-    print(f"epoch {r['epoch']:3d}  train loss {r['train_loss']:.3f}  val loss {vl}  val F{3} {vf}  "
+    net = f"  network {r['member']}" if r.get("member") else ""
+    print(f"epoch {r['epoch']:3d}{net}  train loss {r['train_loss']:.3f}  val loss {vl}  val F{3} {vf}  "
           f"({r.get('seconds', 0):.0f} s)", flush=True)
 
 
@@ -84,6 +88,10 @@ def cmd_train(a) -> int:
                       checkpoint_path=str(a.out))
     if a.patch:
         cfg.patch = a.patch
+    if a.members is not None:
+        if a.members < 1:
+            raise CLIError(f"--members {a.members}: give a whole number >= 1")
+        cfg.members = a.members
     if a.work_binning is not None:
         b = str(a.work_binning).strip().lower()
         if b != "auto" and not (b.isdigit() and int(b) >= 1):
@@ -101,7 +109,11 @@ def cmd_train(a) -> int:
     ckpt = train_model(tomos, picks, classes, cfg, init=init, progress=prog, on_epoch=on_epoch)
     bar.close()
     save_checkpoint(ckpt, a.out)
-    best = "" if ckpt.best_score is None else f", best val F3 {ckpt.best_score:.3f} at epoch {ckpt.best_epoch}"
+    if ckpt.n_members > 1:
+        best = f", {ckpt.n_members} networks" + (
+            "" if ckpt.best_score is None else f", their best val F3 {ckpt.best_score:.3f} on average")
+    else:
+        best = "" if ckpt.best_score is None else f", best val F3 {ckpt.best_score:.3f} at epoch {ckpt.best_epoch}"
     print(f"saved {a.out} ({time.monotonic() - t0:.0f} s{best})")
     return 0
 

@@ -91,14 +91,17 @@ def run_demo(out: Path = Path("demo_out"), time_limit: float = 600.0, seed: int 
         bar.close()
         vf = "-" if r["val_f1"] is None else f"{r['val_f1']:.3f}"
         vl = "-" if r["val_loss"] is None else f"{r['val_loss']:.3f}"
-        log(f"      epoch {r['epoch']:3d}  train loss {r['train_loss']:.3f}  val loss {vl}  val F3 {vf}  "
+        net = f"  network {r['member']}" if r.get("member") else ""
+        log(f"      epoch {r['epoch']:3d}{net}  train loss {r['train_loss']:.3f}  val loss {vl}  val F3 {vf}  "
             f"({time.monotonic() - t_train:.0f} s, validation {r.get('val_seconds', 0):.1f} s)")
 
     t_train = time.monotonic()
     ckpt = train_model([train_tomo], [picks], classes, cfg, progress=Progress(callback=bar), on_epoch=on_epoch)
     bar.close()
     model_path = save_checkpoint(ckpt, out / "model.pt")
-    log(f"      saved {model_path} (best epoch {ckpt.best_epoch}, {count_parameters(ckpt.build()):,} parameters, "
+    nets = f"{ckpt.n_members} networks of " if ckpt.n_members > 1 else ""
+    log(f"      saved {model_path} ({nets}{count_parameters(ckpt.member(0).build()):,} parameters, "
+        f"best epoch {ckpt.best_epoch}, "
         f"{time.monotonic() - t_train:.0f} s)")
 
     log("[3/5] picking the test tomogram ...")

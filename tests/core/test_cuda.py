@@ -76,7 +76,7 @@ def test_predict_on_cuda_finds_the_particles_of_a_trained_model(sim):
     """Training on the GPU, long enough to learn the two classes, then picking there."""
     tomo, s = sim
     cfg = TrainConfig(epochs=40, steps_per_epoch=8, batch_size=4, patch=48, val_fraction=0.0, device="cuda",
-                      f_maps=(8, 16, 32))
+                      f_maps=(8, 16, 32), members=1)
     ck = train_model([tomo], [s.picks], s.classes, cfg)
     res = predict_picks(tomo, ck, PredictConfig(device="cuda", tile=64, margin=8))
     from napari_cryopicker.core.metrics import evaluate
@@ -91,3 +91,10 @@ def test_checkpoint_built_on_cuda(sim):
     ck = Checkpoint(model=mc.to_dict(), state_dict=ResUNet(mc).state_dict(), classes=s.classes, voxel_size=10.0)
     net = ck.build(CUDA)
     assert next(net.parameters()).device.type == "cuda"
+    two = Checkpoint(model=mc.to_dict(), state_dict=ck.state_dict, classes=s.classes, voxel_size=10.0,
+                     members=[ResUNet(mc).state_dict()])
+    ens = two.build(CUDA)  # an ensemble: every network on the GPU, and it runs there
+    assert {p.device.type for p in ens.parameters()} == {"cuda"} and len(ens.nets) == 2
+    with torch.no_grad():
+        out = ens.eval()(torch.randn(1, 1, 16, 16, 16, device=CUDA))
+    assert out.shape == (1, 3, 16, 16, 16) and torch.allclose(out.exp().sum(1), torch.ones(1, 16, 16, 16, device=CUDA))

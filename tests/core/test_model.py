@@ -51,6 +51,31 @@ def test_checkpoint_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temp file
 
 
+def test_an_ensemble_checkpoint_round_trips_and_runs_prepared_as_it_runs_raw(tmp_path):
+    from napari_cryopicker.core.model import Ensemble, prepare_for_inference
+
+    cfg = ModelConfig(n_classes=2, f_maps=(8, 16))
+    ck = _ckpt(cfg)
+    ck.members = [ResUNet(cfg).state_dict()]
+    back = load_checkpoint(save_checkpoint(ck, tmp_path / "two.pt"))
+    assert back.n_members == 2 and back.member(1).n_members == 1
+    assert all(torch.equal(back.member(1).state_dict[k], v) for k, v in ck.members[0].items())
+    net = back.build().eval()
+    assert isinstance(net, Ensemble)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        raw = net(x)
+        p = [torch.softmax(back.member(k).build().eval()(x), 1) for k in (0, 1)]
+        assert torch.allclose(raw.exp(), (p[0] + p[1]) / 2, atol=1e-5)
+        fast = prepare_for_inference(back.build(), "cpu")
+        assert isinstance(fast, Ensemble) and torch.allclose(fast(x), raw, atol=1e-4)
+    # a file whose second network does not fit the architecture is refused, by name
+    ck.members = [{k: v[..., :1] if v.ndim else v for k, v in ck.members[0].items()}]
+    bad = save_checkpoint(ck, tmp_path / "bad.pt")
+    with pytest.raises(ModelError, match="bad.pt"):
+        load_checkpoint(bad)
+
+
 def test_foreign_and_tampered_checkpoints_are_rejected(tmp_path):
     class Evil:
         def __reduce__(self):

@@ -12,8 +12,10 @@ from napari_cryopicker.core.tomogram import Tomogram
 from napari_cryopicker.core.train import TrainConfig, _init_from, train_model
 from napari_cryopicker.core.train_data import label_diameters
 
+# one network: these tests are about the loop's mechanics (the ensemble of TrainConfig.members
+# has tests of its own at the end)
 TINY = dict(epochs=6, steps_per_epoch=4, batch_size=2, patch=32, val_fraction=0.0, device="cpu",
-            f_maps=(4, 8, 16))
+            f_maps=(4, 8, 16), members=1)
 
 
 @pytest.fixture(scope="module")
@@ -228,9 +230,10 @@ def test_binned_training_picks_the_full_tomogram_in_its_own_voxels(tmp_path):
     # 20 epochs: the 9-voxel blob is 4.5 voxels on the binned grid. With the finest decoder
     # block (the default until session 14) 8 epochs made its recall a coin toss (0.0-1.0 over
     # three phantom pairs and two seeds) and 12 found >= 0.9 on all six; without it (0.6x the
-    # arithmetic per step) 12 epochs found 0.2 and 20, about the same arithmetic, 1.0
+    # arithmetic per step) 12 epochs found 0.2 and 20, about the same arithmetic, 1.0. One
+    # network: two would get 10 epochs each
     cfg = TrainConfig(epochs=20, steps_per_epoch=10, batch_size=2, patch=32, val_fraction=0.0, device="cpu",
-                      f_maps=(8, 16, 32), binning=2)
+                      f_maps=(8, 16, 32), binning=2, members=1)
     ck = train_model([Tomogram(train_sim.data, 10.0)], [train_sim.picks], train_sim.classes, cfg)
     ck = load_checkpoint(save_checkpoint(ck, tmp_path / "m.pt"))
     assert ck.binning == 2 and ck.voxel_size == 10.0
@@ -676,3 +679,108 @@ def test_validation_runs_a_copy_made_ready_for_inference_and_leaves_the_network_
     assert any(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())
     for k, v in net.state_dict().items():
         torch.testing.assert_close(v, before[k])
+
+
+def test_two_members_train_apart_and_pick_as_one(small_sim, tmp_path):
+    """members=2: two networks, each the single run of half the epochs from its own seed
+    (seed, seed + 1000), their records numbered on and marked; the checkpoint holds both,
+    thresholds the mean of theirs, saves and loads as an ensemble and picks with the mean of
+    their probabilities."""
+    from napari_cryopicker.core.model import Ensemble, load_checkpoint, save_checkpoint
+    from napari_cryopicker.core.predict import PredictConfig, predict_picks
+
+    tomo, sim = small_sim
+    cfg = dict(TINY, val_fraction=0.3)
+    seen = []
+    ck = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(cfg, members=2)), on_epoch=seen.append)
+    assert [(r["epoch"], r["member"]) for r in seen] == [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]
+    assert [(r["epoch"], r["member"]) for r in ck.history] == [(r["epoch"], r["member"]) for r in seen]
+    assert ck.n_members == 2 and 4 <= ck.best_epoch <= 6 and ck.train_config["members"] == 2
+    one = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(cfg, epochs=3)))
+    two = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(cfg, epochs=3, seed=1000)))
+    assert all(torch.equal(one.state_dict[k], ck.state_dict[k]) for k in one.state_dict)
+    assert all(torch.equal(two.state_dict[k], ck.members[0][k]) for k in two.state_dict)
+    for name in sim.classes.names:
+        for key in ("t_lm", "min_fill"):
+            want = (one.postprocess[name][key] + two.postprocess[name][key]) / 2
+            assert ck.postprocess[name][key] == pytest.approx(want)
+
+    path = save_checkpoint(ck, tmp_path / "two.pt")
+    back = load_checkpoint(path)
+    net = back.build("cpu").eval()
+    assert isinstance(net, Ensemble) and back.n_members == 2
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        mean = (torch.softmax(one.build("cpu").eval()(x), 1) + torch.softmax(two.build("cpu").eval()(x), 1)) / 2
+        assert torch.allclose(torch.softmax(net(x), 1), mean, atol=1e-5)
+    res = predict_picks(tomo, back, PredictConfig(device="cpu", compile=True))
+    assert len(res.picks) > 0
+    # fine-tuning an ensemble fine-tunes each network from its own weights
+    tuned = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(cfg, epochs=2, members=None)), init=back)
+    assert tuned.n_members == 2 and [r["member"] for r in tuned.history[6:]] == [1, 2]
+    assert [r["epoch"] for r in tuned.history] == list(range(1, 9))
+
+
+def test_members_default_and_limits(small_sim):
+    from napari_cryopicker.core.train import DEFAULT_MEMBERS, training_members
+
+    assert training_members(TrainConfig()) == DEFAULT_MEMBERS == 2
+    assert training_members(TrainConfig(continuous=True)) == 1  # live training: one network
+    tomo, sim = small_sim
+    two = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(TINY, epochs=2, members=None)))
+    assert two.n_members == 2
+    assert training_members(TrainConfig(), init=two) == 2  # fine-tuning keeps the count
+    assert training_members(TrainConfig(continuous=True), init=two) == 1
+    assert training_members(TrainConfig(epochs=1)) == 1  # never more networks than epochs
+    with pytest.raises(CryoPickerError, match="live training trains one network"):
+        training_members(TrainConfig(continuous=True, members=2))
+    with pytest.raises(CryoPickerError, match="at least 1"):
+        training_members(TrainConfig(members=0))
+
+
+def test_a_stop_in_the_second_network_keeps_the_first(small_sim):
+    tomo, sim = small_sim
+    prog = Progress()
+    messages = []
+
+    def cb(done, total, msg):
+        messages.append((done, total, msg))
+        if msg.startswith("network 2 of 2"):
+            prog.cancel()
+
+    prog.callback = cb
+    ck = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(TINY, epochs=4, members=2)), progress=prog)
+    assert ck.n_members == 1 and [r["member"] for r in ck.history] == [1, 1]
+    # the progress bar runs over both networks: the first fills its first half
+    first = [d / t for d, t, m in messages if m.startswith("network 1 of 2")]
+    assert first and max(first) <= 0.5 + 1e-9 and messages[-1][2].startswith("network 2 of 2")
+
+
+def test_a_time_limit_is_shared_between_the_members(small_sim):
+    import time
+
+    tomo, sim = small_sim
+    t = time.monotonic()
+    ck = train_model([tomo], [sim.picks], sim.classes,
+                     TrainConfig(**{**TINY, "epochs": 10_000, "time_limit": 6, "members": 2}))
+    assert time.monotonic() - t < 30 and ck.n_members == 2
+    assert {r["member"] for r in ck.history} == {1, 2}
+
+
+def test_a_timed_run_of_two_networks_is_repeated_by_twice_the_first_ones_epochs(small_sim, monkeypatch):
+    """With a time budget the first network plans its epochs from its half of the time and
+    the second trains as many, so a plain run of twice that count repeats both exactly
+    (the fake clock ticks once per call)."""
+    import napari_cryopicker.core.train as train_mod
+
+    tomo, sim = small_sim
+    clock = iter(range(10**9))
+    monkeypatch.setattr(train_mod.time, "monotonic", lambda: float(next(clock)))
+    timed = train_model([tomo], [sim.picks], sim.classes,
+                        TrainConfig(**dict(TINY, epochs=10_000, members=2), time_limit=300))
+    monkeypatch.undo()
+    e = [sum(r["member"] == m for r in timed.history) for m in (1, 2)]
+    assert e[0] == e[1] >= 4 and timed.n_members == 2
+    again = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(TINY, epochs=2 * e[0], members=2)))
+    assert all(torch.equal(timed.state_dict[k], again.state_dict[k]) for k in again.state_dict)
+    assert all(torch.equal(timed.members[0][k], again.members[0][k]) for k in again.members[0])

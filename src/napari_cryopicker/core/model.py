@@ -15,6 +15,7 @@ and loaded with ``torch.load(weights_only=True)``: no pickled code is ever execu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -267,11 +268,37 @@ def _onednn_usable() -> bool:
     return _ONEDNN_OK
 
 
-def prepare_for_inference(net: ResUNet, device: str | torch.device = "cpu") -> ResUNet:
+class Ensemble(nn.Module):
+    """Networks trained apart on the same picks (``TrainConfig.members``), answering as one:
+    the log of their mean class probabilities, so that a softmax downstream gives the mean.
+    Runs from different random starts part ways on the similar classes (the realistic
+    benchmark's mitoribosome: F1 0.54 and 0.87 from two starts on the same clicks), and the
+    mean of two is about as good as the better one (docs/method.md)."""
+
+    def __init__(self, nets):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.nets[0].config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        acc = None
+        for net in self.nets:
+            p = torch.softmax(net(x).float(), dim=1)
+            acc = p if acc is None else acc + p
+        return torch.log((acc / len(self.nets)).clamp_min(1e-12))
+
+
+def prepare_for_inference(net: ResUNet | Ensemble, device: str | torch.device = "cpu") -> ResUNet | Ensemble:
     """The fastest way this machine runs ``net`` for prediction (same output): batch norm
     folded (:func:`fold_batchnorm`), channels-last memory layout, and on the CPU every 3x3x3
     convolution and the average pooling run by oneDNN directly (:class:`_OneDNNConv3d`,
-    :meth:`ResUNet._down`). Eval mode; do not train the result."""
+    :meth:`ResUNet._down`). Eval mode; do not train the result. An :class:`Ensemble` has
+    each of its networks prepared."""
+    if isinstance(net, Ensemble):
+        return Ensemble([prepare_for_inference(n, device) for n in net.nets]).eval()
     net = fold_batchnorm(net).to(memory_format=torch.channels_last_3d)
     if torch.device(device).type == "cpu" and _onednn_usable():
         for module in list(net.modules()):
@@ -335,20 +362,35 @@ class Checkpoint:
     best_epoch: int | None = None
     best_score: float | None = None
     postprocess: dict = field(default_factory=dict)  # tuned MP-NMS thresholds
+    # the weights of the ensemble's further networks (TrainConfig.members), same architecture
+    members: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
     @property
     def model_config(self) -> ModelConfig:
         return ModelConfig.from_dict(self.model)
 
     @property
+    def n_members(self) -> int:
+        return 1 + len(self.members)
+
+    def member(self, k: int) -> Checkpoint:
+        """Network ``k`` of the ensemble alone, as a checkpoint of its own (fine-tuning starts
+        each network from its own weights)."""
+        states = [self.state_dict, *self.members]
+        return dataclasses.replace(self, state_dict=states[k], members=[])
+
+    @property
     def binning(self) -> int:
         """The network works on the tomogram block-mean binned by this factor (core.binning)."""
         return max(1, int((self.normalisation or {}).get("binning", 1) or 1))
 
-    def build(self, device: str | torch.device = "cpu") -> ResUNet:
-        net = ResUNet(self.model_config)
-        net.load_state_dict(self.state_dict)
-        return net.to(device)
+    def build(self, device: str | torch.device = "cpu") -> ResUNet | Ensemble:
+        nets = []
+        for state in (self.state_dict, *self.members):
+            net = ResUNet(self.model_config)
+            net.load_state_dict(state)
+            nets.append(net.to(device))
+        return nets[0] if len(nets) == 1 else Ensemble(nets)
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -365,6 +407,8 @@ class Checkpoint:
             "best_epoch": self.best_epoch,
             "best_score": self.best_score,
             "postprocess": dict(self.postprocess),
+            **({"members": [{k: v.detach().cpu() for k, v in m.items()} for m in self.members]}
+               if self.members else {}),
         }
 
 
@@ -410,6 +454,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             best_epoch=payload.get("best_epoch"),
             best_score=payload.get("best_score"),
             postprocess=dict(payload.get("postprocess") or {}),
+            members=[dict(m) for m in payload.get("members") or []],
         )
         ckpt.build("cpu")  # validates that weights fit the architecture
     except ModelError:

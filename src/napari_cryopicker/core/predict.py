@@ -358,7 +358,9 @@ def predict_picks(
     tshape = _tile_shape(tomogram.shape, config.tile, config.margin, mc.multiple)
     n_tiles = math.prod(len(tile_starts(n, t, config.margin)) for n, t in zip(tomogram.shape, tshape))
     bs = max(1, int(config.batch_size))
-    key = compiled.network_key(checkpoint, tshape, bs) if config.compile and device.type == "cpu" else None
+    # (an ensemble runs uncompiled: the compiled form holds one network)
+    key = (compiled.network_key(checkpoint, tshape, bs)
+           if config.compile and device.type == "cpu" and not checkpoint.members else None)
     net = None
     if key is not None and compiled.wanted(config.compile, device, key, n_tiles):
         net = compiled.compiled_network(checkpoint, key, (bs, mc.in_channels, *(t * mc.subvoxels for t in tshape)),

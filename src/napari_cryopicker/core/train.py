@@ -48,7 +48,8 @@ from .train_plan import _Plan
 from .train_state import TrainState, _better, _checkpoint, _copy_state, _ema_model, _init_from
 from .train_validate import _self_label, validate
 
-__all__ = ["TrainConfig", "TrainState", "loss_fn", "nms_defaults", "train_model", "training_binning"]
+__all__ = ["DEFAULT_MEMBERS", "TrainConfig", "TrainState", "loss_fn", "nms_defaults", "train_model",
+           "training_binning", "training_members"]
 
 
 @dataclass
@@ -143,6 +144,14 @@ class TrainConfig:
     # cycle ends low, so its last network is a settled one, and later cycles fine-tune.
     continuous: bool = False
     cycle_epochs: int = 10
+    # Train this many networks one after another on the same picks, from different random
+    # starts (seed, seed + 1000, ...), each with an equal share of the epochs and of the
+    # time budget, and pick with the mean of their class probabilities (model.Ensemble),
+    # with the mean of their thresholds. Runs from different starts part ways on similar
+    # classes; two halves beat one whole run on the realistic benchmark (docs/method.md).
+    # None: 2 for a run with a planned end, 1 for live training; fine-tuning keeps the
+    # model's own count.
+    members: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -217,9 +226,119 @@ def train_model(
             new = _checked_picks(given, new, classes, config)
         return [picks_to_binned(p, factor) for p in new] if factor > 1 else new
 
+    n = training_members(config, init)
     with cudnn_autotune(device):
+        if n > 1:
+            return _train_members(n, tomograms, picks, work_classes, config, init, progress, on_epoch, device, vs,
+                                  t_start, out, on_model, renewed if refresh is not None else None)
         return _train(tomograms, picks, work_classes, config, init, progress, on_epoch, device, vs, t_start, out,
                       on_model, renewed if refresh is not None else None)
+
+
+#: networks of a run with a planned end (TrainConfig.members = None)
+DEFAULT_MEMBERS = 2
+
+
+def training_members(config: TrainConfig, init: Checkpoint | None = None) -> int:
+    """How many networks the run trains (``config.members``; see TrainConfig), never more
+    than it has epochs."""
+    if config.members is None:  # live training goes on from the model's first network
+        n = 1 if config.continuous else (init.n_members if init is not None else DEFAULT_MEMBERS)
+    else:
+        n = int(config.members)
+        if n < 1:
+            raise CryoPickerError(f"members (networks to train) must be at least 1, not {config.members}")
+        if n > 1 and config.continuous:
+            raise CryoPickerError("live training trains one network: set members to 1 (or leave it unset)")
+    return max(1, min(n, int(config.epochs)))
+
+
+def _train_members(n, tomograms, picks, classes, config, init, progress, on_epoch, device, vs, t_start, out,
+                   on_model=None, refresh=None) -> Checkpoint:
+    """:func:`_train` for ``n`` networks one after another (``TrainConfig.members``), joined
+    into one ensemble checkpoint. A Stop keeps the networks finished before it (the one it
+    cut short too, when it is the first)."""
+    from dataclasses import replace
+
+    parts: list[Checkpoint] = []
+    history = list(init.history) if init is not None else []
+    first_epochs, first_seconds = None, 0.0
+    for k in range(n):
+        epochs = config.epochs // n + (1 if k < config.epochs % n else 0)
+        limit = None
+        if config.time_limit:
+            left = config.time_limit - (time.monotonic() - t_start)
+            if left <= 0:
+                break
+            # the first network plans its epochs from its share of the time; the others
+            # train as many (time allowing), so that every network gets the same steps and
+            # the run is repeated exactly by a plain run of n times that count
+            limit = left / (n - k) if first_epochs is None else left - (n - k - 1) * first_seconds
+            epochs = epochs if first_epochs is None else min(epochs, first_epochs)
+        sub = replace(config, seed=config.seed + 1000 * k, epochs=epochs, time_limit=limit, members=1,
+                      checkpoint_path=config.checkpoint_path if k == 0 else None)
+        own = init.member(k % init.n_members) if init is not None else None
+        # the network's own epochs count on from its start; the run's from the last record
+        offset = len(history) - (len(own.history) if own is not None else 0)
+
+        def report(done, total, message, k=k):
+            progress.update(k * total + done, n * total, f"network {k + 1} of {n}, {message}")
+
+        def on_member_epoch(record, k=k, offset=offset):
+            if on_epoch is not None:
+                on_epoch({**record, "epoch": record["epoch"] + offset, "member": k + 1})
+
+        start = len(own.history) if own is not None else 0
+        t_member = time.monotonic()
+        try:
+            # live suggestions come from the first network (a later one starts from scratch):
+            # after each epoch of a later one, the first's best again, for the region in view now
+            model_hook = on_model if k == 0 or on_model is None else (lambda _ck, first=parts[0]: on_model(first))
+            part = _train(tomograms, picks, classes, sub, own, Progress(report, progress.cancel_event),
+                          on_member_epoch, device, vs, time.monotonic(), out, model_hook, refresh)
+        except Cancelled:
+            if not parts:
+                raise
+            break
+        if progress.cancelled and parts:
+            break  # a network cut short would weigh as much as a finished one
+        new = part.history[start:]
+        if first_epochs is None:
+            first_epochs, first_seconds = len(new), time.monotonic() - t_member
+        history += [{**r, "epoch": r["epoch"] + offset, "member": k + 1} for r in new]
+        if part.best_epoch is not None:
+            part.best_epoch = part.best_epoch + offset
+        parts.append(part)
+        if progress.cancelled:
+            break
+    ens = _join_members(parts, history, config)
+    if config.checkpoint_path and len(parts) > 1:
+        try:
+            save_checkpoint(ens, config.checkpoint_path)
+        except OSError as e:
+            warnings.warn(f"{config.checkpoint_path}: cannot save the model ({e.strerror or e})",
+                          CryoPickerWarning, stacklevel=2)
+    return ens
+
+
+def _join_members(parts: list[Checkpoint], history: list[dict], config: TrainConfig) -> Checkpoint:
+    """One checkpoint of the trained networks: the first's weights, the others' as members,
+    each class's MP-NMS thresholds the mean of theirs (the ensemble scores a particle about
+    the mean of their scores), the best epoch the last network's."""
+    from dataclasses import replace
+
+    first = parts[0]
+    post = {}
+    for name, p in (first.postprocess or {}).items():
+        post[name] = dict(p)
+        for key in ("t_lm", "min_fill"):
+            vals = [float(c.postprocess[name][key]) for c in parts if key in (c.postprocess or {}).get(name, {})]
+            if vals:
+                post[name][key] = float(np.mean(vals))
+    scores = [c.best_score for c in parts if c.best_score is not None]
+    return replace(first, members=[c.state_dict for c in parts[1:]], postprocess=post, history=history,
+                   best_epoch=parts[-1].best_epoch, best_score=float(np.mean(scores)) if scores else None,
+                   train_config={**config.to_dict(), "members": len(parts)})
 
 
 def training_binning(classes: ClassTable, config: TrainConfig, init: Checkpoint | None = None) -> int:
