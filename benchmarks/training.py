@@ -133,7 +133,8 @@ def main() -> None:
         el = time.monotonic() - t0
         rows.append((el, r))
         vf = "-" if r["val_f1"] is None else f"{r['val_f1']:.3f}"
-        print(f"#   {el:6.0f} s  epoch {r['epoch']:3d}  loss {r['train_loss']:.3f}  val F3 {vf}", flush=True)
+        net = f"  network {r['member']}" if r.get("member") else ""
+        print(f"#   {el:6.0f} s  epoch {r['epoch']:3d}{net}  loss {r['train_loss']:.3f}  val F3 {vf}", flush=True)
 
     ckpt = train_model([open_tomogram(train_mrc)], [picks], classes, cfg, on_epoch=on_epoch)
     t_train = time.monotonic() - t0

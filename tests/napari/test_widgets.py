@@ -641,6 +641,9 @@ def test_live_suggestions_appear_and_update_while_training(viewer, picked, qtbot
     # two networks (2 + 1 epochs): the suggestions follow the first; during the second,
     # each epoch picks the region in view again with the first's best network
     assert picked.checkpoint.n_members == 2 and [h["member"] for h in w.run.history] == [1, 1, 2]
+    from napari_cryopicker._napari.controllers import model_summary
+
+    assert "3 epoch(s) over 2 networks" in model_summary(picked)
     import re
 
     best = int(re.search(r"from epoch (\d+)'s network", w.live_info.text()).group(1))

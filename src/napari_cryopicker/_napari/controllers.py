@@ -214,10 +214,11 @@ def model_summary(session: PickingSession) -> str:
     if ck.voxel_size:
         b = ck.binning
         parts.append(f"{ck.voxel_size:.3g} A/voxel" + (f", works at bin {b} ({ck.voxel_size * b:.3g} A)" if b > 1 else ""))
+    n = getattr(ck, "n_members", 1)
     if ck.history:
-        parts.append(f"{len(ck.history)} epoch(s)")
+        parts.append(f"{len(ck.history)} epoch(s)" + (f" over {n} networks" if n > 1 else ""))
     if ck.best_score is not None:
-        parts.append(f"validation score {ck.best_score:.2f}")
+        parts.append(("mean " if n > 1 else "") + f"validation score {ck.best_score:.2f}")
     if session.model_path is not None:
         parts.append(f"file {session.model_path.name}")
     return "; ".join(parts)
