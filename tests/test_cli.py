@@ -128,8 +128,8 @@ def test_train_predict_round_trip(simdir, tmp_path, capsys, monkeypatch):
 
 
 def test_train_makes_two_networks_unless_told(simdir, tmp_path, capsys):
-    """`cryopicker train` trains two networks by default (each with half the epochs) and
-    says so; --members 1 trains one; --members 0 is one clear line."""
+    """`cryopicker train` trains several networks by default (three, never more than its
+    epochs: two here, each with one epoch) and says so; --members 1 trains one; --members 0 is one clear line."""
     from napari_cryopicker.core.model import load_checkpoint
 
     base = ["train", "--tomogram", str(simdir / "tomogram.mrc"), "--picks", str(simdir / "picks.csv"),

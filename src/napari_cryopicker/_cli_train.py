@@ -24,7 +24,7 @@ def add_train_parser(sub) -> None:
     t.add_argument("--init", default=None, metavar="MODEL.pt", help="fine-tune from this model")
     t.add_argument("--members", type=int, default=None, metavar="N",
                    help="train N networks one after another (each with 1/N of the epochs and time) and pick with "
-                        "their mean (default 2; 1 for one network; fine-tuning keeps the model's own count)")
+                        "their mean (default 3; 1 for one network; fine-tuning keeps the model's own count)")
     t.add_argument("--patch", type=int, default=None, help="training crop edge (voxels of the binned tomogram)")
     t.add_argument("--bin", dest="work_binning", default=None, metavar="auto|N",
                    help="train and pick on the tomogram block-mean binned by N (default auto: the largest "

@@ -724,7 +724,7 @@ def test_two_members_train_apart_and_pick_as_one(small_sim, tmp_path):
 def test_members_default_and_limits(small_sim):
     from napari_cryopicker.core.train import DEFAULT_MEMBERS, training_members
 
-    assert training_members(TrainConfig()) == DEFAULT_MEMBERS == 2
+    assert training_members(TrainConfig()) == DEFAULT_MEMBERS == 3
     assert training_members(TrainConfig(continuous=True)) == 1  # live training: one network
     tomo, sim = small_sim
     two = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(TINY, epochs=2, members=None)))

@@ -638,12 +638,12 @@ def test_live_suggestions_appear_and_update_while_training(viewer, picked, qtbot
     assert w.run.task.last_outcome.ok
     qtbot.waitUntil(lambda: w.run.live_updates == 3, timeout=5000)  # one per epoch
     assert len(slabs) == 3 and all(s[1:] == SHAPE[1:] and s[0] <= SHAPE[0] for s in slabs)
-    # two networks (2 + 1 epochs): the suggestions follow the first; during the second,
-    # each epoch picks the region in view again with the first's best network
-    assert picked.checkpoint.n_members == 2 and [h["member"] for h in w.run.history] == [1, 1, 2]
+    # three networks (one epoch each): the suggestions follow the first; during the later
+    # ones, each epoch picks the region in view again with the first's best network
+    assert picked.checkpoint.n_members == 3 and [h["member"] for h in w.run.history] == [1, 2, 3]
     from napari_cryopicker._napari.controllers import model_summary
 
-    assert "3 epoch(s) over 2 networks" in model_summary(picked)
+    assert "3 epoch(s) over 3 networks" in model_summary(picked)
     import re
 
     best = int(re.search(r"from epoch (\d+)'s network", w.live_info.text()).group(1))
