@@ -784,3 +784,27 @@ def test_a_timed_run_of_two_networks_is_repeated_by_twice_the_first_ones_epochs(
     again = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(TINY, epochs=2 * e[0], members=2)))
     assert all(torch.equal(timed.state_dict[k], again.state_dict[k]) for k in again.state_dict)
     assert all(torch.equal(timed.members[0][k], again.members[0][k]) for k in again.members[0])
+
+
+def test_a_network_left_under_half_the_first_ones_time_is_left_out(small_sim, monkeypatch):
+    """When the machine slows, a later network that would get under half the first one's
+    time is not trained (it would weigh as much as a full one); with time enough, all are."""
+    import napari_cryopicker.core.train as train_mod
+
+    tomo, sim = small_sim
+    now = [0.0]
+    monkeypatch.setattr(train_mod.time, "monotonic", lambda: now[0])
+    real = train_mod._train
+
+    def takes_100_s(*a, **k):
+        ck = real(*a, **k)
+        now[0] += 100.0
+        return ck
+
+    monkeypatch.setattr(train_mod, "_train", takes_100_s)
+    cfg = dict(TINY, epochs=6, members=3)
+    short = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**cfg, time_limit=230))
+    assert short.n_members == 1  # after 100 s, 130 s left: 30 s for the second, 100 for the third
+    now[0] = 0.0
+    enough = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**cfg, time_limit=400))
+    assert enough.n_members == 3 and [r["member"] for r in enough.history] == [1, 1, 2, 2, 3, 3]

@@ -275,6 +275,8 @@ def _train_members(n, tomograms, picks, classes, config, init, progress, on_epoc
             # train as many (time allowing), so that every network gets the same steps and
             # the run is repeated exactly by a plain run of n times that count
             limit = left / (n - k) if first_epochs is None else left - (n - k - 1) * first_seconds
+            if first_epochs is not None and limit < 0.5 * first_seconds:
+                break  # (a slowed machine) a network with under half the first's time would weigh as much
             epochs = epochs if first_epochs is None else min(epochs, first_epochs)
         sub = replace(config, seed=config.seed + 1000 * k, epochs=epochs, time_limit=limit, members=1,
                       checkpoint_path=config.checkpoint_path if k == 0 else None)
