@@ -273,15 +273,11 @@ class Ensemble(nn.Module):
     the log of their mean class probabilities, so that a softmax downstream gives the mean.
     Runs from different random starts part ways on the similar classes (the realistic
     benchmark's mitoribosome: F1 0.54 and 0.87 from two starts on the same clicks), and the
-    mean of two is about as good as the better one (docs/method.md)."""
+    mean of several is about as good as the better ones (docs/method.md)."""
 
     def __init__(self, nets):
         super().__init__()
         self.nets = nn.ModuleList(nets)
-
-    @property
-    def config(self) -> ModelConfig:
-        return self.nets[0].config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         acc = None
