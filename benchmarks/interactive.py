@@ -20,7 +20,9 @@ who knows the particles would:
   epochs) that network picks the whole test tomogram and is scored per class (F1 within
   the full radius), outside the clock.
 
-One action = one click or one answer. The run ends when every class reaches
+One action = one click or one answer. With ``--max-actions N`` the annotator stops after N
+actions (the issue's bar: half the batch loop's 160) and training goes on with what it
+has, to see where that many actions get within the budget. The run ends when every class reaches
 ``--target`` or after ``--budget`` seconds of training and answering. The batch loop it is
 compared with is ``realistic.py``: 40 clicks per class (160 actions), 12 minutes.
 
@@ -61,6 +63,11 @@ class Annotator:
         self.views = list(np.linspace(np.percentile(zs, 20), np.percentile(zs, 80), 5).round().astype(int))
         self.view = self.views[len(self.views) // 2]
         self.clicked: set[int] = set()  # truth rows already clicked or accepted
+        self.cap: int | None = None  # the most actions this annotator makes (--max-actions)
+
+    def left(self) -> int:
+        """Actions this annotator may still make."""
+        return 1 << 30 if self.cap is None else max(0, self.cap - self.actions)
 
     def in_view(self, zyx) -> np.ndarray:
         return np.abs(np.asarray(zyx)[:, 0] - self.view) <= self.slab / 2
@@ -86,7 +93,7 @@ class Annotator:
                 rows = sorted(rows, key=lambda i: i not in set(missed))
             else:
                 self.rng.shuffle(rows)
-            for i in rows[:per_class]:
+            for i in rows[:min(per_class, self.left() - n)]:
                 d = self.rng.normal(size=3)
                 d *= self.rng.uniform(0, 0.5 * c.radius) / np.linalg.norm(d)
                 self._add(self.truth.zyx[i] + d, c.name, "manual")
@@ -106,7 +113,7 @@ class Annotator:
         tree = cKDTree(self.truth.zyx)
         names = self.truth.table["class_name"].to_numpy()
         n = 0
-        for i in range(min(limit, len(candidates))):
+        for i in range(min(limit, len(candidates), self.left())):
             zyx = candidates.zyx[i]
             cls = str(candidates.table["class_name"].iloc[i])
             near = tree.query_ball_point(zyx, self.classes[cls].radius)
@@ -180,6 +187,7 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
     test_mrc, test_truth = realistic_sim(shape, 200 + seed)
     tomo, test = open_tomogram(train_mrc), open_tomogram(test_mrc)
     user = Annotator(train_truth, classes, args.slab, shape, seed)
+    user.cap = args.max_actions
     user.click(args.first)
     cfg = TrainConfig(**{"epochs": 100_000, "continuous": True, "seed": seed, "device": args.device, **overrides})
     # the networks to score: each learning-rate cycle's last (settled) one, and the last
@@ -265,6 +273,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=0,
                     help="also score every N epochs (0: only at the end of each learning-rate cycle and at the end)")
     ap.add_argument("--target", type=float, default=0.9)
+    ap.add_argument("--max-actions", type=int, default=None,
+                    help="the annotator stops after this many actions; training goes on to the budget")
     ap.add_argument("--budget", type=float, default=600.0, help="seconds of training and answering")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field")
     ap.add_argument("--tag", default="live")

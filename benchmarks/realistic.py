@@ -15,6 +15,10 @@ Scenarios (``--scenario``):
   all        every particle of the four classes clicked (an upper bound)
   offcentre  40 clicks per class, each off the centre by up to half a radius (human clicks)
 
+``--distractors fas,ferritin`` clicks as many of those never-benchmarked classes too, each as a
+class of its own (a user who labels the look-alikes that steal picks); they are trained and
+picked like the others, and their picks are left out of the scores.
+
 ``--set KEY=VALUE`` overrides a TrainConfig field (engine experiments, e.g.
 ``--set f_maps=16,32,48,64``; ``--set seed=K`` trains the same clicks along another
 trajectory, to measure the run-to-run spread); ``--predict KEY=VALUE`` a PredictConfig field.
@@ -111,7 +115,7 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict) -> dict:
     from napari_cryopicker.core.train import TrainConfig, train_model
 
     shape = C.parse_shape(args.shape)
-    classes = realistic_classes(10.0, BENCHMARK_CLASSES)
+    classes = realistic_classes(10.0, BENCHMARK_CLASSES + tuple(args.distractors))
     train_mrc, train_truth = realistic_sim(shape, 100 + seed)
     test_mrc, _ = realistic_sim(shape, 200 + seed)
     picks = clicks(train_truth, classes, args.scenario, args.per_class, seed)
@@ -144,7 +148,7 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict) -> dict:
     save_checkpoint(ckpt, OUT / f"{args.tag_resolved}_s{seed}.pt")
     res.picks.table.to_csv(OUT / f"{args.tag_resolved}_s{seed}_picks.csv", index=False)
     scores = score(res.picks, seed, shape)
-    return {"seed": seed, "scenario": args.scenario, "clicks": picks.counts(), "train_seconds": round(train_s, 1),
+    return {"seed": seed, "scenario": args.scenario, "distractors": list(args.distractors), "clicks": picks.counts(), "train_seconds": round(train_s, 1),
             "predict_seconds": round(predict_s, 1), "best_epoch": ckpt.best_epoch, "epochs": len(ckpt.history),
             "train_seed": cfg.seed, "self_label_check": spied.report,
             "history": history, "scores": scores,
@@ -197,11 +201,13 @@ def score(picks, seed: int, shape) -> dict:
 
 
 def score_against(picks, truth, classes) -> dict:
-    """Per-class scores of ``picks`` against the benchmark classes of ``truth`` (full and half radius)."""
+    """Per-class scores of ``picks`` against the benchmark classes of ``truth`` (full and half
+    radius); picks of other classes (``--distractors``) are left out."""
     from napari_cryopicker.core.metrics import evaluate
     from napari_cryopicker.core.realistic import BENCHMARK_CLASSES
 
     truth = truth.subset(np.isin(truth.table["class_name"].to_numpy(), list(BENCHMARK_CLASSES)))
+    picks = picks.subset(np.isin(picks.table["class_name"].to_numpy(), list(BENCHMARK_CLASSES)))
     picks = picks.with_tomogram("tomogram")
     out = {}
     for frac in (1.0, 0.5):
@@ -303,6 +309,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--scenario", choices=("fewclick", "all", "offcentre"), default="fewclick")
     ap.add_argument("--per-class", type=int, default=40)
+    ap.add_argument("--distractors", type=lambda t: tuple(n for n in t.split(",") if n), default=(),
+                    metavar="NAMES", help="more classes to click and train (e.g. fas,ferritin), not scored")
     ap.add_argument("--time-limit", type=float, default=720.0, help="training budget, seconds (default 720)")
     ap.add_argument("--shape", default="200x512x512")
     ap.add_argument("--device", default="cpu")
@@ -317,13 +325,19 @@ def main(argv=None) -> int:
     ap.add_argument("--repredict", default=None, metavar="TAG",
                     help="pick the test tomograms again with the models run TAG saved, instead of training")
     args = ap.parse_args(argv)
+    from napari_cryopicker.core.realistic import BENCHMARK_CLASSES, REALISTIC_CLASSES
+
+    known = [c.name for c in REALISTIC_CLASSES if c.name not in BENCHMARK_CLASSES]
+    bad = [n for n in args.distractors if n not in known]
+    if bad:
+        ap.error(f"--distractors: {bad[0]!r} is not a class of the simulator's library (known: {', '.join(known)})")
     print("# command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
     if args.rescore:
         return rescore(args)
     if args.repredict:
         return repredict(args)
     overrides, predict_overrides = _pairs(args.sets), _pairs(args.predict_sets)
-    tag = args.tag or "_".join([args.scenario] + [f"{k}{v}" for k, v in {**overrides, **predict_overrides}.items()])
+    tag = args.tag or "_".join([args.scenario] + [f"with-{n}" for n in args.distractors] + [f"{k}{v}" for k, v in {**overrides, **predict_overrides}.items()])
     tag = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in tag)
     args.tag_resolved = tag
     print(f"# {C.machine()}")
