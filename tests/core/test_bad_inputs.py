@@ -250,6 +250,27 @@ def test_too_few_picks_for_a_validation_split():
     assert ck.history[0]["val_loss"] is None and ck.best_epoch == 1
 
 
+def test_a_small_class_holding_auto_binning_back_is_named():
+    # a 16-voxel class alone would be binned by 2; a 6-voxel look-alike keeps the run at full resolution
+    from napari_cryopicker.core.train import TrainConfig, train_model
+
+    tomo = Tomogram(np.random.default_rng(1).normal(size=(32, 48, 48)).astype(np.float32), 10.0)
+    picks = Picks.from_zyx([[10, 12, 12], [20, 30, 30], [16, 20, 36], [12, 36, 14]],
+                           class_name=["big", "big", "tiny", "tiny"], voxel_size=10.0)
+    table = ClassTable([ParticleClass("big", 16), ParticleClass("tiny", 6)])
+    with pytest.warns(CryoPickerWarning) as rec:
+        ck = train_model([tomo], [picks], table, TrainConfig(**{**TINY, "binning": "auto"}))
+    said = [str(w.message) for w in rec if "auto binning" in str(w.message)]
+    assert said == ["class 'tiny' (6 voxels across) keeps auto binning at full resolution; without it the "
+                    "network would work at bin 2, with 8x less work per step. For a look-alike kept apart only, "
+                    "choose bin 2 (the Training panel's 'work at', or cryopicker train --bin 2)"]
+    assert ck.binning == 1
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        train_model([tomo], [picks], table, TrainConfig(**{**TINY, "binning": 1}))  # chosen: nothing to say
+    assert not [w for w in quiet if "auto binning" in str(w.message)]
+
+
 def test_picks_at_another_voxel_size_are_rescaled():
     # picked on a 2x finer tomogram (5 A): at 10 A they are at half the coordinates, inside the volume
     picks = Picks.from_zyx([[20, 20, 20], [40, 60, 60]], class_name="a", voxel_size=5.0)

@@ -6,6 +6,7 @@ from napari_cryopicker.core.binning import (
     auto_binning,
     bin_volume,
     binned_tomogram,
+    binning_held_back,
     classes_binned,
     picks_from_binned,
     picks_to_binned,
@@ -63,6 +64,11 @@ def test_auto_binning_keeps_the_smallest_class_seven_voxels_across():
     assert auto_binning(ClassTable()) == 1
     t = classes_binned(table(28, 14), 2)
     assert t.diameters == [14.0, 7.0] and t.names == ["c0", "c1"]
+    assert binning_held_back(table(28, 24, 14, 12)) == (["c3"], 1, 2)  # a ferritin-sized look-alike
+    assert binning_held_back(table(28, 24, 14)) == (["c2"], 2, 3)  # training warns only at full resolution
+    assert binning_held_back(table(28, 12, 11)) == (["c2", "c1"], 1, 4)
+    assert binning_held_back(table(12, 11)) == ([], 1, 1)  # neither alone: a small-particle project
+    assert binning_held_back(table(6)) == ([], 1, 1)
 
 
 def test_unbin_map_restores_the_full_grid_of_odd_shapes():

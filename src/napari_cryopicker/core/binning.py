@@ -36,6 +36,22 @@ def auto_binning(classes: ClassTable, min_diameter: float = MIN_BINNED_DIAMETER,
     return int(max(1, min(limit, math.floor(smallest / min_diameter + 1e-6))))
 
 
+def binning_held_back(classes: ClassTable, min_diameter: float = MIN_BINNED_DIAMETER,
+                      limit: int = MAX_BINNING) -> tuple[list[str], int, int]:
+    """(names, factor, without): the classes that alone keep :func:`auto_binning` at
+    ``factor`` where the others would allow ``without``; ([], f, f) when none does. A small
+    look-alike class added to keep it apart from a large one sends a whole run to a finer
+    grid (8x the work per halving of the factor), which the caller should say."""
+    factor = auto_binning(classes, min_diameter, limit)
+    for k in range(1, len(classes)):
+        small = sorted(classes, key=lambda c: c.diameter)[:k]
+        rest = ClassTable([replace(c) for c in classes if c not in small])
+        without = auto_binning(rest, min_diameter, limit)
+        if without > factor:
+            return [c.name for c in small], factor, without
+    return [], factor, factor
+
+
 def bin_volume(data: np.ndarray, factor: int, progress: Progress | None = None,
                slab_voxels: int = 16_000_000) -> np.ndarray:
     """Block-mean of a (z, y, x) array (a memory map is read slab by slab, never whole) as

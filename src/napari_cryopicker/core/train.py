@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .binning import DEFAULT_BINNING, auto_binning, classes_binned, picks_to_binned, working_tomogram
+from .binning import (DEFAULT_BINNING, auto_binning, binning_held_back, classes_binned, picks_to_binned,
+                      working_tomogram)
 from .classes import ClassTable
 from .errors import Cancelled, CryoPickerError, CryoPickerWarning
 from .model import Checkpoint, ModelConfig, ResUNet, cudnn_autotune, resolve_device, save_checkpoint
@@ -208,6 +209,8 @@ def train_model(
     if not (config.ema == 0 or 0.0 < config.ema < 1.0):
         raise CryoPickerError(f"ema must be 0 (off) or between 0 and 1 (a decay per step), not {config.ema}")
     factor = training_binning(classes, config, init)
+    if init is None and config.binning == "auto":
+        _say_binning_held_back(classes)
     subvoxels = training_subvoxels(config, factor, init)
     work_classes = classes
     given = list(tomograms)  # as the caller gave them (refresh's picks are in their voxels)
@@ -342,6 +345,21 @@ def _join_members(parts: list[Checkpoint], history: list[dict], config: TrainCon
     return replace(first, members=[c.state_dict for c in parts[1:]], postprocess=post, history=history,
                    best_epoch=parts[-1].best_epoch, best_score=float(np.mean(scores)) if scores else None,
                    train_config={**config.to_dict(), "members": len(parts)})
+
+
+def _say_binning_held_back(classes: ClassTable) -> None:
+    """Warn when one small class alone keeps auto binning at full resolution (8x or more the
+    work of the grid the others allow): a look-alike clicked to keep it apart does that. Two
+    or more small classes make a small-particle project, which needs the fine grid."""
+    names, factor, without = binning_held_back(classes)
+    if len(names) == 1 and factor == 1:
+        warnings.warn(
+            f"class {names[0]!r} ({classes[names[0]].diameter:g} voxels across) keeps auto binning at full "
+            f"resolution; without it the network would work at bin {without}, with {without ** 3}x less work "
+            f"per step. For a look-alike kept apart only, choose bin {without} (the Training panel's "
+            f"'work at', or cryopicker train --bin {without})",
+            CryoPickerWarning, stacklevel=3,
+        )
 
 
 def training_binning(classes: ClassTable, config: TrainConfig, init: Checkpoint | None = None) -> int:
