@@ -148,7 +148,8 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict) -> dict:
     save_checkpoint(ckpt, OUT / f"{args.tag_resolved}_s{seed}.pt")
     res.picks.table.to_csv(OUT / f"{args.tag_resolved}_s{seed}_picks.csv", index=False)
     scores = score(res.picks, seed, shape)
-    return {"seed": seed, "scenario": args.scenario, "distractors": list(args.distractors), "clicks": picks.counts(), "train_seconds": round(train_s, 1),
+    return {"seed": seed, "scenario": args.scenario, "distractors": list(args.distractors), "clicks": picks.counts(),
+            "train_seconds": round(train_s, 1),
             "predict_seconds": round(predict_s, 1), "best_epoch": ckpt.best_epoch, "epochs": len(ckpt.history),
             "train_seed": cfg.seed, "self_label_check": spied.report,
             "history": history, "scores": scores,
@@ -337,7 +338,8 @@ def main(argv=None) -> int:
     if args.repredict:
         return repredict(args)
     overrides, predict_overrides = _pairs(args.sets), _pairs(args.predict_sets)
-    tag = args.tag or "_".join([args.scenario] + [f"with-{n}" for n in args.distractors] + [f"{k}{v}" for k, v in {**overrides, **predict_overrides}.items()])
+    tag = args.tag or "_".join([args.scenario] + [f"with-{n}" for n in args.distractors]
+                               + [f"{k}{v}" for k, v in {**overrides, **predict_overrides}.items()])
     tag = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in tag)
     args.tag_resolved = tag
     print(f"# {C.machine()}")

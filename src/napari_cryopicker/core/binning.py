@@ -45,7 +45,7 @@ def binning_held_back(classes: ClassTable, min_diameter: float = MIN_BINNED_DIAM
     factor = auto_binning(classes, min_diameter, limit)
     for k in range(1, len(classes)):
         small = sorted(classes, key=lambda c: c.diameter)[:k]
-        rest = ClassTable([replace(c) for c in classes if c not in small])
+        rest = ClassTable([c for c in classes if c not in small])
         without = auto_binning(rest, min_diameter, limit)
         if without > factor:
             return [c.name for c in small], factor, without
