@@ -127,7 +127,7 @@ def test_train_predict_round_trip(simdir, tmp_path, capsys, monkeypatch):
         assert len(built) == 1 and len(list((tmp_path / "compiled").glob("*.pt2"))) == 1
 
 
-def test_train_makes_two_networks_unless_told(simdir, tmp_path, capsys):
+def test_train_makes_several_networks_unless_told(simdir, tmp_path, capsys):
     """`cryopicker train` trains several networks by default (three, never more than its
     epochs: two here, each with one epoch) and says so; --members 1 trains one; --members 0 is one clear line."""
     from napari_cryopicker.core.model import load_checkpoint

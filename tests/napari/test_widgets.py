@@ -228,6 +228,34 @@ def test_a_stopped_run_keeps_the_old_model_unless_it_validates_better(viewer, pi
     assert not validates_better(SimpleNamespace(best_score=None), SimpleNamespace(best_score=0.5))
 
 
+def test_a_small_class_holding_the_grid_back_is_a_notification(viewer, picked, qtbot):
+    """A 16-voxel class beside the 8-voxel blob: auto binning stays at full resolution
+    because of the blob alone, and the user reads so in a notification; training goes on.
+    (The core's warnings from a worker thread reach the user: napari 0.9 does not relay them.)"""
+    from napari.utils.notifications import notification_manager
+
+    from napari_cryopicker._napari.messages import MESSAGES
+
+    picked.add_class("big", 16)
+    for c in [(16, 20, 40), (16, 44, 44)]:
+        picked.add_pick(c, "big")
+    w = dock(viewer, TrainingWidget)
+    w.epochs.setValue(1)
+    w.device.setCurrentText("cpu")
+    assert w.binning.currentText() == "auto binning"
+    seen = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(n.message))
+    w.btn_train.click()
+    qtbot.waitUntil(lambda: not runs_for(picked)["train"].running, timeout=60000)
+    assert runs_for(picked)["train"].task.last_outcome.ok
+    said = ("class 'blob' (8 voxels across) keeps auto binning at full resolution; without it the network would "
+            "work at bin 2, with 8x less work per step. For a look-alike kept apart only, choose bin 2 (the Training "
+            "panel's 'work at', or cryopicker train --bin 2)")
+    assert said in MESSAGES.texts("warning")  # in full in the panels' message bar
+    assert sum(m.startswith("class 'blob' (8 voxels across) keeps auto binning") for m in seen) == 1, seen  # a toast
+    assert picked.checkpoint is not None and picked.checkpoint.binning == 1
+
+
 def test_training_errors_become_notifications(viewer, picked, qtbot, monkeypatch):
     from napari.utils.notifications import notification_manager
 

@@ -107,6 +107,7 @@ class BackgroundTask:
         self.worker = None
         self._pbar = None
         self._last_report = 0.0
+        self._warned_texts: set[str] = set()
         self.last_outcome: Outcome | None = None
 
     @property
@@ -127,6 +128,12 @@ class BackgroundTask:
         self.worker = create_worker(guarded, job, self.progress, _start_thread=False)
         self.worker.returned.connect(self._returned)
         self.worker.errored.connect(self._errored)  # only if guarded itself failed
+        # napari's own relay of a worker's warnings to its notifications is not connected in
+        # napari 0.9 (its mixin's __init__ comes after superqt's in the MRO), so the core's
+        # warnings (picks left out, no validation split, a class holding the grid back) would
+        # be lost in the GUI: shown here, each once per run
+        self._warned_texts = set()
+        self.worker.warned.connect(self._warned)
         if self.session is not None and self.busy_name:
             self.session.set_busy(self.busy_name, True)
         self.worker.start()
@@ -164,6 +171,19 @@ class BackgroundTask:
             desc = f"{self.title}: stopping..."
         if desc != pbar.desc:
             pbar.set_description(desc)
+
+    def _warned(self, show_args: tuple) -> None:
+        """A warning raised in the job: the core's own (CryoPickerWarning) for the user,
+        anything else (a library's) to the log."""
+        from ..core.errors import CryoPickerWarning
+
+        message, category = show_args[0], show_args[1]
+        text = str(message)
+        if not (isinstance(category, type) and issubclass(category, CryoPickerWarning)):
+            log.debug("%s: %s", getattr(category, "__name__", category), text)
+        elif text not in self._warned_texts:
+            self._warned_texts.add(text)
+            notify(text, "warning")
 
     def _returned(self, outcome: Outcome) -> None:
         self._finish(outcome)
