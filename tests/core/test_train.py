@@ -808,3 +808,55 @@ def test_a_network_left_under_half_the_first_ones_time_is_left_out(small_sim, mo
     now[0] = 0.0
     enough = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**cfg, time_limit=400))
     assert enough.n_members == 3 and [r["member"] for r in enough.history] == [1, 1, 2, 2, 3, 3]
+
+
+def test_each_validation_fold_holds_out_its_own_slab_and_training_stays_out_of_it():
+    """val_fold 0-3 hold out the high and low ends of the two in-plane axes: validation
+    truth lies whole in the slab, no training crop reaches into it, no held-out click is a
+    training positive, and the folds together train on every click."""
+    from napari_cryopicker.core.train_data import _prepare, _sample
+
+    sim = simulate_tomogram(shape=(48, 176, 208), seed=5, classes=["ribosome", "blob"], snr=2.0, n_per_class=24)
+    tomo = Tomogram(sim.data, sim.voxel_size)
+    crop = (32, 48, 48)
+    rmax = max(sim.classes.diameters) / 2
+    zyx = np.rint(sim.picks.zyx).astype(int)
+    trained, slabs = np.zeros(len(zyx), int), []
+    for fold in range(4):
+        cfg = TrainConfig(**{**TINY, "val_fraction": 0.2, "val_fold": fold})
+        (v,) = _prepare([tomo], [sim.picks], sim.classes, cfg, crop)
+        assert v.val_region is not None and len(v.val_truth) >= 2
+        axis, cut, high = v.val_cut()
+        assert axis == (2 if fold < 2 else 1) and high == (fold % 2 == 0)
+        t = v.val_truth.zyx[:, axis]
+        assert np.all(t >= cut + rmax) if high else np.all(t < cut - rmax)
+        lo, hi = np.asarray(v.train_lo), np.asarray(v.train_hi)
+        assert np.all(zyx[v.positives] >= lo) and np.all(zyx[v.positives] < hi)
+        rng = np.random.default_rng(fold)
+        for _ in range(300):
+            s = np.asarray(_sample(v, rng, crop, cfg))
+            assert np.all(s >= lo) and np.all(s + crop <= hi), (fold, s, lo, hi)
+        trained[v.positives] += 1
+        slabs.append(set(map(tuple, np.rint(v.val_truth.zyx).astype(int))))
+    assert not slabs[0] & slabs[1] and not slabs[2] & slabs[3]
+    assert trained.min() >= 2  # a click sits in at most two of the four slabs (a corner)
+
+
+def test_fold_members_hold_out_a_different_slab_each(small_sim, monkeypatch):
+    import napari_cryopicker.core.train_data as D
+
+    tomo, sim = small_sim
+    folds = []
+    real = D._val_split
+
+    def spy(*a, **k):
+        folds.append(a[5] if len(a) > 5 else k.get("fold", 0))
+        return real(*a, **k)
+
+    monkeypatch.setattr(D, "_val_split", spy)
+    base = {**TINY, "epochs": 3, "val_fraction": 0.3}
+    ck = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**base, "members": 3, "fold_members": True}))
+    assert folds == [0, 1, 2] and ck.n_members == 3
+    folds.clear()
+    train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**base, "members": 2}))
+    assert folds == [0, 0]

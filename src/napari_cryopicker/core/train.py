@@ -80,6 +80,12 @@ class TrainConfig:
     positive_fraction: float = 0.75          # crops centred on a labelled particle
     jitter: float = 0.4                      # centre jitter, fraction of the patch
     val_fraction: float = 0.15               # share of each tomogram held out (a slab)
+    # Which slab: 0 the high end of the longest in-plane axis, 1 its low end, 2 and 3 the
+    # high and low ends of the other in-plane axis (train_data._val_split).
+    val_fold: int = 0
+    # Several networks (members): network k holds out slab val_fold + k, so that every
+    # click trains most of them (False: all hold out the same slab).
+    fold_members: bool = False
     val_every: int = 1
     f_alpha: float = 3.0                     # validation score: F-beta with beta = alpha
     select_tolerance: float = 0.03           # F-alpha this close to the best counts as as good: lower loss wins
@@ -282,6 +288,7 @@ def _train_members(n, tomograms, picks, classes, config, init, progress, on_epoc
                 break  # (a slowed machine) a network with under half the first's time would weigh as much
             epochs = epochs if first_epochs is None else min(epochs, first_epochs)
         sub = replace(config, seed=config.seed + 1000 * k, epochs=epochs, time_limit=limit, members=1,
+                      val_fold=config.val_fold + (k if config.fold_members else 0),
                       checkpoint_path=config.checkpoint_path if k == 0 else None)
         own = init.member(k % init.n_members) if init is not None else None
         # the network's own epochs count on from its start; the run's from the last record

@@ -37,6 +37,20 @@ class _Volume:
     val_truth: Picks | None = None
     n_pos: int = 0
     answered: np.ndarray | None = None  # indices into zyx of the user's answers (accepted, rejected) inside the train region
+    train_lo: list[int] | None = None  # inclusive lower bound of the training box per axis (None: zeros)
+
+    def __post_init__(self):
+        if self.train_lo is None:
+            self.train_lo = [0, 0, 0]
+
+    def val_cut(self) -> tuple[int, int, bool]:
+        """(axis, cut, high): the held-out slab is ``axis >= cut`` (high) or ``< cut``."""
+        for i in (2, 1):
+            if self.train_hi[i] < self.tomo.shape[i]:
+                return i, int(self.train_hi[i]), True
+            if self.train_lo[i] > 0:
+                return i, int(self.train_lo[i]), False
+        return 2, int(self.tomo.shape[2]), True
 
 
 def _crop_shape(shape: Sequence[int], patch: int, multiple: int) -> tuple[int, int, int]:
@@ -52,28 +66,40 @@ def _crop_shape(shape: Sequence[int], patch: int, multiple: int) -> tuple[int, i
     return tuple(out)  # type: ignore[return-value]
 
 
-def _val_split(tomo: Tomogram, picks: Picks, classes: ClassTable, fraction: float, crop) -> tuple:
-    """Hold out a slab at the end of the longest in-plane axis with ~fraction of the picks."""
+def _val_split(tomo: Tomogram, picks: Picks, classes: ClassTable, fraction: float, crop, fold: int = 0) -> tuple:
+    """Hold out a slab with ~fraction of the picks at one end of an in-plane axis: ``fold``
+    0 the high end of the longest, 1 its low end, 2 and 3 the high and low ends of the
+    other (``TrainConfig.val_fold``). Returns the validation region, its truth and the
+    training box ``(lo, hi)`` (per axis, lo inclusive, hi exclusive)."""
     shape = tomo.shape
+    whole = ([0, 0, 0], list(shape))
     if fraction <= 0:
-        return None, None, list(shape)
-    axis = 2 if shape[2] >= shape[1] else 1
+        return None, None, whole
+    longest = 2 if shape[2] >= shape[1] else 1
+    axis = longest if fold % 4 < 2 else 3 - longest
+    high = fold % 2 == 0
     pos = picks.select(source=["manual", "accepted", "imported", "predicted"])
     coords = np.sort(pos.zyx[:, axis]) if len(pos) else np.zeros(0)
     n_val = int(round(len(coords) * fraction))
     rmax = max(classes.diameters) / 2 if len(classes) else 4
     if n_val < 2:
-        return None, None, list(shape)
-    cut = int(math.floor(coords[len(coords) - n_val] - rmax))
-    cut = min(cut, shape[axis] - crop[axis])  # the val slab is at least one crop wide
-    if cut < crop[axis]:
-        return None, None, list(shape)
+        return None, None, whole
+    if high:
+        cut = int(math.floor(coords[len(coords) - n_val] - rmax))
+        cut = min(cut, shape[axis] - crop[axis])  # the val slab is at least one crop wide
+        if cut < crop[axis]:
+            return None, None, whole
+    else:
+        cut = int(math.ceil(coords[n_val - 1] + rmax)) + 1
+        cut = max(cut, crop[axis])
+        if cut > shape[axis] - crop[axis]:
+            return None, None, whole
     region = [slice(0, s) for s in shape]
-    region[axis] = slice(cut, shape[axis])
+    region[axis] = slice(cut, shape[axis]) if high else slice(0, cut)
+    inside = pos.zyx[_whole_in_slab(pos.zyx, axis, cut, high, rmax)]
     # cap the val region so validation stays cheap on big tomograms
-    other = 1 if axis == 2 else 2
+    other = 3 - axis
     if shape[other] > 256:
-        inside = pos.zyx[pos.zyx[:, axis] >= cut + rmax]
         mid = int(np.median(inside[:, other])) if len(inside) else shape[other] // 2
         a = int(np.clip(mid - 128, 0, shape[other] - 256))
         region[other] = slice(a, a + 256)
@@ -84,17 +110,33 @@ def _val_split(tomo: Tomogram, picks: Picks, classes: ClassTable, fraction: floa
         a = max(0, min(region[0].start, shape[0] - crop[0]))
         region[0] = slice(a, a + crop[0])
     region = tuple(region)
+    truth = pos.subset(_truth_mask(pos.zyx, region, axis, cut, high, rmax))
+    if len(truth) < 2:
+        return None, None, whole
+    lo, hi = [0, 0, 0], list(shape)
+    if high:
+        hi[axis] = cut
+    else:
+        lo[axis] = cut
+    return region, truth, (lo, hi)
+
+
+def _whole_in_slab(zyx: np.ndarray, axis: int, cut: int, high: bool, rmax: float) -> np.ndarray:
+    """Picks whose whole particle lies in the held-out slab (beyond ``cut`` by ``rmax``)."""
+    return zyx[:, axis] >= cut + rmax if high else zyx[:, axis] < cut - rmax
+
+
+def _truth_mask(zyx: np.ndarray, region, axis: int, cut: int, high: bool, rmax: float) -> np.ndarray:
     lo = np.array([r.start for r in region], float)
     hi = np.array([r.stop for r in region], float)
-    zyx = pos.zyx
     m = np.all((zyx >= lo + rmax * 0.5) & (zyx < hi - rmax * 0.5), axis=1)
-    m &= zyx[:, axis] >= cut + rmax  # whole particles only
-    truth = pos.subset(m)
-    if len(truth) < 2:
-        return None, None, list(shape)
-    train_hi = list(shape)
-    train_hi[axis] = cut
-    return region, truth, train_hi
+    return m & _whole_in_slab(zyx, axis, cut, high, rmax)  # whole particles only
+
+
+def _in_box(zyx: np.ndarray, lo, hi) -> np.ndarray:
+    if not len(zyx):
+        return np.zeros(0, bool)
+    return np.all((zyx >= np.asarray(lo)[None, :]) & (zyx < np.asarray(hi)[None, :]), axis=1)
 
 
 def _prepare(tomograms, picks_list, classes, config: TrainConfig, crop) -> list[_Volume]:
@@ -104,14 +146,15 @@ def _prepare(tomograms, picks_list, classes, config: TrainConfig, crop) -> list[
         inside = picks.inside(tomo.shape)
         picks = picks.subset(inside)
         c, s = robust_normalisation(tomo.data)
-        region, truth, train_hi = _val_split(tomo, picks, classes, config.val_fraction, crop)
+        region, truth, (train_lo, train_hi) = _val_split(tomo, picks, classes, config.val_fraction, crop,
+                                                         config.val_fold)
         zyx = np.rint(picks.zyx).astype(np.int64) if len(picks) else np.zeros((0, 3), np.int64)
         rej = (picks.table["source"] == "rejected").to_numpy()
-        in_train = np.all(zyx < np.asarray(train_hi)[None, :], axis=1) if len(zyx) else np.zeros(0, bool)
+        in_train = _in_box(zyx, train_lo, train_hi)
         pos_idx = np.flatnonzero(~rej & in_train)
         neg_idx = np.flatnonzero(rej & in_train)
         v = _Volume(tomo, c, s, zyx, picks, np.concatenate([pos_idx, neg_idx]), train_hi, region, truth,
-                    n_pos=len(pos_idx), answered=_answered(picks, in_train))
+                    n_pos=len(pos_idx), answered=_answered(picks, in_train), train_lo=train_lo)
         vols.append(v)
     return vols
 
@@ -127,15 +170,12 @@ def _renew(vols: list[_Volume], picks_list: Sequence[Picks], classes: ClassTable
         picks = picks.subset(picks.inside(v.tomo.shape))
         zyx = np.rint(picks.zyx).astype(np.int64) if len(picks) else np.zeros((0, 3), np.int64)
         rej = (picks.table["source"] == "rejected").to_numpy()
-        in_train = np.all(zyx < np.asarray(v.train_hi)[None, :], axis=1) if len(zyx) else np.zeros(0, bool)
+        in_train = _in_box(zyx, v.train_lo, v.train_hi)
         pos_idx, neg_idx = np.flatnonzero(~rej & in_train), np.flatnonzero(rej & in_train)
         if v.val_region is not None:
             pos = picks.select(source=["manual", "accepted", "imported", "predicted"])
-            lo = np.array([r.start for r in v.val_region], float)
-            hi = np.array([r.stop for r in v.val_region], float)
-            axis = next((i for i in (2, 1) if v.train_hi[i] < v.tomo.shape[i]), 2)
-            m = np.all((pos.zyx >= lo + rmax * 0.5) & (pos.zyx < hi - rmax * 0.5), axis=1)
-            m &= pos.zyx[:, axis] >= v.train_hi[axis] + rmax
+            axis, cut, high = v.val_cut()
+            m = _truth_mask(pos.zyx, v.val_region, axis, cut, high, rmax)
             if m.sum() >= 2:
                 v.val_truth = pos.subset(m)
         v.zyx, v.picks, v.positives, v.n_pos = zyx, picks, np.concatenate([pos_idx, neg_idx]), len(pos_idx)
@@ -289,9 +329,8 @@ NEGATIVE_SHARE = 0.25  # at most this share of the crops centred on a pick are c
 
 
 def _sample(v: _Volume, rng: np.random.Generator, crop, config: TrainConfig) -> list[int]:
-    hi = [h - c for h, c in zip(v.train_hi, crop)]
-    if min(hi) < 0:
-        hi = [max(0, h) for h in hi]
+    lo = list(v.train_lo)
+    hi = [max(a, h - c) for a, h, c in zip(lo, v.train_hi, crop)]
     if len(v.positives) and rng.random() < config.positive_fraction:
         if config.answer_share > 0 and v.answered is not None and len(v.answered) and rng.random() < config.answer_share:
             i = v.answered[rng.integers(len(v.answered))]
@@ -307,8 +346,8 @@ def _sample(v: _Volume, rng: np.random.Generator, crop, config: TrainConfig) -> 
         j = rng.uniform(-config.jitter, config.jitter, 3) * np.asarray(crop)
         start = v.zyx[i] + j - np.asarray(crop) / 2
     else:
-        start = [rng.uniform(0, h + 1) for h in hi]
-    return [int(np.clip(int(s), 0, h)) for s, h in zip(start, hi)]
+        start = [rng.uniform(a, h + 1) for a, h in zip(lo, hi)]
+    return [int(np.clip(int(s), a, h)) for s, a, h in zip(start, lo, hi)]
 
 
 def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, rot90: bool = False):
