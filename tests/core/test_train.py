@@ -860,3 +860,21 @@ def test_fold_members_hold_out_a_different_slab_each(small_sim, monkeypatch):
     folds.clear()
     train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**base, "members": 2}))
     assert folds == [0, 0]
+
+
+def test_on_best_hands_over_each_better_model_and_the_last_is_the_one_returned(small_sim):
+    """A user can pick with the best model so far while training goes on: on_best gets it
+    each time a better epoch is kept; the last it got is the model the run returns."""
+    tomo, sim = small_sim
+    got = []
+    base = {**TINY, "epochs": 5, "val_fraction": 0.3}
+    ck = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**base), on_best=got.append)
+    epochs = [c.best_epoch for c in got]
+    assert got and epochs == sorted(set(epochs)) and epochs[-1] == ck.best_epoch
+    for k, v in ck.state_dict.items():
+        assert torch.equal(got[-1].state_dict[k], v), k
+    assert got[-1].postprocess == ck.postprocess and got[-1].classes.names == ck.classes.names
+    got.clear()
+    ens = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**base, "epochs": 6, "members": 2}),
+                      on_best=got.append)
+    assert ens.n_members == 2 and got and all(len(c.history) <= 3 for c in got)  # the first network's only

@@ -681,3 +681,39 @@ def test_live_suggestions_appear_and_update_while_training(viewer, picked, qtbot
             assert layer.metadata[META]["kind"] == "suggestions" and layer.metadata[META]["epoch"] == best
     assert len(picked.training_picks()) == before  # suggestions are not picks
     assert viewer.layers.selection.active is viewer.layers["picks: blob"]
+
+
+def test_the_whole_tomogram_can_be_picked_with_the_best_model_so_far_while_training_goes_on(
+        viewer, picked, qtbot, monkeypatch):
+    """Live mode's 'pick the whole tomogram now': while training runs with no planned end,
+    Pick uses the run's best model so far, without stopping it; after Stop, the model kept."""
+    import napari_cryopicker.core.predict as predict_mod
+
+    used = []
+    real = predict_mod.predict_picks
+
+    def spy(tomo, ckpt, cfg=None, *a, **k):
+        used.append((tomo.shape, ckpt))
+        return real(tomo, ckpt, cfg, *a, **k)
+
+    monkeypatch.setattr(predict_mod, "predict_picks", spy)
+    train = dock(viewer, TrainingWidget)
+    pick = dock(viewer, PickingWidget)
+    assert not pick.btn_pick.isEnabled()  # no model yet
+    train.continuous.setChecked(True)
+    train.btn_train.click()
+    run = train.run
+    qtbot.waitUntil(lambda: run.interim is not None and pick.btn_pick.isEnabled(), timeout=60000)
+    assert picked.checkpoint is None and "best model so far" in pick.status.text()
+    pick.btn_pick.click()
+    qtbot.waitUntil(lambda: not runs_for(picked)["predict"].running and bool(used), timeout=60000)
+    assert runs_for(picked)["predict"].task.last_outcome.ok
+    shape, ckpt = used[0]
+    assert shape == SHAPE  # the whole tomogram
+    assert ckpt.train_config["continuous"] and ckpt.best_epoch is not None and picked.checkpoint is None
+    assert run.running  # training went on
+    train.btn_stop.click()
+    qtbot.waitUntil(lambda: not run.running, timeout=60000)
+    assert run.interim is None and picked.checkpoint is not None
+    assert run.pick_model() is picked.checkpoint and pick.btn_pick.isEnabled()
+    assert "best model so far" not in pick.status.text()

@@ -45,6 +45,7 @@ class TrainingRun:
     started = Signal()
     finished = Signal(object)  # Outcome
     suggested = Signal(int, int)  # live suggestions shown: (how many, epoch)
+    best = Signal()           # the running training kept a better model (see pick_model)
 
     def __init__(self, session: PickingSession):
         self.session = session
@@ -58,6 +59,7 @@ class TrainingRun:
         self.fine_tune = False
         self._previous = None  # the session's model when the run started
         self.discarded = None  # a stopped run's model that did not beat the previous one
+        self.interim = None  # the running training's best model so far (what a Stop would keep)
 
     @property
     def running(self) -> bool:
@@ -103,14 +105,15 @@ class TrainingRun:
         self.history = []
         self.fine_tune = fine_tune
         self._previous = s.checkpoint
-        self.discarded = None
+        self.discarded = self.interim = None
 
         def job(progress: Progress):
             from ..core.train import TrainConfig, train_model
 
             cfg = _config(TrainConfig, values)
             return train_model([tomo], [picks], classes, cfg, init=init, progress=progress,
-                               on_epoch=self._epoch_from_worker, on_model=live, refresh=follow)
+                               on_epoch=self._epoch_from_worker, on_model=live, refresh=follow,
+                               on_best=self._best_from_worker)
 
         live = self._live_model(tomo, values)
         follow = self._follow_picks(tomo.name)
@@ -131,6 +134,7 @@ class TrainingRun:
             raise CryoPickerError("tick the tomograms to train on first")
         table, vs, values, level = s.classes, s.voxel_size, self.config_values(), s.level
         self.history, self.fine_tune, self._previous, self.discarded = [], fine_tune, s.checkpoint, None
+        self.interim = None
         live = self._live_model(s.tomogram, values)  # suggestions in the tomogram shown
 
         def job(progress: Progress):
@@ -151,7 +155,7 @@ class TrainingRun:
             classes = ClassTable([c for c in table if c.name in used])
             keep = [p.subset(p.table["class_name"].isin(classes.names).to_numpy()) for p in picks]
             return train_model(tomos, keep, classes, _config(TrainConfig, values), init=init, progress=progress,
-                               on_epoch=self._epoch_from_worker, on_model=live)
+                               on_epoch=self._epoch_from_worker, on_model=live, on_best=self._best_from_worker)
 
         self.task.start(job, self._result)
         self.started.emit()
@@ -220,6 +224,24 @@ class TrainingRun:
         self.live_updates += 1
         self.suggested.emit(len(picks), int(epoch))
 
+    def _best_from_worker(self, ckpt) -> None:
+        _on_main(self._set_interim, ckpt)
+
+    def _set_interim(self, ckpt) -> None:
+        if self.running:  # (a late call after the run ended changes nothing)
+            self.interim = ckpt
+            self.best.emit()
+
+    def pick_model(self):
+        """The model *Pick* uses now: while training runs, its best model so far if it
+        validates better than the session's model (or there is none yet), so the whole
+        tomogram can be picked at any time without stopping; else the session's model."""
+        s = self.session
+        if self.running and self.interim is not None and (
+                s.checkpoint is None or validates_better(self.interim, s.checkpoint)):
+            return self.interim
+        return s.checkpoint
+
     def _epoch_from_worker(self, info: dict) -> None:
         _on_main(self._epoch, dict(info))
 
@@ -235,6 +257,7 @@ class TrainingRun:
         self.session.set_checkpoint(ckpt)
 
     def _finished(self, outcome: Outcome) -> None:
+        self.interim = None  # the run's result is the session's model now (or was discarded)
         if self._unfollow is not None:
             with contextlib.suppress(Exception):
                 self._unfollow()
@@ -258,6 +281,7 @@ class TrainingRun:
         elif outcome.status == "cancelled":
             notify("Training stopped before the first epoch ended; the previous model is unchanged")
         self.finished.emit(outcome)
+        self.best.emit()
 
 
 def validates_better(new, old) -> bool:
@@ -284,10 +308,11 @@ class PickingRun:
     def running(self) -> bool:
         return self.task.running
 
-    def start(self, *, probability: bool = False, device: str | None = None) -> None:
+    def start(self, *, probability: bool = False, device: str | None = None, model=None) -> None:
+        """Pick with ``model`` (default: the session's model)."""
         s = self.session
         tomo = s._require_tomogram()
-        ckpt = s.checkpoint
+        ckpt = model if model is not None else s.checkpoint
         if ckpt is None:
             raise CryoPickerError("no model yet: train one (Training panel) or load a saved model")
         if self.running:

@@ -181,6 +181,7 @@ def train_model(
     on_epoch: Callable[[dict], None] | None = None,
     on_model: Callable[[Checkpoint], None] | None = None,
     refresh: Callable[[], Sequence[Picks] | None] | None = None,
+    on_best: Callable[[Checkpoint], None] | None = None,
 ) -> Checkpoint:
     """Train (or fine-tune from ``init``) a ResUNet on picks in one or more tomograms.
 
@@ -193,7 +194,9 @@ def train_model(
     (one table per tomogram, or None: unchanged): the user's clicks and answers go into the
     running training without restarting it. Picks of classes outside ``classes`` are left
     out; an update training cannot use (a class with no picks left) is skipped, noted in the
-    epoch's record.
+    epoch's record. ``on_best`` gets the model the run would return if it stopped now, each
+    time a better epoch is kept (the first network's, when several train): a user can pick
+    the whole tomogram with it while training goes on.
     """
     config = config or TrainConfig()
     progress = ensure(progress)
@@ -240,9 +243,9 @@ def train_model(
     with cudnn_autotune(device):
         if n > 1:
             return _train_members(n, tomograms, picks, work_classes, config, init, progress, on_epoch, device, vs,
-                                  t_start, out, on_model, renewed if refresh is not None else None)
+                                  t_start, out, on_model, renewed if refresh is not None else None, on_best)
         return _train(tomograms, picks, work_classes, config, init, progress, on_epoch, device, vs, t_start, out,
-                      on_model, renewed if refresh is not None else None)
+                      on_model, renewed if refresh is not None else None, on_best)
 
 
 #: networks of a run with a planned end (TrainConfig.members = None)
@@ -264,7 +267,7 @@ def training_members(config: TrainConfig, init: Checkpoint | None = None) -> int
 
 
 def _train_members(n, tomograms, picks, classes, config, init, progress, on_epoch, device, vs, t_start, out,
-                   on_model=None, refresh=None) -> Checkpoint:
+                   on_model=None, refresh=None, on_best=None) -> Checkpoint:
     """:func:`_train` for ``n`` networks one after another (``TrainConfig.members``), joined
     into one ensemble checkpoint. A Stop keeps the networks finished before it (the one it
     cut short too, when it is the first)."""
@@ -308,7 +311,8 @@ def _train_members(n, tomograms, picks, classes, config, init, progress, on_epoc
             # after each epoch of a later one, the first's best again, for the region in view now
             model_hook = on_model if k == 0 or on_model is None else (lambda _ck, first=parts[0]: on_model(first))
             part = _train(tomograms, picks, classes, sub, own, Progress(report, progress.cancel_event),
-                          on_member_epoch, device, vs, time.monotonic(), out, model_hook, refresh)
+                          on_member_epoch, device, vs, time.monotonic(), out, model_hook, refresh,
+                          on_best if k == 0 else None)
         except Cancelled:
             if not parts:
                 raise
@@ -403,7 +407,7 @@ def training_subvoxels(config: TrainConfig, factor: int, init: Checkpoint | None
 
 
 def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, vs, t_start, out,
-           on_model=None, refresh=None) -> Checkpoint:
+           on_model=None, refresh=None, on_best=None) -> Checkpoint:
     """train_model on checked inputs (cuDNN's autotuning on, on a GPU), on the working grid:
     ``classes`` in its voxels; ``out`` = (the user's class table, the binning factor, the
     network's sub-voxel factor)."""
@@ -555,9 +559,12 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
             state.best_epoch = record["epoch"]
             state.best_score = record["val_f1"]
             state.best_nms = best_t
+            kept = _checkpoint(state, mcfg, classes, vs, config, out) if (config.checkpoint_path or on_best) else None
+            if on_best is not None:
+                on_best(kept)
             if config.checkpoint_path:  # a kill now still leaves this model on disk
                 try:
-                    save_checkpoint(_checkpoint(state, mcfg, classes, vs, config, out), config.checkpoint_path)
+                    save_checkpoint(kept, config.checkpoint_path)
                 except OSError as e:
                     warnings.warn(f"{config.checkpoint_path}: cannot save the model of epoch "
                                   f"{record['epoch']} ({e.strerror or e}); training goes on",

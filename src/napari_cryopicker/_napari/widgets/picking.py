@@ -67,6 +67,7 @@ class PickingWidget(PanelBase):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
         self.run = runs_for(self.session)["predict"]
+        self.train = runs_for(self.session)["train"]
         lay = self.group("Pick particles with the current model")
         self.probability = QCheckBox("also show the probability map")
         lay.addWidget(self.probability)
@@ -104,6 +105,8 @@ class PickingWidget(PanelBase):
         self.on(self.session.events.classes, self._rebuild)
         self.on(self.session.events.picks, self._refresh_counts)
         self.on(self.session.events.model, self._model)
+        self.on(self.train.best, self._model)
+        self.on(self.train.started, self._model)
         self._rebuild()
         self._model()
 
@@ -162,7 +165,11 @@ class PickingWidget(PanelBase):
     # ------------------------------------------------------------------ run
     @reports_errors
     def pick(self, *_):
-        self.run.start(probability=self.probability.isChecked())
+        model = self.train.pick_model()
+        self.run.start(probability=self.probability.isChecked(), model=model)
+        if model is not None and model is self.train.interim:
+            self.status.setText(f"Picking with the training's best model so far (epoch {model.best_epoch}); "
+                                "training goes on...")
 
     def stop(self, *_):
         self.run.stop()
@@ -174,15 +181,18 @@ class PickingWidget(PanelBase):
         self.status.setText("Picking... (progress in the activity dock, bottom right)")
 
     def _finished(self, outcome):
-        self.btn_pick.setEnabled(self.session.checkpoint is not None)
+        self.btn_pick.setEnabled(self.train.pick_model() is not None)
         self.btn_stop.setEnabled(False)
         self.status.setText({"ok": "Done: tune the thresholds, then correct the picks.",
                              "cancelled": "Stopped; earlier picks unchanged."}.get(outcome.status, ""))
 
     def _model(self, *_):
-        has = self.session.checkpoint is not None
+        model = self.train.pick_model()
+        has = model is not None
         self.btn_pick.setEnabled(has and not self.run.running)
         if not has:
-            self.status.setText("Train or load a model first (Training panel).")
+            self.status.setText("Train or load a model first (Training panel)." if not self.train.running else
+                                "Pick becomes available once training has kept its first model.")
         elif not self.run.running:
-            self.status.setText("")
+            self.status.setText(f"Training runs: Pick uses its best model so far (epoch {model.best_epoch})."
+                                if model is self.train.interim else "")
