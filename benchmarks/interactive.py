@@ -18,7 +18,8 @@ who knows the particles would:
   up to ``--clicks`` particles per class in view that the suggestions missed;
 * at the end of each learning-rate cycle (and of the run; or every ``--eval-every``
   epochs) that network picks the whole test tomogram and is scored per class (F1 within
-  the full radius), outside the clock.
+  the full radius), outside the clock; after the run, so is the model a Stop keeps (its
+  best-validated epoch, which *Pick* also uses while training runs).
 
 One action = one click or one answer. With ``--max-actions N`` the annotator stops after N
 actions (the issue's bar: half the batch loop's 160) and training goes on with what it
@@ -250,13 +251,20 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
         if over:
             progress.cancel()
 
-    train_model([tomo], [user.picks], classes, cfg, progress=progress, on_model=on_model, refresh=refresh)
+    kept = train_model([tomo], [user.picks], classes, cfg, progress=progress, on_model=on_model, refresh=refresh)
+    # what the user has after Stop: the best-validated model (the one Pick uses meanwhile)
+    picks = predict_picks(test, kept, PredictConfig(device=args.device)).picks
+    stopped = {"epoch": kept.best_epoch, "f1": {n: round(s["f1"], 3)
+                                                for n, s in score_against(picks, test_truth, classes)["1.0"].items()}}
+    print(f"  seed {seed} after Stop: epoch {kept.best_epoch}'s model, F1 "
+          + " / ".join(f"{v:.2f}" for v in stopped["f1"].values()), flush=True)
     evals = [r for r in log if "f1" in r]
     reached = next((r for r in evals if all(v >= args.target for v in r["f1"].values())), None)
     per_class = {c.name: next(({"actions": r["actions"], "seconds": r["seconds"]} for r in evals
                                if r["f1"][c.name] >= args.target), None) for c in classes}
     return {"seed": seed, "target": args.target, "first_suggestions_s": first_suggestions,
             "reached": reached, "per_class": per_class, "last": evals[-1] if evals else None, "log": log,
+            "stopped": stopped,
             "overrides": {k: str(v) for k, v in overrides.items()}}
 
 
@@ -289,13 +297,14 @@ def main(argv=None) -> int:
         results.append(r)
     names = list(results[0]["per_class"]) if results else []
     print(f"\nactions (and seconds) until F1 >= {args.target} per class; first suggestions after")
-    print("seed  first  " + "  ".join(f"{n:>16}" for n in names) + "   all    last F1")
+    print("seed  first  " + "  ".join(f"{n:>16}" for n in names) + "   all    last F1 (the model Stop keeps)")
     for r in results:
         cells = [f"{v['actions']:5d} ({v['seconds']:4.0f} s)" if v else "         not met" for v in r["per_class"].values()]
         allr = r["reached"]
         last = r["last"]["f1"] if r["last"] else {}
         print(f"{r['seed']:4d}  {r['first_suggestions_s'] or float('nan'):4.0f} s  " + "  ".join(f"{c:>16}" for c in cells)
-              + f"   {allr['actions'] if allr else '-':>5}  " + " / ".join(f"{v:.2f}" for v in last.values()))
+              + f"   {allr['actions'] if allr else '-':>5}  " + " / ".join(f"{v:.2f}" for v in last.values())
+              + "  (" + " / ".join(f"{v:.2f}" for v in r["stopped"]["f1"].values()) + ")")
     print("batch loop (realistic.py): 160 actions (40 clicks per class), 720 s of training")
     return 0
 
