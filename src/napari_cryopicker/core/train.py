@@ -84,7 +84,8 @@ class TrainConfig:
     # high and low ends of the other in-plane axis (train_data._val_split).
     val_fold: int = 0
     # Several networks (members): network k holds out slab val_fold + k, so that every
-    # click trains most of them (False: all hold out the same slab).
+    # click trains most of them (False: all hold out the same slab). Off: on the realistic
+    # benchmark's three seeds it moved F1 by -0.01 to -0.03 (session 17, docs/method.md).
     fold_members: bool = False
     val_every: int = 1
     f_alpha: float = 3.0                     # validation score: F-beta with beta = alpha
