@@ -80,7 +80,7 @@ class TrainConfig:
     # Crops centred on a labelled particle (the rest anywhere). 0.9 since session 17: on
     # the realistic benchmark's three seeds the mitoribosome rose on each (mean 0.91 ->
     # 0.94, worst 0.88 -> 0.92; fewer false picks on synthases), the proteasome's mean
-    # stayed 0.95, the chaperonin's fell 0.53 -> 0.51 (0.5 lost on seed 1; docs/method.md).
+    # stayed 0.95 (seed 1: 0.95 -> 0.897), the chaperonin's fell 0.53 -> 0.51 (docs/method.md).
     positive_fraction: float = 0.9
     jitter: float = 0.4                      # centre jitter, fraction of the patch
     val_fraction: float = 0.15               # share of each tomogram held out (a slab)
