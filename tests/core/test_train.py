@@ -441,6 +441,28 @@ def test_the_epoch_plan_fits_the_time_limit_and_shrinks_when_the_machine_slows()
     assert fixed.epochs == 6 and fixed.warm_epochs == 1   # no time limit: never re-planned
 
 
+def test_live_cycles_hold_at_the_floor_until_the_picks_change_then_restart_there():
+    from napari_cryopicker.core.train_plan import _Plan
+
+    cfg = TrainConfig(continuous=True, cycle_epochs=2, steps_per_epoch=10, warmup_epochs=1)
+    w = 10
+    plan = _Plan(cfg)
+    rel = [plan.lr_at(s, w) / cfg.lr for s in range(w, w + 100)]
+    assert np.isclose(rel[0], 1.0) and rel[19] < 0.05            # cycle 1: 20 steps, from the peak down
+    assert np.allclose(rel[20:], 0.03)                           # nothing new: it holds at the floor
+    plan.note_news(w + 100, w)                                   # the user answers at step 110
+    assert np.isclose(plan.lr_at(w + 100, w) / cfg.lr, 0.5)      # a new cycle from half the peak, there,
+    assert plan.lr_at(w + 139, w) / cfg.lr < 0.02                # 40 steps long,
+    assert np.isclose(plan.lr_at(w + 160, w) / cfg.lr, 0.015)    # then it holds again
+    busy = _Plan(cfg)
+    busy.note_news(w + 5, w)                                     # an answer during cycle 1
+    busy.note_news(w + 30, w)                                    # and during cycle 2
+    rel = [busy.lr_at(s, w) / cfg.lr for s in range(w, w + 100)]
+    assert np.isclose(rel[20], 0.5) and np.isclose(rel[60], 0.25) and rel[99] > 0.1  # restarts (SGDR)
+    assert busy.lr_at(w + 60 + 80, w) / cfg.lr < 0.25 * 0.04     # cycle 3 ends low, and nothing came
+    assert np.isclose(busy.lr_at(w + 200, w) / cfg.lr, 0.25 * 0.03)
+
+
 class _LabelNet(torch.nn.Module):
     """A stand-in network that reads the class off its input: the test tomogram holds
     the class number of each voxel (0 background), normalised by the training code."""
@@ -531,14 +553,28 @@ def test_picks_changed_while_training_go_into_the_running_training(small_sim):
     assert notes[3].startswith("not used:") and "ribosome" in notes[3]  # training needs picks of each class
 
 
-def test_continuous_training_cycles_the_learning_rate(small_sim):
+def test_continuous_training_cycles_the_learning_rate_while_the_picks_change(small_sim):
     tomo, sim = small_sim
-    ck = train_model([tomo], [sim.picks], sim.classes,
-                     TrainConfig(**dict(TINY, epochs=8), continuous=True, cycle_epochs=2, warmup_epochs=1))
+    cfg = TrainConfig(**dict(TINY, epochs=8), continuous=True, cycle_epochs=2, warmup_epochs=1)
+    fewer = sim.picks.subset(np.arange(len(sim.picks)) >= 2)
+    answers = iter([None, [sim.picks]])  # the user clicks two more before epoch 3
+    ck = train_model([tomo], [fewer], sim.classes, cfg, refresh=lambda: next(answers, None))
     lr = np.array([r["lr"] for r in ck.history]) / TrainConfig().lr
-    # after the warm-up (epoch 1): a 2-epoch cycle ends low (epoch 3); the next, 4 epochs
-    # from half the peak, starts high (epoch 4) and ends low again (epoch 7)
+    # after the warm-up (epoch 1): a 2-epoch cycle ends low (epoch 3); the picks changed
+    # during it, so the next, 4 epochs from half the peak, starts high (epoch 4) and ends
+    # low again (epoch 7)
     assert lr[1] > 0.6 and lr[2] < 0.1 and 0.3 < lr[3] < 0.5 and lr[6] < 0.05
+    # the same run with no change of the picks settles: after the first cycle the rate
+    # stays at its floor instead of shaking the network up again (without settle: cycles)
+    still = train_model([tomo], [sim.picks], sim.classes, cfg, refresh=lambda: None)
+    lr_still = np.array([r["lr"] for r in still.history]) / TrainConfig().lr
+    assert lr_still[1] > 0.6 and lr_still[2] < 0.1 and np.allclose(lr_still[3:], 0.03)
+    from dataclasses import replace
+
+    from napari_cryopicker.core.train_plan import _Plan
+
+    shaken = _Plan(replace(cfg, settle=False))
+    assert 0.3 < shaken.lr_at(4 * cfg.steps_per_epoch - 1, cfg.steps_per_epoch) / cfg.lr < 0.5  # epoch 4
     # live training keeps the finest decoder block (its first suggestions come sooner);
     # a run with a planned end goes without it, unless told
     from napari_cryopicker.core.train import wants_fine_decoder

@@ -156,6 +156,9 @@ class TrainConfig:
     # cycle ends low, so its last network is a settled one, and later cycles fine-tune.
     continuous: bool = False
     cycle_epochs: int = 10
+    # Live training: a cycle during which the user's picks did not change is not followed by
+    # another; the rate stays at the floor until they change (train_plan._Plan._live_cycle).
+    settle: bool = True
     # Train this many networks one after another on the same picks, from different random
     # starts (seed, seed + 1000, ...), each with an equal share of the epochs and of the
     # time budget, and pick with the mean of their class probabilities (model.Ensemble),
@@ -483,6 +486,7 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
                 new = refresh()
                 if new is not None:
                     renewed_note = _renew(vols, new, classes)
+                    plan.note_news(step, warmup)
             except CryoPickerError as e:
                 renewed_note = f"not used: {e}"
         net.train()
