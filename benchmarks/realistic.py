@@ -45,19 +45,26 @@ import _common as C  # noqa: E402  (sets sys.path)
 OUT = C.CACHE / "realistic"
 
 
+#: --legacy-bodies: the class bodies of sessions up to 17 (only the ribosome's contrast
+#: matched to its real map; the others 0.35-0.7x theirs), to repeat numbers measured on them
+LEGACY_BODIES = False
+
+
 def realistic_sim(shape, seed: int):
-    """(tomogram path, truth Picks) of a realistic simulation, cached as MRC + CSV."""
+    """(tomogram path, truth Picks) of a realistic simulation, cached as MRC + CSV
+    (``real_<shape>_s<seed>_m``: bodies with their real contrast; without ``_m``, the
+    legacy bodies)."""
     import pandas as pd
 
     from napari_cryopicker.core.picks import Picks
     from napari_cryopicker.core.realistic import simulate_realistic
     from napari_cryopicker.core.simulate import write_simulation
 
-    d = C.CACHE / f"real_{C.shape_str(shape)}_s{seed}"
+    d = C.CACHE / (f"real_{C.shape_str(shape)}_s{seed}" + ("" if LEGACY_BODIES else "_m"))
     mrc, csv = d / "tomogram.mrc", d / "picks.csv"
     if not (mrc.exists() and csv.exists()):
         t0 = time.perf_counter()
-        sim = simulate_realistic(shape, seed=seed, name="tomogram")
+        sim = simulate_realistic(shape, seed=seed, name="tomogram", calibrated=not LEGACY_BODIES)
         write_simulation(d, sim)
         print(f"# simulated {d.name} in {time.perf_counter() - t0:.0f} s", flush=True)
     df = pd.read_csv(csv)
@@ -325,7 +332,11 @@ def main(argv=None) -> int:
     ap.add_argument("--mask-fiducials", action="store_true", help="with --rescore: drop picks on gold fiducials")
     ap.add_argument("--repredict", default=None, metavar="TAG",
                     help="pick the test tomograms again with the models run TAG saved, instead of training")
+    ap.add_argument("--legacy-bodies", action="store_true",
+                    help="the class bodies of sessions up to 17 (lighter than their real counterparts)")
     args = ap.parse_args(argv)
+    global LEGACY_BODIES
+    LEGACY_BODIES = args.legacy_bodies
     from napari_cryopicker.core.realistic import BENCHMARK_CLASSES, REALISTIC_CLASSES
 
     known = [c.name for c in REALISTIC_CLASSES if c.name not in BENCHMARK_CLASSES]

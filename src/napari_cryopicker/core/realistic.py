@@ -9,9 +9,10 @@ tests):
   voxels at 10 A (SHREC'21's density), their bounding spheres allowed to touch. Each class
   is a fixed irregular body, the same in every tomogram: a seeded union of Gaussian
   blobs arranged as two lobes (ribosome-like), a capped barrel (26S proteasome-like),
-  double rings, shells, rods, rings or globules, with internal texture; its density
-  averages 1.0 (about 1.5 V over the ice, as in the SHREC'21 maps). Truth centres are
-  the centres of mass. Ribosome-like particles partly cluster in short polysome chains.
+  double rings, shells, rods, rings or globules, with internal texture; its integrated
+  potential over the ice is that of the complex it stands for (the SHREC'21 map of the
+  ribosome, mitoribosome and proteasome; a literature mass for the others: see
+  :data:`.realistic_bodies.REALISTIC_CLASSES`). Truth centres are the centres of mass. Ribosome-like particles partly cluster in short polysome chains.
   Membranes (a large curved sheet and vesicles, two Gaussian leaflets), gold fiducials
   near the slab surfaces, and a textured background (small unresolved molecules: a
   low-pass random field) are not in the truth.
@@ -51,6 +52,7 @@ from .simulate_shapes import MEMBRANE_HALF_THICKNESS, _render_bilayer_sphere, tr
 from .realistic_bodies import (  # the class library and bodies (the public ones re-exported: __all__)
     BENCHMARK_CLASSES,
     REALISTIC_CLASSES,
+    UNIT_VOLTS,
     _SPECS,
     ClassSpec,
     _paste,
@@ -63,8 +65,8 @@ __all__ = ["BENCHMARK_CLASSES", "REALISTIC_CLASSES", "ClassSpec", "class_templat
            "simulate_realistic"]
 
 #: Phase shift per A of unit density (1.5 V over the ice) at 300 kV: sigma_e = 6.53e-4 rad/(V A).
-PHASE_PER_ANGSTROM = 6.53e-4 * 1.5
-MEAN_INNER_V = 1.5  # volts above the ice of one density unit
+PHASE_PER_ANGSTROM = 6.53e-4 * UNIT_VOLTS
+MEAN_INNER_V = UNIT_VOLTS  # volts above the ice of one density unit
 #: Particles per class per million voxels: about 112 per class in 200 x 512 x 512 (SHREC'21).
 REALISTIC_DENSITY = 2.13
 REALISTIC_SHAPE = (200, 512, 512)
@@ -170,6 +172,7 @@ def simulate_realistic(
     touch: float = 0.5,
     chain_fraction: float = 0.3,
     maps: Mapping[str, np.ndarray] | None = None,
+    calibrated: bool = True,
     name: str = "tomogram",
     keep_clean: bool = False,
     keep_tilt_series: bool = False,
@@ -180,7 +183,9 @@ def simulate_realistic(
     ``dose`` is e/A^2 over the whole series (``snr`` instead sets
     ``var(clean view) / var(noise)`` per view); ``touch`` is how far (voxels) bounding
     spheres of neighbours may overlap; ``shift_sd`` (pixels) is a per-view alignment error;
-    ``classes`` limits the library to those names. With ``keep_clean`` the result's
+    ``classes`` limits the library to those names. ``calibrated=False`` keeps the bodies
+    of sessions up to 17, lighter than their real counterparts (only the ribosome was
+    matched), to repeat the numbers measured on them. With ``keep_clean`` the result's
     ``clean`` holds the potential (unit density); with ``keep_tilt_series`` its
     ``tilt_series`` holds the recorded views and ``tilt_angles`` the angles.
     """
@@ -244,7 +249,7 @@ def simulate_realistic(
             com = np.array(ndimage.center_of_mass(np.clip(m, 0, None))) - (np.asarray(m.shape) - 1) / 2.0
             templates[nm] = ndimage.shift(m, -com, order=1).astype(np.float32)
         else:
-            templates[nm] = class_template(nm, voxel_size)
+            templates[nm] = class_template(nm, voxel_size, calibrated)
     for i, (p, nm) in enumerate(zip(zyx, names)):
         t = templates[nm]
         ci = np.floor(p).astype(int)

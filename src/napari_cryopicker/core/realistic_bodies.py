@@ -19,29 +19,52 @@ from .classes import ClassTable, ParticleClass
 TEXTURE = ((20.0, 0.4), (8.0, 0.6))
 
 
+#: Volts over the ice of one unit of body density.
+UNIT_VOLTS = 1.5
+#: Integrated potential over the ice per kDa of protein, V nm^3 (V x voxels at 10 A). The
+#: SHREC'21 4CR2 map (26S proteasome, 2.5 MDa by its paper) holds 4,767 V nm^3 over the
+#: solvent: 1.9; protein's mean inner potential over ice (~2.6 V x 1.21 A^3/Da) gives ~3.
+#: 2.0 is the low end, so that no body is made heavier than the data say.
+POTENTIAL_PER_KDA = 2.0
+
+
 @dataclass(frozen=True)
 class ClassSpec:
     name: str
     diameter_nm: float
     body: str  # two_lobed, mito, capped_barrel, double_ring, shell, rod, ring, globule, dome
     seed: int
+    #: the body's integrated potential over the ice, V nm^3 (its contrast: what a matched
+    #: filter or a network integrates): a real map's, or POTENTIAL_PER_KDA x the mass of
+    #: the complex it stands for
+    potential: float = 0.0
+
+
+def _kda(mass: float) -> float:
+    return POTENTIAL_PER_KDA * mass
 
 
 #: The realistic class library: fixed bodies, so a class looks the same in every tomogram.
+#: Each body's integrated potential is that of the complex it stands for: the SHREC'21 map
+#: itself for the ribosome (4V94), mitoribosome (5MRC) and proteasome (4CR2), measured over
+#: the solvent at 10 A; a literature mass for the others (GroEL 14-mer, yeast FAS,
+#: apoferritin 24-mer, rubisco L8S8; the generic bodies a protein of their size). Before
+#: session 18 only the ribosome was matched; the others had 0.35-0.7x their contrast
+#: (``calibrated=False`` in :func:`class_template` keeps those bodies).
 REALISTIC_CLASSES: tuple[ClassSpec, ...] = (
-    ClassSpec("ribosome", 28.0, "two_lobed", 1),
-    ClassSpec("mitoribosome", 28.0, "mito", 2),
-    ClassSpec("proteasome", 24.0, "capped_barrel", 3),
-    ClassSpec("chaperonin", 14.0, "double_ring", 4),
-    ClassSpec("fas", 26.0, "dome", 5),
-    ClassSpec("ferritin", 12.0, "shell", 6),
-    ClassSpec("rubisco", 11.0, "globule", 7),
-    ClassSpec("filament", 20.0, "rod", 8),
-    ClassSpec("ring", 10.0, "ring", 9),
-    ClassSpec("dimer", 10.0, "two_lobed", 10),
-    ClassSpec("globule8", 8.0, "globule", 11),
-    ClassSpec("globule6", 6.0, "globule", 12),
-    ClassSpec("globule4", 4.0, "globule", 13),
+    ClassSpec("ribosome", 28.0, "two_lobed", 1, 7087.0),
+    ClassSpec("mitoribosome", 28.0, "mito", 2, 12380.0),
+    ClassSpec("proteasome", 24.0, "capped_barrel", 3, 4767.0),
+    ClassSpec("chaperonin", 14.0, "double_ring", 4, _kda(800)),
+    ClassSpec("fas", 26.0, "dome", 5, _kda(2600)),
+    ClassSpec("ferritin", 12.0, "shell", 6, _kda(474)),
+    ClassSpec("rubisco", 11.0, "globule", 7, _kda(540)),
+    ClassSpec("filament", 20.0, "rod", 8, _kda(310)),   # ~7 actin subunits
+    ClassSpec("ring", 10.0, "ring", 9, _kda(250)),
+    ClassSpec("dimer", 10.0, "two_lobed", 10, _kda(150)),
+    ClassSpec("globule8", 8.0, "globule", 11, _kda(200)),
+    ClassSpec("globule6", 6.0, "globule", 12, _kda(90)),
+    ClassSpec("globule4", 4.0, "globule", 13, _kda(30)),
 )
 _SPECS = {c.name: c for c in REALISTIC_CLASSES}
 #: The four classes of the few-click benchmark: two ~28-voxel, one ~24 and one ~14.
@@ -116,10 +139,12 @@ def _blobs(body: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray,
     return centres, sigmas, weights
 
 
-def class_template(name: str, voxel_size: float = 10.0) -> np.ndarray:
+def class_template(name: str, voxel_size: float = 10.0, calibrated: bool = True) -> np.ndarray:
     """The density of class ``name`` in a cube box (z, y, x), centre of mass at the centre.
 
-    Unit density is about 1.5 V over the ice; the body fits the class diameter.
+    Unit density is UNIT_VOLTS (1.5 V) over the ice; the body fits the class diameter and,
+    ``calibrated``, carries its class's integrated potential (``ClassSpec.potential``);
+    otherwise the body as it was before session 18.
     """
     spec = _SPECS[name]
     rng = np.random.default_rng(1000 + spec.seed)
@@ -148,6 +173,9 @@ def class_template(name: str, voxel_size: float = 10.0) -> np.ndarray:
     com = np.array(ndimage.center_of_mass(dens)) - half
     if np.any(np.abs(com) > 1e-3):
         dens = ndimage.shift(dens, -com, order=1, mode="constant").astype(np.float32)
+    if calibrated and spec.potential > 0:
+        volts_nm3 = float(dens.sum()) * UNIT_VOLTS * (voxel_size / 10.0) ** 3
+        dens *= np.float32(spec.potential / volts_nm3)
     return dens
 
 
