@@ -36,7 +36,7 @@ import numpy as np
 
 import _common as C  # noqa: E402  (sets sys.path)
 from interactive import Annotator
-from realistic import OUT, _pairs, clicks, print_table, realistic_sim, score
+from realistic import OUT, _pairs, add_legacy_flag, clicks, print_table, realistic_sim, score, use_legacy
 
 
 def shown_candidates(res, user, classes, below: bool = False, data=None):
@@ -144,7 +144,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="override a TrainConfig field of the fine-tuning")
     ap.add_argument("--tag", default=None)
+    add_legacy_flag(ap)
     args = ap.parse_args(argv)
+    use_legacy(args)
     args.tag = args.tag or f"{args.source}_corrected{args.answers}" + ("_all" if args.queue == "all" else "")
     print("# command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
     print(f"# {C.machine()}")

@@ -43,7 +43,7 @@ import time
 import numpy as np
 
 import _common as C  # noqa: E402  (sets sys.path)
-from realistic import _pairs, realistic_sim, score_against
+from realistic import _pairs, add_legacy_flag, realistic_sim, score_against, use_legacy
 
 OUT = C.CACHE / "interactive"
 
@@ -286,7 +286,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=600.0, help="seconds of training and answering")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field")
     ap.add_argument("--tag", default="live")
+    add_legacy_flag(ap)
     args = ap.parse_args(argv)
+    use_legacy(args)
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"# {C.machine()}", flush=True)
     print(f"$ {' '.join(['benchmarks/interactive.py', *(argv if argv is not None else sys.argv[1:])])}", flush=True)

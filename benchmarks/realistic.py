@@ -50,6 +50,17 @@ OUT = C.CACHE / "realistic"
 LEGACY_BODIES = False
 
 
+def add_legacy_flag(ap) -> None:
+    """The ``--legacy-bodies`` option of every benchmark on these simulations."""
+    ap.add_argument("--legacy-bodies", action="store_true",
+                    help="the class bodies of sessions up to 17 (lighter than their real counterparts)")
+
+
+def use_legacy(args) -> None:
+    global LEGACY_BODIES
+    LEGACY_BODIES = bool(args.legacy_bodies)
+
+
 def realistic_sim(shape, seed: int):
     """(tomogram path, truth Picks) of a realistic simulation, cached as MRC + CSV
     (``real_<shape>_s<seed>_m``: bodies with their real contrast; without ``_m``, the
@@ -332,11 +343,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mask-fiducials", action="store_true", help="with --rescore: drop picks on gold fiducials")
     ap.add_argument("--repredict", default=None, metavar="TAG",
                     help="pick the test tomograms again with the models run TAG saved, instead of training")
-    ap.add_argument("--legacy-bodies", action="store_true",
-                    help="the class bodies of sessions up to 17 (lighter than their real counterparts)")
+    add_legacy_flag(ap)
     args = ap.parse_args(argv)
-    global LEGACY_BODIES
-    LEGACY_BODIES = args.legacy_bodies
+    use_legacy(args)
     from napari_cryopicker.core.realistic import BENCHMARK_CLASSES, REALISTIC_CLASSES
 
     known = [c.name for c in REALISTIC_CLASSES if c.name not in BENCHMARK_CLASSES]

@@ -108,7 +108,7 @@ def binned_template(name: str, b: int, margin: int = 3) -> tuple[np.ndarray, int
 
     from napari_cryopicker.core.realistic import class_template
 
-    t = class_template(name, 10.0)
+    t = class_template(name, 10.0, calibrated=not R.LEGACY_BODIES)
     if b == 1:
         return np.pad(t, margin), (t.shape[0] - 1) // 2 + margin
     h = (t.shape[0] - 1) // 2
@@ -583,7 +583,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default=None, help="result names (default tm, tm_quick for --crop)")
     ap.add_argument("--tmp", default=None, help="temp dir for pytme's inputs and outputs")
     ap.add_argument("--dry-run", action="store_true", help="print the time estimate and stop")
+    R.add_legacy_flag(ap)
     args = ap.parse_args(argv)
+    R.use_legacy(args)
     if args.quick:
         args.crop = args.crop or "128x256x256"
         args.angular_step = args.angular_step or 45.0
