@@ -12,7 +12,8 @@ tests):
   double rings, shells, rods, rings or globules, with internal texture; its integrated
   potential over the ice is that of the complex it stands for (the SHREC'21 map of the
   ribosome, mitoribosome and proteasome; a literature mass for the others: see
-  :data:`.realistic_bodies.REALISTIC_CLASSES`). Truth centres are the centres of mass. Ribosome-like particles partly cluster in short polysome chains.
+  :data:`.realistic_bodies.REALISTIC_CLASSES`). Truth centres are the centres of mass.
+  Ribosome-like particles partly cluster in short polysome chains.
   Membranes (a large curved sheet and vesicles, two Gaussian leaflets), gold fiducials
   near the slab surfaces, and a textured background (small unresolved molecules: a
   low-pass random field) are not in the truth.
