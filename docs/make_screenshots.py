@@ -7,7 +7,8 @@ the picks of a realistic tomogram, and (``--project``) the Project panel of a si
 
 (the tomogram and model that `benchmarks/realistic.py --seeds 0 --tag fallback` leaves in
 its cache). Writes docs/images/particles.png. With ``--project benchmarks/.cache`` (and ``--model``): the Project panel
-for every ``real_*`` tomogram of FOLDER (linked as TS_01 ... into a temporary folder, so
+for every ``real_*_m`` tomogram of FOLDER (the benchmark caches of today's bodies; the
+legacy ones, ``real_*`` without ``_m``, made the screenshots before session 18) (linked as TS_01 ... into a temporary folder, so
 their annotation files stay out of the cache), 40 clicks per class on the first and the
 model's picks of the second, as docs/images/project.png. With ``--live FOLDER`` (a realistic
 tomogram's cache folder, e.g. benchmarks/.cache/real_200x512x512_s100, and ``--model``): live
@@ -96,7 +97,7 @@ def project_shot(a) -> int:
 
     out = a.out or str(Path(__file__).parent / "images" / "project.png")
     job = Path(tempfile.mkdtemp(prefix="cryopicker-shot-"))
-    sources = sorted(Path(a.project).glob("real_*/tomogram.mrc"))
+    sources = sorted(Path(a.project).glob("real_*_m/tomogram.mrc"))
     for i, src in enumerate(sources):
         (job / f"TS_{i + 1:02d}.mrc").symlink_to(src.resolve())
     viewer, panels, s, ck = _viewer_with(job / "TS_01.mrc", a.model)
