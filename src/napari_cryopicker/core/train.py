@@ -41,11 +41,13 @@ from .train_data import (
     _renew,
     _sample,
     _voxel_weights,
+    label_diameters,
     loss_fn,
     nms_defaults,
 )
 from .train_inputs import _checked_picks, _few_for_val
 from .train_plan import _Plan
+from .train_rotate import rotated_sample, rotation_for
 from .train_state import TrainState, _better, _checkpoint, _copy_state, _ema_model, _init_from
 from .train_validate import _self_label, validate
 
@@ -101,6 +103,12 @@ class TrainConfig:
     lowpass: float = 0.0                     # Gaussian sigma (voxels) applied to the input
     augment: bool = True
     rot90: bool = False                      # quarter turns about z too (they turn the wedge about y into one about x: train_data._augment)
+    # Turn rotate_share of the crops by up to ``rotate`` degrees about a random axis
+    # (core.train_rotate; 0: off): orientations between those of the clicks, at the price
+    # of a missing wedge tilted as much. Not with unlabelled_weight < 1.
+    rotate: float = 0.0
+    rotate_share: float = 0.5
+    rotate_wedge: float = 0.0                # the tilt range: a turned crop's wedge is cut again where it belongs (0: not)
     amp: bool = True                         # mixed precision on CUDA
     tune_thresholds: bool = True             # pick MP-NMS t_lm per class on validation
     checkpoint_path: str | None = None       # save the best model here (atomically) after each better epoch
@@ -421,6 +429,8 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
     network's sub-voxel factor)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    rot_rng = np.random.default_rng(config.seed + 7)  # the rotations' own: without them, the same crops
+    label_diam = label_diameters(classes, config)
     n_classes = len(classes)
     if init is not None:
         mcfg = init.model_config
@@ -499,8 +509,13 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
                 for _b in range(config.batch_size):
                     v = vols[rng.integers(len(vols))]
                     st = _sample(v, rng, crop, config)
-                    x = _read_crop(v, st, crop, config.lowpass)
-                    y = _crop_labels(v, st, crop, classes, config, negatives=NEGATIVE if config.sparse else 0)
+                    rot = rotation_for(v, st, crop, config, rot_rng)
+                    if rot is None:
+                        x = _read_crop(v, st, crop, config.lowpass)
+                        y = _crop_labels(v, st, crop, classes, config, negatives=NEGATIVE if config.sparse else 0)
+                    else:
+                        x, y = rotated_sample(v, st, crop, rot, classes, config, label_diam,
+                                              negatives=NEGATIVE if config.sparse else 0)
                     if config.augment:
                         x, y = _augment(x, y, rng, config.rot90)
                     xs.append(x)
