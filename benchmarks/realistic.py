@@ -273,7 +273,7 @@ def repredict(args) -> int:
 
     shape = C.parse_shape(args.shape)
     predict_overrides = _pairs(args.predict_sets)
-    tag = f"{args.repredict}_repredict"
+    tag = args.tag or f"{args.repredict}_repredict"
     results = []
     for seed in args.seeds:
         saved = json.loads((OUT / f"{args.repredict}_s{seed}.json").read_text())
@@ -337,7 +337,8 @@ def main(argv=None) -> int:
                     help="override a TrainConfig field")
     ap.add_argument("--predict", dest="predict_sets", action="append", default=[], metavar="KEY=VALUE",
                     help="override a PredictConfig field")
-    ap.add_argument("--tag", default=None, help="name of the result files (default: scenario and overrides)")
+    ap.add_argument("--tag", default=None,
+                    help="name of the result files (default: scenario and overrides; with --repredict: TAG_repredict)")
     ap.add_argument("--rescore", default=None, metavar="TAG",
                     help="score the picks saved by an earlier run TAG again instead of training")
     ap.add_argument("--mask-fiducials", action="store_true", help="with --rescore: drop picks on gold fiducials")

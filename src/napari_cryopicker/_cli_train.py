@@ -32,6 +32,8 @@ def add_train_parser(sub) -> None:
     t.add_argument("--level", type=int, default=0, metavar="N",
                    help="OME-Zarr scale level to train on (0: full resolution, 1: the next coarser, ...); "
                         "picks are in that level's voxels and voxel size")
+    t.add_argument("--rotate", type=float, default=None, metavar="DEGREES",
+                   help="turn half the training crops by up to this angle (default 30; 0: off)")
     t.add_argument("--sparse", action=argparse.BooleanOptionalAction, default=None,
                    help="only some of the particles in the tomograms are picked: blobs the network finds away "
                         "from every pick are not taught as background (off by default: measured, plain "
@@ -97,6 +99,10 @@ def cmd_train(a) -> int:
         if b != "auto" and not (b.isdigit() and int(b) >= 1):
             raise CLIError(f"--bin {a.work_binning}: give auto or a whole number >= 1")
         cfg.binning = b if b == "auto" else int(b)
+    if a.rotate is not None:
+        if not 0 <= a.rotate <= 180:
+            raise CLIError(f"--rotate {a.rotate}: give an angle from 0 to 180 degrees")
+        cfg.rotate = a.rotate
     if a.sparse is not None:
         cfg.sparse = a.sparse
     prog, bar = _bar()
