@@ -75,8 +75,8 @@ def test_a_crop_whose_margin_reaches_the_validation_slab_is_not_turned():
     far = [rotation_for(v, (8, 24, 20), crop, cfg, rng) for _ in range(20)]
     near = [rotation_for(v, (8, 24, 64), crop, cfg, rng) for _ in range(20)]  # ends right at the slab
     assert all(r is not None for r in far)
-    assert all(r is None or margin(crop, r)[2] == 0 for r in near)
-    assert sum(r is None for r in near) >= 15
+    assert all(margin(crop, r)[2] >= 1 for r in far)  # every turn reads beyond the crop...
+    assert all(r is None for r in near)  # ...so none ending at the slab is turned
     assert rotation_for(v, (8, 24, 20), crop, TrainConfig(rotate=0.0), rng) is None  # off
 
 
