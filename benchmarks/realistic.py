@@ -264,6 +264,27 @@ def rescore(args) -> int:
     return 0
 
 
+def _retemplate(ckpt, args, seed: int, shape, saved: dict):
+    """``ckpt`` with the click-averaged templates (core.template) of today's TrainConfig and
+    ``--set`` overrides, built from the training tomogram and clicks of its run."""
+    from napari_cryopicker.core.realistic import BENCHMARK_CLASSES, realistic_classes
+    from napari_cryopicker.core.tomogram import open_tomogram
+    from napari_cryopicker.core.train import TrainConfig
+    from napari_cryopicker.core.train_template import attach_templates, template_classes
+
+    classes = realistic_classes(10.0, BENCHMARK_CLASSES + tuple(saved.get("distractors") or ()))
+    train_mrc, train_truth = realistic_sim(shape, 100 + seed)
+    scenario = saved.get("scenario", args.scenario) if args.retemplate == "same" else args.retemplate
+    picks = clicks(train_truth, classes, scenario, args.per_class, seed)
+    saved["template_scenario"] = scenario
+    cfg = TrainConfig(**{"seed": seed, **_pairs(args.sets)})
+    names = template_classes(classes, cfg, ckpt.binning)
+    t0 = time.monotonic()
+    out = attach_templates(ckpt, [open_tomogram(train_mrc)], [picks], names, cfg)
+    saved["template_seconds"] = round(time.monotonic() - t0, 1)
+    return out
+
+
 def repredict(args) -> int:
     """Pick the test tomograms again with the models an earlier run saved (TAG), with
     today's prediction and MP-NMS code; results as <TAG>_repredict."""
@@ -279,6 +300,8 @@ def repredict(args) -> int:
         saved = json.loads((OUT / f"{args.repredict}_s{seed}.json").read_text())
         ckpt = load_checkpoint(OUT / f"{args.repredict}_s{seed}.pt")
         test_mrc, _ = realistic_sim(shape, 200 + seed)
+        if args.retemplate:  # build the templates the model's run would build today, from its clicks
+            ckpt = _retemplate(ckpt, args, seed, shape, saved)
         t1 = time.monotonic()
         res = predict_picks(open_tomogram(test_mrc), ckpt, PredictConfig(device=args.device, **predict_overrides))
         saved["predict_seconds"] = round(time.monotonic() - t1, 1)
@@ -342,6 +365,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rescore", default=None, metavar="TAG",
                     help="score the picks saved by an earlier run TAG again instead of training")
     ap.add_argument("--mask-fiducials", action="store_true", help="with --rescore: drop picks on gold fiducials")
+    ap.add_argument("--retemplate", nargs="?", const="same", default=None, metavar="SCENARIO",
+                    help="with --repredict: first build the click-averaged templates a run would build today "
+                         "(from the clicks of the run's scenario, or of SCENARIO, e.g. offcentre)")
     ap.add_argument("--repredict", default=None, metavar="TAG",
                     help="pick the test tomograms again with the models run TAG saved, instead of training")
     add_legacy_flag(ap)

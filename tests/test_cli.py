@@ -162,6 +162,45 @@ def test_train_turns_crops_by_30_degrees_unless_told(simdir, tmp_path, capsys):
     assert "--rotate -5" in capsys.readouterr().err
 
 
+def test_train_matches_a_template_of_the_classes_named_and_predict_can_leave_it_out(simdir, tmp_path, capsys):
+    """--template NAME averages that class's picks into a template the model keeps; predict
+    scores the class by it (the template's threshold for it) unless --no-template; bad
+    values are one clear line."""
+    import numpy as np
+    import pandas as pd
+
+    from napari_cryopicker.core.model import load_checkpoint
+
+    sim = tmp_path / "sim"  # a bigger phantom than simdir's: 4 blobs are too few for a template
+    assert main(["simulate", str(sim), "--preset", "simple", "--seed", "4", "--shape", "48", "160", "160",
+                 "--snr", "2"]) == 0
+    mrc = str(sim / "tomogram.mrc")
+    base = ["train", "--tomogram", mrc, "--picks", str(sim / "picks.csv"),
+            "--class", "ribosome=25", "--class", "shell=13", "--class", "barrel=18", "--class", "blob=9",
+            "--epochs", "2", "--patch", "32", "--device", "cpu", "--members", "1"]
+    assert main([*base, "--out", str(tmp_path / "a.pt"), "--template", "blob", "--tilt-range", "55"]) == 0
+    ck = load_checkpoint(tmp_path / "a.pt")
+    assert set(ck.templates) == {"blob"} and ck.templates["blob"]["tilt_range"] == 55.0
+    assert ck.train_config["template"] == "blob"
+    with_t, without = tmp_path / "with.csv", tmp_path / "without.csv"
+    assert main(["predict", "--model", str(tmp_path / "a.pt"), "--tomogram", mrc, "--out", str(with_t),
+                 "--device", "cpu", "--keep-fiducials"]) == 0
+    assert main(["predict", "--model", str(tmp_path / "a.pt"), "--tomogram", mrc, "--out", str(without),
+                 "--device", "cpu", "--keep-fiducials", "--no-template"]) == 0
+    a, b = pd.read_csv(with_t), pd.read_csv(without)
+    cls = [c for c in a.columns if "class" in c][0]
+    others_a, others_b = a[a[cls] != "blob"], b[b[cls] != "blob"]
+    assert len(others_a) == len(others_b) and np.allclose(others_a[["x", "y", "z"]], others_b[["x", "y", "z"]])
+    blob = a[a[cls] == "blob"]
+    assert (blob["score"] >= ck.templates["blob"]["threshold"] - 1e-6).all()
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "c.pt"), "--template", "blob,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no class named 'nope'" in err and "ribosome, shell, barrel, blob" in err
+    assert main([*base, "--out", str(tmp_path / "d.pt"), "--tilt-range", "0"]) == 2
+    assert "--tilt-range 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv, needle",
     [

@@ -21,7 +21,12 @@ def add_predict_parser(sub) -> None:
                    help="a tomogram (.mrc); repeat, or give a glob or a list file, for a batch")
     r.add_argument("--out", required=True, help="picks file (.csv .star .tbl .json); a folder for several")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    r.add_argument("--threshold", type=float, default=None, help="minimum pick score (overrides the model's)")
+    r.add_argument("--threshold", type=float, default=None,
+                   help="minimum pick score (overrides the model's; not for a class scored by its template, "
+                        "whose score is a cross-correlation)")
+    r.add_argument("--no-template", dest="template", action="store_false",
+                   help="score every class by the network alone, also those the model holds a click-averaged "
+                        "template for")
     r.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
                    help="average over this many flips of each tile (test-time augmentation; 4: ~4x the time)")
     r.add_argument("--level", type=int, default=0, metavar="N",
@@ -69,6 +74,8 @@ def _predict_options(a) -> dict:
         out["mask_fiducials"] = False
     if a.tta != 1:
         out["tta"] = a.tta
+    if not a.template:
+        out["template"] = False
     return out
 
 

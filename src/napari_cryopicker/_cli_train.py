@@ -34,6 +34,12 @@ def add_train_parser(sub) -> None:
                         "picks are in that level's voxels and voxel size")
     t.add_argument("--rotate", type=float, default=None, metavar="DEGREES",
                    help="turn half the training crops by up to this angle (default 30; 0: off)")
+    t.add_argument("--template", default=None, metavar="auto|off|NAME[,NAME]",
+                   help="classes scored by a template averaged from their picks, matched at full resolution "
+                        "around the network's candidates (default auto: each class under 10 voxels across "
+                        "on a binned working grid)")
+    t.add_argument("--tilt-range", type=float, default=None, metavar="DEGREES",
+                   help="the tomograms' tilt range about y, for the templates' missing wedge (default 60)")
     t.add_argument("--sparse", action=argparse.BooleanOptionalAction, default=None,
                    help="only some of the particles in the tomograms are picked: blobs the network finds away "
                         "from every pick are not taught as background (off by default: measured, plain "
@@ -105,6 +111,12 @@ def cmd_train(a) -> int:
         cfg.rotate = a.rotate
     if a.sparse is not None:
         cfg.sparse = a.sparse
+    if a.template is not None:
+        cfg.template = a.template
+    if a.tilt_range is not None:
+        if not 0 < a.tilt_range <= 90:
+            raise CLIError(f"--tilt-range {a.tilt_range}: give the largest tilt in degrees, above 0 and at most 90")
+        cfg.template_tilt_range = a.tilt_range
     prog, bar = _bar()
 
     def on_epoch(r):

@@ -238,7 +238,13 @@ def test_binned_training_picks_the_full_tomogram_in_its_own_voxels(tmp_path):
     ck = load_checkpoint(save_checkpoint(ck, tmp_path / "m.pt"))
     assert ck.binning == 2 and ck.voxel_size == 10.0
     assert ck.classes.diameters == train_sim.classes.diameters  # the user's, not the binned ones
-    res = predict_picks(Tomogram(test_sim.data, 10.0), ck, return_probability=True)
+    # the blob (4.5 voxels across at bin 2) got a template averaged from its picks; the ribosome not
+    assert set(ck.templates) == {"blob"}
+    assert ck.templates["blob"]["n_particles"] == len(train_sim.picks.select(class_name="blob"))
+    assert ck.templates["blob"]["volume"].shape == (17, 17, 17) and ck.templates["blob"]["threshold"] > 0
+    _template_picks_are_as_good_and_centred(ck, test_sim)
+    net_only = PredictConfig(template=False)  # below: the network's own picks
+    res = predict_picks(Tomogram(test_sim.data, 10.0), ck, net_only, return_probability=True)
     assert res.label.shape == test_sim.data.shape and res.probability.shape[1:] == test_sim.data.shape
     # what the GUI shows lazily: the working grid's arg-max class and its probability
     sm = res.score_map
@@ -258,8 +264,9 @@ def test_binned_training_picks_the_full_tomogram_in_its_own_voxels(tmp_path):
         assert np.all(np.abs(offset) < 1.0), (name, offset)  # no half-voxel shift of the binned grid
     # a score floor keeps weaker candidates too; above the model's thresholds they are the same picks
     strict = {"default": {"t_lm": 0.9}}  # a high threshold, so that weaker candidates exist
-    high = predict_picks(Tomogram(test_sim.data, 10.0), ck, PredictConfig(nms=strict))
-    low = predict_picks(Tomogram(test_sim.data, 10.0), ck, PredictConfig(nms=strict, score_floor=0.05))
+    high = predict_picks(Tomogram(test_sim.data, 10.0), ck, PredictConfig(nms=strict, template=False))
+    low = predict_picks(Tomogram(test_sim.data, 10.0), ck, PredictConfig(nms=strict, score_floor=0.05,
+                                                                         template=False))
     assert low.thresholds == high.thresholds == {"ribosome": 0.9, "blob": 0.9}
     assert len(low.picks) > len(high.picks)
     for name, t in low.thresholds.items():
@@ -267,6 +274,28 @@ def test_binned_training_picks_the_full_tomogram_in_its_own_voxels(tmp_path):
         strong = strong.subset(strong.table["score"].to_numpy() >= t)
         plain = high.picks.select(class_name=name)
         assert np.allclose(np.sort(strong.zyx, axis=0), np.sort(plain.zyx, axis=0)), name
+
+
+def _template_picks_are_as_good_and_centred(ck, test_sim):
+    """With its template the blob class is scored by the match (a cross-correlation, the
+    model's threshold for it the template's), found as well as by the network alone and
+    nearer the centres; a class without a template is untouched."""
+    from napari_cryopicker.core.metrics import evaluate
+    from napari_cryopicker.core.predict import PredictConfig, predict_picks
+
+    tomo = Tomogram(test_sim.data, 10.0)
+    plain = predict_picks(tomo, ck, PredictConfig(template=False))
+    matched = predict_picks(tomo, ck)
+    assert matched.thresholds["blob"] == pytest.approx(ck.templates["blob"]["threshold"])
+    assert matched.thresholds["ribosome"] == plain.thresholds["ribosome"]
+    assert np.allclose(matched.picks.select(class_name="ribosome").zyx, plain.picks.select(class_name="ribosome").zyx)
+    blob = matched.picks.select(class_name="blob")
+    assert (blob.table["score"].to_numpy() >= ck.templates["blob"]["threshold"] - 1e-9).all()
+    reps = [evaluate(p.picks.with_tomogram("t"), test_sim.picks.with_tomogram("t"), test_sim.classes)
+            for p in (plain, matched)]
+    assert reps[1].per_class["blob"].f1 >= reps[0].per_class["blob"].f1 - 0.1, (reps[0].per_class, reps[1].per_class)
+    assert reps[1].per_class["blob"].recall >= 0.7
+    assert reps[1].per_class["blob"].mean_distance <= reps[0].per_class["blob"].mean_distance + 0.2
 
 
 def test_a_network_that_takes_subvoxels_learns_on_the_binned_grid_and_picks_in_full_voxels(tmp_path):

@@ -176,6 +176,10 @@ def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):
     assert w.binning.currentText() == "auto binning" and run.config_values()["binning"] == "auto"
     w.binning.setCurrentText("bin 2")  # the user chooses the grid the network works on
     assert run.config_values()["binning"] == 2
+    assert w.template.isChecked() and run.config_values()["template"] == "auto"  # on by default
+    w.template.setChecked(False)
+    assert run.config_values()["template"] == "off"
+    w.template.setChecked(True)
     w.btn_train.click()
     assert run.running and w.btn_stop.isEnabled() and not w.btn_train.isEnabled()
     # napari's animated "in progress" label is slowed (each frame repaints the window)
@@ -193,6 +197,7 @@ def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):
     assert ck is not None and ck.classes.names == ["blob"]
     assert 2 <= len(ck.history) < 500  # stopped early, best checkpoint kept
     assert ck.train_config["sparse"] is True and all("left_out" in r for r in ck.history)
+    assert ck.templates == {}  # Stop returns the networks at once, with no template made after it
     assert w.btn_train.isEnabled() and w.btn_save.isEnabled()
     assert "Model for blob" in w.summary.text()
     assert ck.binning == 2 and "works at bin 2" in w.summary.text()
@@ -658,6 +663,7 @@ def test_live_suggestions_appear_and_update_while_training(viewer, picked, qtbot
     w = dock(viewer, TrainingWidget)
     w.live.setChecked(True)
     w.epochs.setValue(3)
+    w.binning.setCurrentText("bin 2")  # the 8-voxel blob is 4 across there: it gets a template
     viewer.dims.set_point(0, 10 * VOXEL)
     picked.set_active_class("blob")
     before = len(picked.training_picks())
@@ -672,6 +678,9 @@ def test_live_suggestions_appear_and_update_while_training(viewer, picked, qtbot
     from napari_cryopicker._napari.controllers import model_summary
 
     assert "3 epoch(s) over 3 networks" in model_summary(picked)
+    n_blobs = len(picked.training_picks().select(class_name="blob"))
+    assert set(picked.checkpoint.templates) == {"blob"}  # made once the run ended, not per epoch
+    assert f"template of blob ({n_blobs} picks)" in model_summary(picked)
     import re
 
     best = int(re.search(r"from epoch (\d+)'s network", w.live_info.text()).group(1))

@@ -219,6 +219,10 @@ def model_summary(session: PickingSession) -> str:
         parts.append(f"{len(ck.history)} epoch(s)" + (f" over {n} networks" if n > 1 else ""))
     if ck.best_score is not None:
         parts.append(("mean " if n > 1 else "") + f"validation score {ck.best_score:.2f}")
+    templates = getattr(ck, "templates", None) or {}
+    if templates:
+        parts.append("template of " + ", ".join(f"{k} ({int(t.get('n_particles', 0))} picks)"
+                                                for k, t in templates.items()))
     if session.model_path is not None:
         parts.append(f"file {session.model_path.name}")
     return "; ".join(parts)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -360,6 +361,9 @@ class Checkpoint:
     postprocess: dict = field(default_factory=dict)  # tuned MP-NMS thresholds
     # the weights of the ensemble's further networks (TrainConfig.members), same architecture
     members: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    # per class, a template averaged from its clicks (core.template.Template.to_dict): its
+    # candidates are scored by local template matching at full resolution
+    templates: dict[str, dict] = field(default_factory=dict)
 
     @property
     def model_config(self) -> ModelConfig:
@@ -405,6 +409,8 @@ class Checkpoint:
             "postprocess": dict(self.postprocess),
             **({"members": [{k: v.detach().cpu() for k, v in m.items()} for m in self.members]}
                if self.members else {}),
+            **({"templates": {name: {**t, "volume": torch.as_tensor(np.asarray(t["volume"], np.float32))}
+                              for name, t in self.templates.items()}} if self.templates else {}),
         }
 
 
@@ -451,6 +457,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             best_score=payload.get("best_score"),
             postprocess=dict(payload.get("postprocess") or {}),
             members=[dict(m) for m in payload.get("members") or []],
+            templates={str(name): {**t, "volume": np.asarray(t["volume"], np.float32)}
+                       for name, t in (payload.get("templates") or {}).items()},
         )
         ckpt.build("cpu")  # validates that weights fit the architecture
     except ModelError:

@@ -26,6 +26,7 @@ from .binning import SubvoxelView, classes_binned, picks_from_binned, unbin_map,
 from .nms import NMSParams, mp_nms
 from .picks import Picks
 from .progress import Progress, ensure
+from .template import CANDIDATE_FLOOR, rescore_picks
 from .tomogram import Tomogram, normalise, normalise_tensor, robust_normalisation
 
 
@@ -56,6 +57,9 @@ class PredictConfig:
     # test-time augmentation: average the class probabilities over this many flips of each
     # tile (1, 2, 4 or 8: none, x, x and y, x y and z); flips keep the missing wedge where it is
     tta: int = 1
+    # score the classes the model has a template for (Checkpoint.templates, core.template) by
+    # matching it at full resolution around the network's candidates of that class
+    template: bool = True
 
 
 @dataclass
@@ -385,6 +389,10 @@ def predict_picks(
         floor = float(config.score_floor)
         for n, t in thresholds.items():
             params[n] = {**params[n], "t_lm": min(t, floor)}
+    templates = {n: t for n, t in (checkpoint.templates or {}).items()
+                 if config.template and n in checkpoint.classes.names}
+    for n in templates:  # the network proposes, the template decides
+        params[n] = {**params[n], "t_lm": CANDIDATE_FLOOR, "min_fill": 0.0}
     picks = mp_nms(
         label, conf, classes_binned(checkpoint.classes, factor), params or None, tomogram=tomogram.name,
         voxel_size=tomogram.voxel_size, progress=progress,
@@ -395,6 +403,10 @@ def predict_picks(
         picks.voxel_size = full_tomogram.voxel_size
         full = None if full is None else unbin_map(full, factor, full_tomogram.shape)
         tomogram = full_tomogram
+    if templates:
+        picks = rescore_picks(picks, tomogram.data, templates, checkpoint.classes,
+                              floor=config.score_floor is not None, progress=progress)
+        thresholds.update({n: float(t["threshold"]) for n, t in templates.items()})
     fiducials = None
     if config.mask_fiducials and len(picks):
         from .fiducials import find_fiducials, off_fiducials

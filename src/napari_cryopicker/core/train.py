@@ -48,6 +48,7 @@ from .train_data import (
 from .train_inputs import _checked_picks, _few_for_val
 from .train_plan import _Plan
 from .train_rotate import rotated_sample, rotation_for
+from .train_template import attach_templates, template_classes
 from .train_state import TrainState, _better, _checkpoint, _copy_state, _ema_model, _init_from
 from .train_validate import _self_label, validate
 
@@ -112,6 +113,11 @@ class TrainConfig:
     rotate: float = 30.0
     rotate_share: float = 0.5
     rotate_wedge: float = 0.0                # the tilt range: a turned crop's wedge is cut again where it belongs (0: not)
+    # Classes scored by a template averaged from their clicks (core.template): "auto" (each
+    # class under TEMPLATE_BELOW voxels across on a binned working grid, where binning holds
+    # its detail back), "off", or class names. Built at the end of a run with a planned end.
+    template: str | Sequence[str] = "auto"
+    template_tilt_range: float = 60.0        # the data's tilt range (the missing wedge about y), degrees
     amp: bool = True                         # mixed precision on CUDA
     tune_thresholds: bool = True             # pick MP-NMS t_lm per class on validation
     checkpoint_path: str | None = None       # save the best model here (atomically) after each better epoch
@@ -240,8 +246,10 @@ def train_model(
     if init is None and config.binning == "auto":
         _say_binning_held_back(classes)
     subvoxels = training_subvoxels(config, factor, init)
+    with_template = [] if config.continuous else template_classes(classes, config, factor)  # fails fast
     work_classes = classes
     given = list(tomograms)  # as the caller gave them (refresh's picks are in their voxels)
+    given_picks = list(picks)  # in their voxels (the templates are made at full resolution)
     if factor > 1:
         tomograms = [working_tomogram(t, factor, subvoxels > 1, progress) for t in tomograms]
         picks = [picks_to_binned(p, factor) for p in picks]
@@ -261,10 +269,16 @@ def train_model(
     n = training_members(config, init)
     with cudnn_autotune(device):
         if n > 1:
-            return _train_members(n, tomograms, picks, work_classes, config, init, progress, on_epoch, device, vs,
+            ckpt = _train_members(n, tomograms, picks, work_classes, config, init, progress, on_epoch, device, vs,
                                   t_start, out, on_model, renewed if refresh is not None else None, on_best)
-        return _train(tomograms, picks, work_classes, config, init, progress, on_epoch, device, vs, t_start, out,
-                      on_model, renewed if refresh is not None else None, on_best)
+        else:
+            ckpt = _train(tomograms, picks, work_classes, config, init, progress, on_epoch, device, vs, t_start, out,
+                          on_model, renewed if refresh is not None else None, on_best)
+    # a class's template from its clicks (core.template), after a run with a planned end that
+    # was not stopped (a Stop returns at once; live training refreshes its picks every epoch)
+    if with_template and not progress.cancelled:
+        ckpt = attach_templates(ckpt, given, given_picks, with_template, config, progress)
+    return ckpt
 
 
 #: networks of a run with a planned end (TrainConfig.members = None)
