@@ -74,7 +74,7 @@ def test_the_clicks_average_into_the_body_and_its_match_tells_it_from_a_look_ali
     vol, true, decoys = field
     rng = np.random.default_rng(1)
     clicks = true[:16] + rng.uniform(-1.5, 1.5, (16, 3))  # off-centre, as a hand clicks
-    t = build_template([vol], [clicks], RADIUS, n_rot=300, iterations=3, search=2)
+    t = build_template([vol], [clicks], RADIUS, n_rot=300, iterations=3, search=2, restarts=2)
     assert t.n_particles == 16 and t.volume.shape == (17, 17, 17)  # the particle's sphere and room
     assert 0 < t.threshold < t.clicks_median
     # the average is the body in some orientation: its best match with the clean body is close
@@ -95,7 +95,7 @@ def test_the_clicks_average_into_the_body_and_its_match_tells_it_from_a_look_ali
 
 def test_rescoring_keeps_the_matches_of_the_templated_class_and_leaves_the_others(field):
     vol, true, decoys = field
-    t = build_template([vol], [true[:16]], RADIUS, n_rot=300, iterations=3, search=2)
+    t = build_template([vol], [true[:16]], RADIUS, n_rot=300, iterations=3, search=2, restarts=1)
     cand = np.concatenate([true[16:], true[16:20] + 1.0, decoys])  # four candidates twice on one body
     p = Picks.concat([
         Picks.from_zyx(cand, class_name="a", score=0.5, source="predicted", tomogram="t", voxel_size=10.0),

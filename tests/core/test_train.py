@@ -64,6 +64,33 @@ def test_time_limit_is_respected(small_sim):
     assert time.monotonic() - t < 30 and len(ck.history) >= 1
 
 
+def test_a_time_budget_keeps_room_for_the_templates(small_sim, monkeypatch):
+    """The templates are made after the networks, inside the same budget: training gets the
+    budget less what the templates are expected to take (at most a quarter of it)."""
+    import napari_cryopicker.core.train_template as tt
+
+    tomo, sim = small_sim
+    monkeypatch.setattr(tt, "SECONDS_PER_PICK", 0.5)  # 8 blobs: keep 4 s of the budget
+    cfg = TrainConfig(**{**TINY, "epochs": 10_000, "time_limit": 20, "template": "blob"})
+    ck = train_model([tomo], [sim.picks], sim.classes, cfg)
+    assert set(ck.templates) == {"blob"} and ck.templates["blob"]["n_particles"] == 8
+    assert ck.train_config["time_limit"] == pytest.approx(16.0)  # what the networks were given
+    assert ck.train_config["template_seconds"]["blob"] > 0
+    assert cfg.time_limit == 20  # the caller's configuration is left as it was
+    # live fine-tuning from that model (no planned end, so no new template) keeps its template,
+    # in what "pick now" gets while it runs and in what Stop returns; with templates off, none
+    prog, best = Progress(), []
+    live = TrainConfig(**{**TINY, "epochs": 10_000, "continuous": True})
+    out = train_model([tomo], [sim.picks], sim.classes, live, init=ck, progress=prog,
+                      on_epoch=lambda r: prog.cancel(), on_best=best.append)
+    assert best and all(set(b.templates) == {"blob"} for b in best)
+    assert np.array_equal(out.templates["blob"]["volume"], ck.templates["blob"]["volume"])
+    prog = Progress()
+    off = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**TINY, "epochs": 2, "template": "off"}),
+                      init=ck, progress=prog)
+    assert off.templates == {}
+
+
 def test_validation_scores_and_tuned_thresholds(small_sim):
     tomo, sim = small_sim
     ck = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**TINY, "epochs": 2, "val_fraction": 0.3}))

@@ -29,12 +29,36 @@ if TYPE_CHECKING:  # pragma: no cover
 TEMPLATE_BELOW = 10.0
 #: clicks a class needs for a template
 MIN_PARTICLES = 5
+#: seconds of 2 CPU cores a template takes per pick (4 alignments of 40 picks: ~35 s,
+#: benchmarks/realistic.py --retemplate); a time budget keeps this much for the templates
+SECONDS_PER_PICK = 0.9
+
+
+def carried_templates(init: Checkpoint | None, classes: ClassTable, config: TrainConfig) -> dict:
+    """The templates of the model a fine-tuning starts from, for its classes still trained
+    (none with ``template`` off): what a run that makes no new one (stopped, or live) keeps."""
+    if init is None or not init.templates or _off(config.template):
+        return {}
+    return {k: v for k, v in init.templates.items() if k in classes.names}
+
+
+def _off(spec) -> bool:
+    return spec is None or (isinstance(spec, str) and spec.strip().lower() in ("off", "none", "", "false", "0"))
+
+
+def template_reserve(picks: Sequence[Picks], names: Sequence[str]) -> float:
+    """Seconds of a time budget to keep for the templates of ``names``."""
+    n = 0
+    for p in picks:
+        sel = p.exclude_source("rejected")
+        n += int(np.isin(sel.table["class_name"].to_numpy(), list(names)).sum())
+    return SECONDS_PER_PICK * n
 
 
 def template_classes(classes: ClassTable, config: TrainConfig, factor: int) -> list[str]:
     """The classes ``config.template`` names for this run (working at bin ``factor``)."""
     spec = config.template
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("off", "none", "", "false", "0")):
+    if _off(spec):
         return []
     if isinstance(spec, str) and spec.strip().lower() == "auto":
         if factor <= 1:
@@ -80,4 +104,4 @@ def attach_templates(ckpt: Checkpoint, tomograms: Sequence[Tomogram], picks: Seq
     return replace(ckpt, templates=out, train_config=train_config)
 
 
-__all__ = ["TEMPLATE_BELOW", "attach_templates", "template_classes"]
+__all__ = ["TEMPLATE_BELOW", "attach_templates", "carried_templates", "template_classes", "template_reserve"]
