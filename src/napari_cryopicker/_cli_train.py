@@ -37,7 +37,7 @@ def add_train_parser(sub) -> None:
     t.add_argument("--template", default=None, metavar="auto|off|NAME[,NAME]",
                    help="classes scored by a template averaged from their picks, matched at full resolution "
                         "around the network's candidates (default auto: each class under 10 voxels across "
-                        "on a binned working grid)")
+                        "on a binned working grid and under 20 at full resolution)")
     t.add_argument("--tilt-range", type=float, default=None, metavar="DEGREES",
                    help="the tomograms' tilt range about y, for the templates' missing wedge (default 60)")
     t.add_argument("--sparse", action=argparse.BooleanOptionalAction, default=None,

@@ -115,7 +115,7 @@ class TrainConfig:
     rotate_wedge: float = 0.0                # the tilt range: a turned crop's wedge is cut again where it belongs (0: not)
     # Classes scored by a template averaged from their clicks (core.template): "auto" (each
     # class under TEMPLATE_BELOW voxels across on a binned working grid, where binning holds
-    # its detail back), "off", or class names. Built at the end of a run with a planned end,
+    # its detail back, and under TEMPLATE_FULL_BELOW at full resolution), "off", or class names. Built at the end of a run with a planned end,
     # within its time budget. Since session 20: on the realistic benchmark's three seeds the
     # chaperonin went 0.64-0.69 -> 0.8-0.9, above template matching with the exact map.
     template: str | Sequence[str] = "auto"

@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
 #: working grid: there binning has halved its detail (the 14-voxel chaperonin spans 7 at
 #: bin 2), and the full-resolution match is what tells it from its look-alikes
 TEMPLATE_BELOW = 10.0
+#: ... and under this many voxels at full resolution: the match runs there, its cost grows
+#: with the cube of the size (a 25-voxel class: minutes), and larger classes were not measured
+TEMPLATE_FULL_BELOW = 20.0
 #: clicks a class needs for a template
 MIN_PARTICLES = 5
 #: seconds of 2 CPU cores a template takes per pick (4 alignments of 40 picks: ~35 s,
@@ -63,7 +66,7 @@ def template_classes(classes: ClassTable, config: TrainConfig, factor: int) -> l
     if isinstance(spec, str) and spec.strip().lower() == "auto":
         if factor <= 1:
             return []
-        return [c.name for c in classes if c.diameter / factor < TEMPLATE_BELOW]
+        return [c.name for c in classes if c.diameter / factor < TEMPLATE_BELOW and c.diameter < TEMPLATE_FULL_BELOW]
     names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if str(n).strip()]
     unknown = [n for n in names if n not in classes.names]
     if unknown:

@@ -156,6 +156,7 @@ class TrainingWidget(PanelBase):
         self.template = QCheckBox("match small classes with a template of their picks")
         self.template.setToolTip(
             "On (the default): each class under 10 voxels across on the binned grid the network works on "
+            "(and under 20 at full resolution) "
             "gets a template averaged from its picks (aligned to each other, no map needed), and its "
             "candidates are scored by matching it at full resolution: the score is a cross-correlation. "
             "Measured on realistic tomograms: the 14-nm chaperonin from F1 0.64-0.69 to 0.82-0.90. "
