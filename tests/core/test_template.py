@@ -101,7 +101,7 @@ def test_rescoring_keeps_the_matches_of_the_templated_class_and_leaves_the_other
         Picks.from_zyx(cand, class_name="a", score=0.5, source="predicted", tomogram="t", voxel_size=10.0),
         Picks.from_zyx(decoys[:5], class_name="b", score=0.7, source="predicted", tomogram="t", voxel_size=10.0),
     ])
-    out = rescore_picks(p, vol, {"a": t.to_dict()}, None)
+    out = rescore_picks(p, vol, {"a": t.to_dict()})
     b = out.select(class_name="b")
     assert len(b) == 5 and np.allclose(b.table["score"], 0.7) and np.allclose(b.zyx, decoys[:5])
     a = out.select(class_name="a")
@@ -110,7 +110,7 @@ def test_rescoring_keeps_the_matches_of_the_templated_class_and_leaves_the_other
     assert (d_true <= 1.5).mean() >= 0.8  # mostly the bodies, on their centres
     assert len(a) <= 24 + 10  # the doubles merged, most decoys gone
     # a floor for a threshold slider keeps weaker candidates too
-    loose = rescore_picks(p, vol, {"a": t.to_dict()}, None, floor=True)
+    loose = rescore_picks(p, vol, {"a": t.to_dict()}, floor=True)
     assert len(loose.select(class_name="a")) >= len(a)
     # a template survives its dict form
     back = Template.from_dict(t.to_dict())

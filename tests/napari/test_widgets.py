@@ -178,8 +178,11 @@ def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):
     assert run.config_values()["binning"] == 2
     assert w.template.isChecked() and run.config_values()["template"] == "auto"  # on by default
     w.template.setChecked(False)
-    assert run.config_values()["template"] == "off"
+    assert run.config_values()["template"] == "off" and not w.tilt.isEnabled()
     w.template.setChecked(True)
+    assert w.tilt.value() == 60 and run.config_values()["template_tilt_range"] == 60
+    w.tilt.setValue(45)  # a tilt series of +/- 45 degrees
+    assert run.config_values()["template_tilt_range"] == 45
     w.btn_train.click()
     assert run.running and w.btn_stop.isEnabled() and not w.btn_train.isEnabled()
     # napari's animated "in progress" label is slowed (each frame repaints the window)

@@ -404,8 +404,8 @@ def predict_picks(
         full = None if full is None else unbin_map(full, factor, full_tomogram.shape)
         tomogram = full_tomogram
     if templates:
-        picks = rescore_picks(picks, tomogram.data, templates, checkpoint.classes,
-                              floor=config.score_floor is not None, progress=progress)
+        picks = rescore_picks(picks, tomogram.data, templates, floor=config.score_floor is not None,
+                              progress=progress)
         thresholds.update({n: float(t["threshold"]) for n, t in templates.items()})
     fiducials = None
     if config.mask_fiducials and len(picks):

@@ -17,7 +17,7 @@ compared. A candidate's score is its NCC; the class's threshold is ``THRESHOLD_S
 the clicks' median NCC with the finished template.
 
 On the realistic benchmark it took the 14-nm chaperonin (7 voxels across at the network's
-bin 2) from F1 0.64-0.69 to 0.8-0.9 (docs/method.md, "Templates averaged from the clicks").
+bin 2) from F1 0.64-0.69 to 0.87-0.90 (docs/method.md, "Templates averaged from the clicks").
 """
 
 from __future__ import annotations
@@ -250,8 +250,7 @@ def build_template(data: Sequence, zyx: Sequence[np.ndarray], radius: float, *, 
 CANDIDATE_FLOOR = 0.02
 
 
-def rescore_picks(picks, data, templates: dict, classes, *, floor: bool = False,
-                  progress: Progress | None = None):
+def rescore_picks(picks, data, templates: dict, *, floor: bool = False, progress: Progress | None = None):
     """``picks`` (in ``data``'s voxels) with each class of ``templates`` (name ->
     :meth:`Template.to_dict`) scored by its template: score = best NCC, position = best
     match, two candidates on one particle (closer than its radius) kept as the better,
@@ -291,4 +290,6 @@ def rescore_picks(picks, data, templates: dict, classes, *, floor: bool = False,
         keep[rows[score < low]] = False
     return out.subset(keep)
 
-__all__ = ["CANDIDATE_FLOOR", "Matcher", "Template", "build_template", "read_boxes", "rescore_picks", "rotations", "turn"]
+
+__all__ = ["CANDIDATE_FLOOR", "Matcher", "Template", "build_template", "read_boxes", "rescore_picks", "rotations",
+           "turn"]

@@ -117,7 +117,7 @@ class TrainConfig:
     # class under TEMPLATE_BELOW voxels across on a binned working grid, where binning holds
     # its detail back, and under TEMPLATE_FULL_BELOW at full resolution), "off", or class names. Built at the end of a run with a planned end,
     # within its time budget. Since session 20: on the realistic benchmark's three seeds the
-    # chaperonin went 0.64-0.69 -> 0.8-0.9, above template matching with the exact map.
+    # chaperonin went 0.64-0.69 -> 0.87-0.90, above template matching with the exact map.
     template: str | Sequence[str] = "auto"
     template_tilt_range: float = 60.0        # the data's tilt range (the missing wedge about y), degrees
     amp: bool = True                         # mixed precision on CUDA
