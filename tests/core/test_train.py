@@ -85,9 +85,11 @@ def test_a_time_budget_keeps_room_for_the_templates(small_sim, monkeypatch):
                       on_epoch=lambda r: prog.cancel(), on_best=best.append)
     assert best and all(set(b.templates) == {"blob"} for b in best)
     assert np.array_equal(out.templates["blob"]["volume"], ck.templates["blob"]["volume"])
-    prog = Progress()
+    # a planned fine-tuning whose "auto" makes none here (full resolution) keeps it too
+    kept = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**TINY, "epochs": 1}), init=ck)
+    assert kept.binning == 1 and set(kept.templates) == {"blob"}
     off = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**TINY, "epochs": 2, "template": "off"}),
-                      init=ck, progress=prog)
+                      init=ck)
     assert off.templates == {}
 
 

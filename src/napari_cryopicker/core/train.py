@@ -115,8 +115,8 @@ class TrainConfig:
     rotate_wedge: float = 0.0                # the tilt range: a turned crop's wedge is cut again where it belongs (0: not)
     # Classes scored by a template averaged from their clicks (core.template): "auto" (each
     # class under TEMPLATE_BELOW voxels across on a binned working grid, where binning holds
-    # its detail back, and under TEMPLATE_FULL_BELOW at full resolution), "off", or class names. Built at the end of a run with a planned end,
-    # within its time budget. Since session 20: on the realistic benchmark's three seeds the
+    # its detail back, and under TEMPLATE_FULL_BELOW at full resolution), "off", or class
+    # names. Built at the end of a run with a planned end, within its time budget. Since session 20: on the realistic benchmark's three seeds the
     # chaperonin went 0.64-0.69 -> 0.87-0.90, above template matching with the exact map.
     template: str | Sequence[str] = "auto"
     template_tilt_range: float = 60.0        # the data's tilt range (the missing wedge about y), degrees
@@ -285,10 +285,10 @@ def train_model(
                           on_model, renewed if refresh is not None else None, on_best)
     # a class's template from its clicks (core.template), after a run with a planned end that
     # was not stopped (a Stop returns at once; live training refreshes its picks every epoch)
+    if carried:  # a fine-tuning keeps the templates of the model it started from (those made now replace them)
+        ckpt = replace(ckpt, templates=dict(carried))
     if with_template and not progress.cancelled:
         ckpt = attach_templates(ckpt, given, given_picks, with_template, config, progress)
-    elif carried:  # a stopped or live fine-tuning keeps the templates of the model it started from
-        ckpt = replace(ckpt, templates=dict(carried))
     return ckpt
 
 
