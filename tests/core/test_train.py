@@ -85,6 +85,11 @@ def test_a_time_budget_keeps_room_for_the_templates(small_sim, monkeypatch):
                       on_epoch=lambda r: prog.cancel(), on_best=best.append)
     assert best and all(set(b.templates) == {"blob"} for b in best)
     assert np.array_equal(out.templates["blob"]["volume"], ck.templates["blob"]["volume"])
+    # a Stop while the template is being made keeps the trained networks, without a template
+    stop = Progress(callback=lambda d, t, m: stop.cancel() if m.startswith("averaging the blob") else None)
+    stopped = train_model([tomo], [sim.picks], sim.classes,
+                          TrainConfig(**{**TINY, "epochs": 2, "template": "blob"}), progress=stop)
+    assert stop.cancelled and len(stopped.history) == 2 and stopped.templates == {}
     # a planned fine-tuning whose "auto" makes none here (full resolution) keeps it too
     kept = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**TINY, "epochs": 1}), init=ck)
     assert kept.binning == 1 and set(kept.templates) == {"blob"}

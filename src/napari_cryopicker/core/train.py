@@ -288,7 +288,10 @@ def train_model(
     if carried:  # a fine-tuning keeps the templates of the model it started from (those made now replace them)
         ckpt = replace(ckpt, templates=dict(carried))
     if with_template and not progress.cancelled:
-        ckpt = attach_templates(ckpt, given, given_picks, with_template, config, progress)
+        try:
+            ckpt = attach_templates(ckpt, given, given_picks, with_template, config, progress)
+        except Cancelled:  # a Stop while the templates are made keeps the trained networks
+            pass
     return ckpt
 
 
