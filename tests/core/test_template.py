@@ -91,6 +91,51 @@ def test_the_clicks_average_into_the_body_and_its_match_tells_it_from_a_look_ali
     auc = (s_true[:, None] > s_decoy[None]).mean()
     assert auc > 0.95, auc
     assert (s_true >= t.threshold).mean() >= 0.75 and (s_decoy >= t.threshold).mean() <= 0.25
+    # the clicks moved onto their match (what the networks learn from): nearer the centres
+    moved = t.centres[0]
+    assert moved.shape == clicks.shape
+    d_click = np.linalg.norm(clicks - true[:16], axis=1)
+    d_moved = np.linalg.norm(moved - true[:16], axis=1)
+    assert np.median(d_moved) <= 1.0 and np.median(d_moved) < np.median(d_click), (d_moved, d_click)
+
+
+def test_the_clicks_of_a_templated_class_move_onto_their_match_the_others_stay(field):
+    """ClickCentring: what the networks learn from. The clicks the template was made of go
+    where the alignment found them; a click added while training runs is matched then;
+    rejections and other classes stay where they are."""
+    from napari_cryopicker.core.classes import ClassTable, ParticleClass
+    from napari_cryopicker.core.tomogram import Tomogram
+    from napari_cryopicker.core.train import TrainConfig
+    from napari_cryopicker.core.train_template import make_templates
+
+    vol, true, decoys = field
+    rng = np.random.default_rng(2)
+    clicks = true[:12] + rng.uniform(-1.5, 1.5, (12, 3))
+
+    def picks(zyx):
+        return Picks.concat([
+            Picks.from_zyx(zyx, class_name="a", score=1.0, source="manual", tomogram="t", voxel_size=10.0),
+            Picks.from_zyx(decoys[:2], class_name="a", score=1.0, source="rejected", tomogram="t", voxel_size=10.0),
+            Picks.from_zyx(decoys[2:5], class_name="b", score=1.0, source="manual", tomogram="t", voxel_size=10.0),
+        ])
+
+    classes = ClassTable([ParticleClass("a", 2 * RADIUS), ParticleClass("b", 2 * RADIUS)])
+    given = picks(clicks)
+    made, seconds, centring = make_templates([Tomogram(vol, 10.0)], [given], ["a"], classes, TrainConfig(seed=1))
+    assert set(made) == {"a"} and seconds["a"] > 0 and made["a"]["n_particles"] == 12
+    out = centring.apply([given])[0]
+    a = out.select(class_name="a")
+    a_pos = a.zyx[(a.table["source"] != "rejected").to_numpy()]
+    d = np.linalg.norm(a_pos - true[:12], axis=1)
+    assert np.median(d) <= 1.0 and np.median(d) < np.median(np.linalg.norm(clicks - true[:12], axis=1))
+    assert np.allclose(a.zyx[(a.table["source"] == "rejected").to_numpy()], decoys[:2])
+    assert np.allclose(out.select(class_name="b").zyx, decoys[2:5])
+    assert np.allclose(given.select(class_name="a").zyx[:12], clicks)  # the caller's picks untouched
+    # a click added later (here 2 voxels off an unclicked body) is matched when it comes
+    late = true[20] + np.array([2.0, -2.0, 0.0])
+    more = centring.apply([picks(np.vstack([clicks, late]))])[0].select(class_name="a")
+    assert np.allclose(more.zyx[:12], a_pos)
+    assert np.linalg.norm(more.zyx[12] - true[20]) <= 1.5
 
 
 def test_rescoring_keeps_the_matches_of_the_templated_class_and_leaves_the_others(field):

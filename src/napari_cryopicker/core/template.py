@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -126,6 +126,9 @@ class Template:
     tilt_range: float = 60.0
     n_particles: int = 0
     clicks_median: float = 0.0
+    #: where :func:`build_template` found each of its particles (voxels, one array per
+    #: volume): the clicks moved onto their best match; not saved
+    centres: list | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         return {"volume": np.asarray(self.volume, np.float32), "radius": float(self.radius),
@@ -199,10 +202,12 @@ def _recentred(ref: np.ndarray, mask: np.ndarray, sign: float) -> np.ndarray:
 
 
 def _align(stacks, centred, rots, rng, radius, tilt_range, iterations, mask, sign, progress):
-    """One reference-free alignment from a random start: (average, each particle's NCC with it)."""
+    """One reference-free alignment from a random start: (average, each particle's NCC with
+    it, the index of each particle's best shift)."""
     n_rot = len(rots)
     ref = np.mean([turn(b, rots[rng.integers(n_rot)]) for b in centred], axis=0)
     own = np.zeros(len(stacks))
+    where = np.zeros(len(stacks), int)
     for it in range(iterations + 1):
         progress.check()
         m = Matcher(ref, radius, tilt_range, n_rot)
@@ -210,13 +215,13 @@ def _align(stacks, centred, rots, rng, radius, tilt_range, iterations, mask, sig
         for i, b in enumerate(stacks):
             s = m.scores(b)
             k_shift, k_rot = np.unravel_index(int(np.argmax(s)), s.shape)
-            own[i] = float(s[k_shift, k_rot])
+            own[i], where[i] = float(s[k_shift, k_rot]), int(k_shift)
             if it < iterations:
                 turned.append(turn(np.asarray(b[k_shift], np.float32), rots[k_rot].T))  # into the template's frame
         if it == iterations:
             break  # ``own``: each particle's best NCC with the finished average
         ref = _recentred(np.mean(turned, axis=0), mask, sign)
-    return ref, own
+    return ref, own, where
 
 
 def build_template(data: Sequence, zyx: Sequence[np.ndarray], radius: float, *, tilt_range: float = 60.0,
@@ -224,13 +229,14 @@ def build_template(data: Sequence, zyx: Sequence[np.ndarray], radius: float, *, 
                    restarts: int = RESTARTS, progress: Progress | None = None) -> Template:
     """Average the particles at ``zyx`` (voxels, one array per volume of ``data``) into a
     template by reference-free alignment (each may move by up to ``search`` voxels: a click
-    is seldom on the centre), and set the class threshold from them."""
+    is seldom on the centre), and set the class threshold from them. The template's
+    ``centres`` are the particles' positions moved onto their best match with it."""
     progress = ensure(progress)
     half = box_half(radius)
     mask = sphere(half, radius)
     rots = rotations(n_rot)
-    stacks = [read_boxes(vol, p, half, search) for vol, pts in zip(data, zyx)
-              for p in np.asarray(pts, float).reshape(-1, 3)]
+    zyx = [np.asarray(pts, float).reshape(-1, 3) for pts in zyx]
+    stacks = [read_boxes(vol, p, half, search) for vol, pts in zip(data, zyx) for p in pts]
     if len(stacks) < 3:
         raise ValueError("a template needs at least 3 particles")
     centred = [b[len(b) // 2] for b in stacks]
@@ -238,13 +244,15 @@ def build_template(data: Sequence, zyx: Sequence[np.ndarray], radius: float, *, 
     rng = np.random.default_rng(seed)
     best = None
     for _ in range(max(1, restarts)):  # alignment can settle on a poor average: keep the best start
-        ref, own = _align(stacks, centred, rots, rng, radius, tilt_range, iterations, mask, sign, progress)
+        ref, own, where = _align(stacks, centred, rots, rng, radius, tilt_range, iterations, mask, sign, progress)
         if best is None or own.mean() > best[1].mean():
-            best = (ref, own)
-    ref, own = best
+            best = (ref, own, where)
+    ref, own, where = best
+    moved = np.round(np.concatenate(zyx[:len(data)])) + _shifts(search)[where]
+    centres = np.split(moved, np.cumsum([len(p) for p in zyx[:len(data)]])[:-1])
     med = float(np.median(own))
     return Template(volume=ref.astype(np.float32), radius=float(radius), threshold=THRESHOLD_SHARE * med,
-                    tilt_range=float(tilt_range), n_particles=len(stacks), clicks_median=med)
+                    tilt_range=float(tilt_range), n_particles=len(stacks), clicks_median=med, centres=centres)
 
 #: MP-NMS threshold for the candidates of a class with a template (its template decides)
 CANDIDATE_FLOOR = 0.02

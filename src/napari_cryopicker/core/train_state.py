@@ -79,9 +79,10 @@ def _better(key: tuple, state: TrainState, tolerance: float) -> bool:
 
 
 def _checkpoint(state: TrainState, mcfg: ModelConfig, classes: ClassTable, vs, config: TrainConfig,
-                out: tuple[ClassTable, int, int]) -> Checkpoint:
+                out: tuple) -> Checkpoint:
     """The checkpoint of the best epoch so far: MP-NMS settings in the working grid's voxels,
-    the user's class table and voxel size, and the binning that leads from one to the other."""
+    the user's class table and voxel size, and the binning that leads from one to the other.
+    ``out``: (the user's classes, the binning, the sub-voxel factor[, the run's templates])."""
     user_classes, factor = out[:2]  # (and the sub-voxel factor, which the model config holds)
     post = nms_defaults(classes, config)
     for name, (t, f) in state.best_nms.items():
@@ -100,4 +101,5 @@ def _checkpoint(state: TrainState, mcfg: ModelConfig, classes: ClassTable, vs, c
         best_epoch=state.best_epoch,
         best_score=state.best_score,
         postprocess=post,
+        templates=dict(out[3]) if len(out) > 3 else {},
     )

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import CryoPickerError, CryoPickerWarning
 from .progress import Progress, ensure
-from .template import build_template
+from .template import Matcher, Template, build_template
 
 if TYPE_CHECKING:  # pragma: no cover
     from .classes import ClassTable
@@ -32,9 +32,6 @@ TEMPLATE_BELOW = 10.0
 TEMPLATE_FULL_BELOW = 20.0
 #: clicks a class needs for a template
 MIN_PARTICLES = 5
-#: seconds of 2 CPU cores a template takes per pick (4 alignments of 40 picks: ~35 s,
-#: benchmarks/realistic.py --retemplate); a time budget keeps this much for the templates
-SECONDS_PER_PICK = 0.9
 
 
 def carried_templates(init: Checkpoint | None, classes: ClassTable, config: TrainConfig) -> dict:
@@ -47,15 +44,6 @@ def carried_templates(init: Checkpoint | None, classes: ClassTable, config: Trai
 
 def _off(spec) -> bool:
     return spec is None or (isinstance(spec, str) and spec.strip().lower() in ("off", "none", "", "false", "0"))
-
-
-def template_reserve(picks: Sequence[Picks], names: Sequence[str]) -> float:
-    """Seconds of a time budget to keep for the templates of ``names``."""
-    n = 0
-    for p in picks:
-        sel = p.exclude_source("rejected")
-        n += int(np.isin(sel.table["class_name"].to_numpy(), list(names)).sum())
-    return SECONDS_PER_PICK * n
 
 
 def template_classes(classes: ClassTable, config: TrainConfig, factor: int) -> list[str]:
@@ -75,20 +63,71 @@ def template_classes(classes: ClassTable, config: TrainConfig, factor: int) -> l
     return names
 
 
-def attach_templates(ckpt: Checkpoint, tomograms: Sequence[Tomogram], picks: Sequence[Picks], names: Sequence[str],
-                     config: TrainConfig, progress: Progress | None = None) -> Checkpoint:
-    """``ckpt`` with a template for each class of ``names`` averaged from its picks (not the
-    rejected ones) in ``tomograms`` (full resolution, the picks in their voxels). A class
-    with fewer than MIN_PARTICLES picks gets none."""
+class ClickCentring:
+    """Moves the clicks of the classes with a template onto their best match with it before
+    the networks learn from them, so that their labels sit on the particles' centres as
+    the template sees them (a hand-placed click is often half a radius off). The clicks
+    the template was built from are known; clicks added while the run trains (``refresh``)
+    are matched when they first come."""
+
+    def __init__(self, data: Sequence, templates: dict[str, Template]):
+        self.data, self.templates = list(data), templates
+        self._known: dict[tuple, np.ndarray] = {}
+        self._matchers: dict[str, Matcher] = {}
+
+    @staticmethod
+    def _key(i: int, name: str, p: np.ndarray) -> tuple:
+        return (i, name, *np.round(np.asarray(p, float), 3).tolist())
+
+    def learn(self, picks: Sequence[Picks]) -> None:
+        """Remember where each template's own clicks (in ``picks``, as it was built) moved."""
+        for name, t in self.templates.items():
+            rows = [_positives(p, name) for p in picks]
+            for i, (r, p) in enumerate(zip(rows, picks)):
+                for a, b in zip(p.zyx[r], t.centres[i] if t.centres is not None else []):
+                    self._known[self._key(i, name, a)] = np.asarray(b, float)
+
+    def apply(self, picks: Sequence[Picks]) -> list[Picks]:
+        """``picks`` (one per volume) with each template class's positive clicks moved."""
+        out = []
+        for i, p in enumerate(picks):
+            p = p.copy()
+            cols = [p.table.columns.get_loc(c) for c in ("z", "y", "x")]
+            for name, t in self.templates.items():
+                rows = _positives(p, name)
+                zyx = p.zyx[rows]
+                new = [k for k, a in enumerate(zyx) if self._key(i, name, a) not in self._known]
+                if new:
+                    if name not in self._matchers:
+                        self._matchers[name] = Matcher(t.volume, t.radius, t.tilt_range)
+                    _, moved = self._matchers[name].score(self.data[i], zyx[new])
+                    for k, b in zip(new, moved):
+                        self._known[self._key(i, name, zyx[k])] = b
+                if len(rows):
+                    p.table.iloc[rows, cols] = np.array([self._known[self._key(i, name, a)] for a in zyx])
+            out.append(p)
+        return out
+
+
+def _positives(picks: Picks, name: str) -> np.ndarray:
+    """Row positions of ``name``'s picks that are not rejections."""
+    cls = picks.table["class_name"].to_numpy().astype(str) == name
+    if "source" in picks.table:
+        cls &= (picks.table["source"] != "rejected").to_numpy()
+    return np.flatnonzero(cls)
+
+
+def make_templates(tomograms: Sequence[Tomogram], picks: Sequence[Picks], names: Sequence[str],
+                   classes: ClassTable, config: TrainConfig, progress: Progress | None = None
+                   ) -> tuple[dict, dict, ClickCentring]:
+    """A template for each class of ``names`` averaged from its picks (not the rejected
+    ones) in ``tomograms`` (full resolution, the picks in their voxels): (name ->
+    :meth:`Template.to_dict`, name -> seconds it took, the :class:`ClickCentring` of those
+    picks). A class with fewer than MIN_PARTICLES picks gets none."""
     progress = ensure(progress)
-    out = dict(ckpt.templates)
-    seconds = {}
+    made, seconds = {}, {}
     for k, name in enumerate(names):
-        pts = []
-        for p in picks:
-            sel = p.select(class_name=name)
-            keep = (sel.table["source"] != "rejected").to_numpy() if "source" in sel.table else np.ones(len(sel), bool)
-            pts.append(sel.zyx[keep])
+        pts = [p.zyx[_positives(p, name)] for p in picks]
         n = sum(len(z) for z in pts)
         if n < MIN_PARTICLES:
             warnings.warn(f"{name}: {n} pick(s); a template needs at least {MIN_PARTICLES}, so the network "
@@ -96,15 +135,28 @@ def attach_templates(ckpt: Checkpoint, tomograms: Sequence[Tomogram], picks: Seq
             continue
         progress.update(k, len(names), f"averaging the {name} picks into a template")
         t0 = time.monotonic()
-        radius = ckpt.classes[name].diameter / 2.0
-        tpl = build_template([t.data for t in tomograms], pts, radius, tilt_range=config.template_tilt_range,
-                             seed=config.seed, progress=progress)
-        out[name] = tpl.to_dict()
+        made[name] = build_template([t.data for t in tomograms], pts, classes[name].diameter / 2.0,
+                                    tilt_range=config.template_tilt_range, seed=config.seed, progress=progress)
         seconds[name] = round(time.monotonic() - t0, 1)
-    if not seconds:
+    centring = ClickCentring([t.data for t in tomograms], made)
+    centring.learn(picks)
+    return {k: v.to_dict() for k, v in made.items()}, seconds, centring
+
+
+def attach_templates(ckpt: Checkpoint, tomograms: Sequence[Tomogram], picks: Sequence[Picks], names: Sequence[str],
+                     config: TrainConfig, progress: Progress | None = None) -> Checkpoint:
+    """``ckpt`` with the templates :func:`make_templates` makes (for a model already trained)."""
+    made, seconds, _ = make_templates(tomograms, picks, names, ckpt.classes, config, progress)
+    return with_templates(ckpt, made, seconds)
+
+
+def with_templates(ckpt: Checkpoint, made: dict, seconds: dict) -> Checkpoint:
+    """``ckpt`` with the templates ``made`` added (replacing its own of those classes)."""
+    if not made:
         return ckpt
     train_config = {**ckpt.train_config, "template_seconds": seconds}
-    return replace(ckpt, templates=out, train_config=train_config)
+    return replace(ckpt, templates={**ckpt.templates, **made}, train_config=train_config)
 
 
-__all__ = ["TEMPLATE_BELOW", "attach_templates", "carried_templates", "template_classes", "template_reserve"]
+__all__ = ["TEMPLATE_BELOW", "ClickCentring", "attach_templates", "carried_templates", "make_templates",
+           "template_classes", "with_templates"]
