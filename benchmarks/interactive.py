@@ -174,7 +174,7 @@ class Annotator:
         return self.clicks + self.answers
 
 
-def run_seed(args, seed: int, overrides: dict) -> dict:
+def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = None) -> dict:
     from napari_cryopicker.core.doubt import doubt
     from napari_cryopicker.core.predict import PredictConfig, predict_picks
     from napari_cryopicker.core.progress import Progress
@@ -216,7 +216,8 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
         z0 = int(max(0, user.view - args.slab // 2 - 8))
         z1 = int(min(shape[0], user.view + args.slab // 2 + 8))
         slab = Tomogram(tomo.data[z0:z1], tomo.voxel_size, tomo.path, tomo.voxel_size_xyz, tomo.name)
-        res = predict_picks(slab, ckpt, PredictConfig(device=args.device, mask_fiducials=False, score_floor=0.05))
+        res = predict_picks(slab, ckpt, PredictConfig(**{"device": args.device, "mask_fiducials": False,
+                                                         "score_floor": 0.05, **(predict_overrides or {})}))
         sug = res.picks.copy()
         sug.table["z"] = sug.table["z"] + z0
         sug = sug.subset(user.in_view(sug.zyx))
@@ -238,7 +239,7 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
         over = time.monotonic() - t0 - off_clock > args.budget
         if epoch in cycle_ends or (args.eval_every and epoch % args.eval_every == 0) or over:
             t_e = time.monotonic()
-            picks = predict_picks(test, ckpt, PredictConfig(device=args.device)).picks
+            picks = predict_picks(test, ckpt, PredictConfig(device=args.device, **(predict_overrides or {}))).picks
             f1 = {n: round(s["f1"], 3) for n, s in score_against(picks, test_truth, classes)["1.0"].items()}
             off_clock += time.monotonic() - t_e
             row["f1"] = f1
@@ -253,7 +254,7 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
 
     kept = train_model([tomo], [user.picks], classes, cfg, progress=progress, on_model=on_model, refresh=refresh)
     # what the user has after Stop: the best-validated model (the one Pick uses meanwhile)
-    picks = predict_picks(test, kept, PredictConfig(device=args.device)).picks
+    picks = predict_picks(test, kept, PredictConfig(device=args.device, **(predict_overrides or {}))).picks
     stopped = {"epoch": kept.best_epoch, "f1": {n: round(s["f1"], 3)
                                                 for n, s in score_against(picks, test_truth, classes)["1.0"].items()}}
     print(f"  seed {seed} after Stop: epoch {kept.best_epoch}'s model, F1 "
@@ -265,7 +266,11 @@ def run_seed(args, seed: int, overrides: dict) -> dict:
     return {"seed": seed, "target": args.target, "first_suggestions_s": first_suggestions,
             "reached": reached, "per_class": per_class, "last": evals[-1] if evals else None, "log": log,
             "stopped": stopped,
-            "overrides": {k: str(v) for k, v in overrides.items()}}
+            "overrides": {k: str(v) for k, v in overrides.items()},
+            "predict_overrides": {k: str(v) for k, v in (predict_overrides or {}).items()},
+            "templates": {k: {"n_particles": t["n_particles"], "threshold": round(float(t["threshold"]), 3)}
+                          for k, t in (kept.templates or {}).items()},
+            "template_seconds": kept.train_config.get("template_seconds")}
 
 
 def main(argv=None) -> int:
@@ -285,6 +290,8 @@ def main(argv=None) -> int:
                     help="the annotator stops after this many actions; training goes on to the budget")
     ap.add_argument("--budget", type=float, default=600.0, help="seconds of training and answering")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field")
+    ap.add_argument("--predict", dest="predict_sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a PredictConfig field (suggestions, scoring and the model Stop keeps)")
     ap.add_argument("--tag", default="live")
     add_legacy_flag(ap)
     args = ap.parse_args(argv)
@@ -294,7 +301,7 @@ def main(argv=None) -> int:
     print(f"$ {' '.join(['benchmarks/interactive.py', *(argv if argv is not None else sys.argv[1:])])}", flush=True)
     results = []
     for seed in args.seeds:
-        r = run_seed(args, seed, _pairs(args.set))
+        r = run_seed(args, seed, _pairs(args.set), _pairs(args.predict_sets))
         (OUT / f"{args.tag}_s{seed}.json").write_text(json.dumps(r, indent=1))
         results.append(r)
     names = list(results[0]["per_class"]) if results else []

@@ -348,3 +348,24 @@ def test_flip_average_is_the_mean_of_the_flipped_runs_flipped_back():
         assert torch.allclose(torch.softmax(FlipAverage(net, 1)(x), 1), torch.softmax(net(x), 1), atol=1e-6)
     with pytest.raises(CryoPickerError, match="1, 2, 4 or 8"):
         FlipAverage(net, 3)
+
+
+def test_probability_peaks_are_the_local_maxima_of_a_class_at_or_above_the_level():
+    """The candidates template_peaks adds: a class's probability maxima (within half its
+    radius on the working grid) at or above the level, in working-grid voxels, whichever
+    class wins there."""
+    from napari_cryopicker.core.classes import ClassTable, ParticleClass
+    from napari_cryopicker.core.predict import probability_peaks
+
+    classes = ClassTable([ParticleClass("big", 24), ParticleClass("small", 8)])
+    full = np.zeros((2, 20, 30, 30), np.float16)  # channels kept: background, small
+    z, y, x = np.indices((20, 30, 30))
+    for c, h in (((5, 5, 5), 0.45), ((12, 20, 20), 0.9), ((15, 8, 24), 0.2)):
+        full[1] = np.maximum(full[1], h * np.exp(-((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) / 4.0))
+    full[0] = 1 - full[1]  # background wins at the 0.45 peak: still a candidate
+    tomo = Tomogram(np.zeros((40, 60, 60), np.float32), 10.0, label="t")
+    out = probability_peaks(full, (0, 2), ["small"], classes, 2, 0.3, tomo)
+    assert set(out.table["class_name"]) == {"small"}
+    assert sorted(map(tuple, out.zyx.astype(int).tolist())) == [(5, 5, 5), (12, 20, 20)]
+    assert np.allclose(sorted(out.table["score"]), [0.45, 0.9], atol=1e-3)
+

@@ -337,6 +337,13 @@ def _template_picks_are_as_good_and_centred(ck, test_sim):
     assert reps[1].per_class["blob"].f1 >= reps[0].per_class["blob"].f1 - 0.1, (reps[0].per_class, reps[1].per_class)
     assert reps[1].per_class["blob"].recall >= 0.7
     assert reps[1].per_class["blob"].mean_distance <= reps[0].per_class["blob"].mean_distance + 0.2
+    # template_peaks: the template is also tried at each local maximum of the blob's
+    # probability (whichever class wins the voxel): at least the same blobs, the ribosome as it was
+    peaks = predict_picks(tomo, ck, PredictConfig(template_peaks=0.3))
+    assert np.allclose(peaks.picks.select(class_name="ribosome").zyx, plain.picks.select(class_name="ribosome").zyx)
+    rep = evaluate(peaks.picks.with_tomogram("t"), test_sim.picks.with_tomogram("t"), test_sim.classes)
+    assert rep.per_class["blob"].tp >= reps[1].per_class["blob"].tp
+    assert peaks.probability is None  # only the blob's channel was kept, and let go
 
 
 def test_a_network_that_takes_subvoxels_learns_on_the_binned_grid_and_picks_in_full_voxels(tmp_path):
@@ -621,6 +628,41 @@ def test_picks_changed_while_training_go_into_the_running_training(small_sim):
     notes = [r.get("picks_renewed") for r in ck.history]
     assert notes[0] is None and notes[1] == f"{n} -> {len(sim.picks)} picks and rejections" and notes[2] is None
     assert notes[3].startswith("not used:") and "ribosome" in notes[3]  # training needs picks of each class
+
+
+def test_live_training_makes_a_template_once_a_class_has_enough_picks(small_sim):
+    """Live training has no planned end: a class gets its template once its picks reach
+    LIVE_FIRST (here when the user's eighth blob arrives, before epoch 2), and from then on
+    every model the run gives holds it (the live suggestions, "pick now", Stop); the
+    networks learn from its clicks moved onto their match."""
+    from napari_cryopicker.core.train_template import LIVE_FIRST, LiveTemplates
+
+    tomo, sim = small_sim
+    blob = sim.picks.table["class_name"].to_numpy() == "blob"
+    assert blob.sum() == LIVE_FIRST
+    fewer = sim.picks.subset(~blob | (np.cumsum(blob) <= 5))  # five blobs so far
+    answers = iter([[sim.picks]])
+    prog, models, best = Progress(), [], []
+
+    def on_model(ck):
+        models.append(ck)
+        if len(models) == 3:
+            prog.cancel()
+
+    cfg = TrainConfig(**{**TINY, "epochs": 10_000, "continuous": True, "template": "blob"})
+    out = train_model([tomo], [fewer], sim.classes, cfg, progress=prog, on_model=on_model,
+                      refresh=lambda: next(answers, None), on_best=best.append)
+    assert models[0].templates == {}  # five blobs: not yet
+    assert set(models[1].templates) == {"blob"} and models[1].templates["blob"]["n_particles"] == 8
+    assert set(out.templates) == {"blob"} and set(best[-1].templates) == {"blob"}
+    assert out.train_config["template_seconds"]["blob"] > 0
+    # when a class calls for a new one: LIVE_FIRST picks, then each time they grew by half
+    live = LiveTemplates([tomo], ["blob"], sim.classes, cfg, {})
+    assert live.due([sim.picks]) == ["blob"] and live.due([fewer]) == []
+    live.built["blob"] = 6
+    assert live.due([sim.picks]) == []  # 8 < 1.5 x 6
+    live.built["blob"] = 5
+    assert live.due([sim.picks]) == ["blob"]
 
 
 def test_continuous_training_cycles_the_learning_rate_while_the_picks_change(small_sim):

@@ -200,7 +200,7 @@ def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):
     assert ck is not None and ck.classes.names == ["blob"]
     assert 2 <= len(ck.history) < 500  # stopped early, best checkpoint kept
     assert ck.train_config["sparse"] is True and all("left_out" in r for r in ck.history)
-    assert ck.templates == {}  # Stop returns the networks at once, with no template made after it
+    assert ck.templates == {}  # three blob picks: too few for a template (the networks alone)
     assert w.btn_train.isEnabled() and w.btn_save.isEnabled()
     assert "Model for blob" in w.summary.text()
     assert ck.binning == 2 and "works at bin 2" in w.summary.text()
@@ -700,7 +700,8 @@ def test_live_suggestions_appear_and_update_while_training(viewer, picked, qtbot
 def test_the_whole_tomogram_can_be_picked_with_the_best_model_so_far_while_training_goes_on(
         viewer, picked, qtbot, monkeypatch):
     """Live mode's 'pick the whole tomogram now': while training runs with no planned end,
-    Pick uses the run's best model so far, without stopping it; after Stop, the model kept."""
+    Pick uses the run's best model so far, without stopping it; after Stop, the model kept.
+    At bin 2 the 8-voxel blob gets a template once it has 8 picks: both models hold it."""
     import napari_cryopicker.core.predict as predict_mod
 
     used = []
@@ -714,6 +715,9 @@ def test_the_whole_tomogram_can_be_picked_with_the_best_model_so_far_while_train
     train = dock(viewer, TrainingWidget)
     pick = dock(viewer, PickingWidget)
     assert not pick.btn_pick.isEnabled()  # no model yet
+    for c in [(8, 12, 50), (24, 50, 12), (12, 30, 30), (20, 12, 24), (26, 40, 52)]:
+        picked.add_pick(c, "blob")  # eight blobs
+    train.binning.setCurrentText("bin 2")
     train.continuous.setChecked(True)
     train.btn_train.click()
     run = train.run
@@ -725,9 +729,14 @@ def test_the_whole_tomogram_can_be_picked_with_the_best_model_so_far_while_train
     shape, ckpt = used[0]
     assert shape == SHAPE  # the whole tomogram
     assert ckpt.train_config["continuous"] and ckpt.best_epoch is not None and picked.checkpoint is None
+    assert set(ckpt.templates) == {"blob"} and ckpt.templates["blob"]["n_particles"] == 8
     assert run.running  # training went on
     train.btn_stop.click()
     qtbot.waitUntil(lambda: not run.running, timeout=60000)
     assert run.interim is None and picked.checkpoint is not None
+    assert set(picked.checkpoint.templates) == {"blob"}
+    from napari_cryopicker._napari.controllers import model_summary
+
+    assert "template of blob (8 picks)" in model_summary(picked)
     assert run.pick_model() is picked.checkpoint and pick.btn_pick.isEnabled()
     assert "best model so far" not in pick.status.text()

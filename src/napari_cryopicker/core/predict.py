@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -60,6 +60,13 @@ class PredictConfig:
     # score the classes the model has a template for (Checkpoint.templates, core.template) by
     # matching it at full resolution around the network's candidates of that class
     template: bool = True
+    # ... and also around every local maximum of that class's probability at or above this
+    # level (None: off), whichever class wins the voxel: a network that learnt the class
+    # from off-centre clicks leaves many of its particles just under another class's (or
+    # the background's) probability
+    template_peaks: float | None = None
+    # segment(): keep only these probability channels (0 = background) in ``full``
+    keep_channels: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -194,7 +201,7 @@ def _to_input(blocks: list[np.ndarray], device: torch.device, norm) -> torch.Ten
 
 
 def _forward(net, blocks: list[np.ndarray], device: torch.device, bs: int, amp: bool, keep=None,
-             norm=None, full: bool = False):
+             norm=None, full: bool = False, channels: tuple[int, ...] | None = None):
     """Arg-max class (uint8) and its probability (uint8, 0..255) of the ``keep`` part
     (spatial slices) of each block, and all class probabilities (float16) if ``full``,
     ``bs`` blocks at a time; the softmax and arg-max run on the device, so only 2 bytes per
@@ -220,7 +227,7 @@ def _forward(net, blocks: list[np.ndarray], device: torch.device, bs: int, amp: 
             labs.append(lab.to(torch.uint8).cpu().numpy())
             pqs.append((pmax * 255.0 + 0.5).to(torch.uint8).cpu().numpy())
             if full:
-                fulls.append(p.half().cpu().numpy())
+                fulls.append((p if channels is None else p[:, list(channels)]).half().cpu().numpy())
             i += len(chunk)
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if not _is_oom(e):
@@ -275,9 +282,11 @@ def segment(
     on_disk = 2 * int(np.prod(shape)) > limit
     label = scratch_zeros(shape, np.uint8, on_disk, config.scratch_dir)  # tiles skipped as empty stay 0
     conf = scratch_zeros(shape, np.uint8, on_disk, config.scratch_dir)
-    full = np.zeros((n_classes + 1, *shape), dtype=np.float16) if config.keep_probability else None
-    if full is not None:
-        full[0] = 1.0
+    chans = tuple(config.keep_channels) if config.keep_channels else None
+    full = np.zeros((n_classes + 1 if chans is None else len(chans), *shape), dtype=np.float16) \
+        if (config.keep_probability or chans) else None
+    if full is not None and (chans is None or chans[0] == 0):
+        full[0] = 1.0  # (skipped tiles: background, certain)
     centre, scale = norm
     net.eval()
     bs = step = max(1, int(config.batch_size))  # bs shrinks if the device runs out of memory
@@ -300,7 +309,7 @@ def segment(
             kept = tuple(slice(m, t - m) for t in tshape)
             (lab, pq, pfull), net, device, bs = _forward(
                 net, todo, device, bs, config.amp, keep=kept, norm=None if lowpass > 0 else (centre, scale),
-                full=full is not None)
+                full=full is not None, channels=chans)
         ran = -1
         for st, is_empty in zip(batch, empty):
             if is_empty:  # nothing to pick in a constant block: background, certain
@@ -318,6 +327,20 @@ def segment(
         done += len(batch)
         progress.update(done, len(jobs), "inference")
     return label, conf, full
+
+
+def probability_peaks(full: np.ndarray, channels, names, classes, factor: int, level: float, tomogram) -> Picks:
+    """Local maxima (within half a radius, on the working grid) of each class of ``names``'
+    probability at or above ``level``, as candidates (working-grid voxels)."""
+    parts = []
+    for n in names:
+        prob = np.asarray(full[list(channels).index(classes.names.index(n) + 1)], np.float32)
+        r = max(1, int(round(classes[n].diameter / factor / 4.0)))
+        at = (prob >= level) & (prob == ndimage.maximum_filter(prob, size=2 * r + 1))
+        zyx = np.argwhere(at).astype(float)
+        parts.append(Picks.from_zyx(zyx, class_name=n, score=prob[at], source="predicted", tomogram=tomogram.name,
+                                    voxel_size=tomogram.voxel_size))
+    return Picks.concat(parts)
 
 
 def merged_nms_params(checkpoint: Checkpoint, overrides: dict | None = None) -> dict:
@@ -375,10 +398,23 @@ def predict_picks(
         net = FlipAverage(net, int(config.tta))
     norm = normalisation_for(tomogram, checkpoint)
     lowpass = float((checkpoint.normalisation or {}).get("lowpass", 0.0) or 0.0)
+    templates = {n: t for n, t in (checkpoint.templates or {}).items()
+                 if config.template and n in checkpoint.classes.names}
+    peaks_of = [n for n in templates if config.template_peaks is not None]
+    seg_config = config
+    if peaks_of and not config.keep_probability:  # only those classes' probabilities
+        seg_config = replace(config, keep_channels=tuple(checkpoint.classes.names.index(n) + 1 for n in peaks_of))
     with cudnn_autotune(device):
         label, conf, full = segment(
-            tomogram, net, mc.n_classes, mc.multiple, config, device, norm, progress, lowpass=lowpass
+            tomogram, net, mc.n_classes, mc.multiple, seg_config, device, norm, progress, lowpass=lowpass
         )
+    peak_picks = None
+    if peaks_of:
+        chans = seg_config.keep_channels or tuple(range(mc.n_classes + 1))
+        peak_picks = probability_peaks(full, chans, peaks_of, checkpoint.classes, factor, float(config.template_peaks),
+                                       tomogram)
+        if seg_config is not config:
+            full = None
     if key is not None:
         compiled.note_predicted(key)
     params = merged_nms_params(checkpoint, config.nms)
@@ -389,14 +425,14 @@ def predict_picks(
         floor = float(config.score_floor)
         for n, t in thresholds.items():
             params[n] = {**params[n], "t_lm": min(t, floor)}
-    templates = {n: t for n, t in (checkpoint.templates or {}).items()
-                 if config.template and n in checkpoint.classes.names}
     for n in templates:  # the network proposes, the template decides
         params[n] = {**params[n], "t_lm": CANDIDATE_FLOOR, "min_fill": 0.0}
     picks = mp_nms(
         label, conf, classes_binned(checkpoint.classes, factor), params or None, tomogram=tomogram.name,
         voxel_size=tomogram.voxel_size, progress=progress,
     )
+    if peak_picks is not None and len(peak_picks):
+        picks = Picks.concat([picks, peak_picks])
     score_map = ScoreMap(label, conf, factor, tuple(full_tomogram.shape))
     if factor > 1:  # back to the tomogram's own voxels
         picks = picks_from_binned(picks, factor)

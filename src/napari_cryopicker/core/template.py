@@ -254,6 +254,22 @@ def build_template(data: Sequence, zyx: Sequence[np.ndarray], radius: float, *, 
     return Template(volume=ref.astype(np.float32), radius=float(radius), threshold=THRESHOLD_SHARE * med,
                     tilt_range=float(tilt_range), n_particles=len(stacks), clicks_median=med, centres=centres)
 
+_MATCHERS: dict = {}
+
+
+def matcher(t: Template) -> Matcher:
+    """The :class:`Matcher` of ``t``, kept for the next call (live suggestions match the same
+    template after every epoch; turning it 1,000 times takes a second or two)."""
+    import hashlib
+
+    key = (hashlib.sha1(np.ascontiguousarray(t.volume, np.float32).tobytes()).hexdigest(), t.radius, t.tilt_range)
+    if key not in _MATCHERS:
+        if len(_MATCHERS) >= 4:
+            _MATCHERS.pop(next(iter(_MATCHERS)))
+        _MATCHERS[key] = Matcher(t.volume, t.radius, t.tilt_range)
+    return _MATCHERS[key]
+
+
 #: MP-NMS threshold for the candidates of a class with a template (its template decides)
 CANDIDATE_FLOOR = 0.02
 
@@ -278,7 +294,7 @@ def rescore_picks(picks, data, templates: dict, *, floor: bool = False, progress
             continue
         progress.update(k, len(templates), f"matching the {name} template")
         t = Template.from_dict(d)
-        m = Matcher(t.volume, t.radius, t.tilt_range)
+        m = matcher(t)
         score, moved = m.score(data, out.zyx[rows], progress=progress)
         cols = [out.table.columns.get_loc(c) for c in ("z", "y", "x")]
         out.table.iloc[rows, cols] = moved  # by position: a concatenated table may repeat index labels
@@ -299,5 +315,5 @@ def rescore_picks(picks, data, templates: dict, *, floor: bool = False, progress
     return out.subset(keep)
 
 
-__all__ = ["CANDIDATE_FLOOR", "Matcher", "Template", "build_template", "read_boxes", "rescore_picks", "rotations",
-           "turn"]
+__all__ = ["CANDIDATE_FLOOR", "Matcher", "Template", "build_template", "matcher", "read_boxes", "rescore_picks",
+           "rotations", "turn"]

@@ -48,7 +48,7 @@ from .train_data import (
 from .train_inputs import _checked_picks, _few_for_val
 from .train_plan import _Plan
 from .train_rotate import rotated_sample, rotation_for
-from .train_template import carried_templates, make_templates, template_classes
+from .train_template import LiveTemplates, carried_templates, make_templates, template_classes
 from .train_state import TrainState, _better, _checkpoint, _copy_state, _ema_model, _init_from
 from .train_validate import _self_label, validate
 
@@ -122,6 +122,11 @@ class TrainConfig:
     # template matching with the exact map.
     template: str | Sequence[str] = "auto"
     template_tilt_range: float = 60.0        # the data's tilt range (the missing wedge about y), degrees
+    # the networks learn from a templated class's clicks moved onto their match with its
+    # template (core.train_template.ClickCentring). Off: with every click off-centre
+    # (realistic.py --scenario offcentre) seed 1's chaperonin fell from 0.81 to 0.64 with it
+    # (seed 0: 0.74 -> 0.76); the template still moves each pick onto its match when picking
+    centre_clicks: bool = False
     amp: bool = True                         # mixed precision on CUDA
     tune_thresholds: bool = True             # pick MP-NMS t_lm per class on validation
     checkpoint_path: str | None = None       # save the best model here (atomically) after each better epoch
@@ -250,19 +255,24 @@ def train_model(
     if init is None and config.binning == "auto":
         _say_binning_held_back(classes)
     subvoxels = training_subvoxels(config, factor, init)
-    with_template = [] if config.continuous else template_classes(classes, config, factor)  # fails fast
+    with_template = template_classes(classes, config, factor)  # fails fast
     work_classes = classes
     given = list(tomograms)  # as the caller gave them (refresh's picks are in their voxels)
     # a class's template averaged from its clicks (core.template), at full resolution, before
-    # the networks: they learn from its clicks moved onto their match with it (labels on the
-    # centres: off-centre clicks took the chaperonin from F1 0.89 to 0.74 with them as given)
+    # the networks (so that every model of the run holds it; with centre_clicks they learn
+    # from its clicks moved onto their match)
+    # (live training, with no planned end, makes them as the picks come: LiveTemplates)
     made, seconds, centring = make_templates(given, picks, with_template, classes, config, progress) \
-        if with_template else ({}, {}, None)
-    if centring is not None:
-        picks = centring.apply(picks)
+        if with_template and not config.continuous else ({}, {}, None)
     # a fine-tuning keeps the templates of the model it started from (those made now replace
     # them); every checkpoint of the run holds them ("pick now", the file saved each epoch)
     templates = {**carried_templates(init, classes, config), **made}
+    if config.continuous and with_template:
+        centring = LiveTemplates(given, with_template, classes, config, templates, progress)
+        seconds = centring.seconds  # (filled as it goes)
+        picks = centring.update(picks)
+    elif centring is not None and config.centre_clicks:
+        picks = centring.apply(picks)
     if factor > 1:
         tomograms = [working_tomogram(t, factor, subvoxels > 1, progress) for t in tomograms]
         picks = [picks_to_binned(p, factor) for p in picks]
@@ -277,7 +287,9 @@ def train_model(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CryoPickerWarning)  # said once, at the start
             new = _checked_picks(given, new, classes, config)
-        if centring is not None:
+        if isinstance(centring, LiveTemplates):
+            new = centring.update(new)
+        elif centring is not None and config.centre_clicks:
             new = centring.apply(new)
         return [picks_to_binned(p, factor) for p in new] if factor > 1 else new
 
@@ -633,8 +645,7 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
         if on_model is not None and not cancelled:
             now = TrainState(history=list(state.history), best_state=_copy_state(eval_net),
                              best_epoch=record["epoch"], best_score=record["val_f1"], best_nms=best_t or state.best_nms)
-            # the live suggestions of the region in view: the network alone, every epoch
-            on_model(_checkpoint(now, mcfg, classes, vs, config, out[:3]))
+            on_model(_checkpoint(now, mcfg, classes, vs, config, out))
         if cancelled or (config.time_limit and time.monotonic() - t_start + val_seconds > config.time_limit):
             break
     if state.best_state is None:

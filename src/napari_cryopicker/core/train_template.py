@@ -1,5 +1,7 @@
 """Which classes get a template averaged from their clicks (``TrainConfig.template``), and
-building those templates into a trained model (:func:`attach_templates`); see
+making those templates: before the networks of a run (:func:`make_templates`), as the
+picks come in live training (:class:`LiveTemplates`), or for a model already trained
+(:func:`attach_templates`); see
 :mod:`.template` for the method and docs/method.md for what it measured."""
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import CryoPickerError, CryoPickerWarning
+from .errors import Cancelled, CryoPickerError, CryoPickerWarning
 from .progress import Progress, ensure
 from .template import Matcher, Template, build_template
 
@@ -32,6 +34,10 @@ TEMPLATE_BELOW = 10.0
 TEMPLATE_FULL_BELOW = 20.0
 #: clicks a class needs for a template
 MIN_PARTICLES = 5
+#: live training: picks a class needs for its first template, and the growth of its picks
+#: since the last that calls for a new one (8, 12, 18, 27, 40 ...: ~0.9 s per pick each time)
+LIVE_FIRST = 8
+LIVE_GROWTH = 1.5
 
 
 def carried_templates(init: Checkpoint | None, classes: ClassTable, config: TrainConfig) -> dict:
@@ -65,8 +71,8 @@ def template_classes(classes: ClassTable, config: TrainConfig, factor: int) -> l
 
 class ClickCentring:
     """Moves the clicks of the classes with a template onto their best match with it before
-    the networks learn from them, so that their labels sit on the particles' centres as
-    the template sees them (a hand-placed click is often half a radius off). The clicks
+    the networks learn from them (``TrainConfig.centre_clicks``, off: measured to do worse),
+    so that their labels sit on the particles' centres as the template sees them. The clicks
     the template was built from are known; clicks added while the run trains (``refresh``)
     are matched when they first come."""
 
@@ -86,6 +92,14 @@ class ClickCentring:
             for i, (r, p) in enumerate(zip(rows, picks)):
                 for a, b in zip(p.zyx[r], t.centres[i] if t.centres is not None else []):
                     self._known[self._key(i, name, a)] = np.asarray(b, float)
+
+    def merge(self, other: ClickCentring) -> None:
+        """Take ``other``'s templates (and what it knows of their clicks) in place of this one's."""
+        names = set(other.templates)
+        self._known = {k: v for k, v in self._known.items() if k[1] not in names}
+        self._known.update(other._known)
+        self._matchers = {k: v for k, v in self._matchers.items() if k not in names}
+        self.templates = {**self.templates, **other.templates}
 
     def apply(self, picks: Sequence[Picks]) -> list[Picks]:
         """``picks`` (one per volume) with each template class's positive clicks moved."""
@@ -143,6 +157,50 @@ def make_templates(tomograms: Sequence[Tomogram], picks: Sequence[Picks], names:
     return {k: v.to_dict() for k, v in made.items()}, seconds, centring
 
 
+class LiveTemplates:
+    """Templates for live training, which has no planned end: a class of ``names`` gets its
+    first once it has LIVE_FIRST picks, and a new one each time its picks have grown by
+    LIVE_GROWTH since the last, in the training thread between epochs (a few seconds to
+    half a minute); from then on every model the run gives ("pick now", the live
+    suggestions, Stop) holds it (and, with ``centre_clicks``, the networks learn from its
+    clicks moved onto their match).
+    ``templates`` (name -> :meth:`Template.to_dict`) is updated in place."""
+
+    def __init__(self, tomograms: Sequence[Tomogram], names: Sequence[str], classes: ClassTable,
+                 config: TrainConfig, templates: dict, progress: Progress | None = None):
+        self.tomograms, self.names, self.classes, self.config = list(tomograms), list(names), classes, config
+        self.templates, self.progress = templates, ensure(progress)
+        self.built: dict[str, int] = {}  # picks each class's template was made from
+        self.seconds: dict[str, float] = {}
+        self.centring = ClickCentring([t.data for t in self.tomograms], {})
+
+    def due(self, picks: Sequence[Picks]) -> list[str]:
+        """The classes whose picks call for a (new) template."""
+        out = []
+        for name in self.names:
+            n = sum(len(_positives(p, name)) for p in picks)
+            last = self.built.get(name)
+            if n >= LIVE_FIRST and (last is None or n >= LIVE_GROWTH * last):
+                out.append(name)
+        return out
+
+    def update(self, picks: Sequence[Picks]) -> list[Picks]:
+        """Make the templates ``picks`` call for; ``picks`` with the clicks of every class with
+        a template moved onto their match. A Stop meanwhile leaves the last templates."""
+        for name in self.due(picks):
+            try:
+                made, seconds, centring = make_templates(self.tomograms, picks, [name], self.classes, self.config,
+                                                         self.progress)
+            except Cancelled:
+                break  # the training loop stops at its next step
+            if name in made:
+                self.templates.update(made)
+                self.seconds.update(seconds)
+                self.centring.merge(centring)
+                self.built[name] = sum(len(_positives(p, name)) for p in picks)
+        return self.centring.apply(picks) if self.config.centre_clicks else list(picks)
+
+
 def attach_templates(ckpt: Checkpoint, tomograms: Sequence[Tomogram], picks: Sequence[Picks], names: Sequence[str],
                      config: TrainConfig, progress: Progress | None = None) -> Checkpoint:
     """``ckpt`` with the templates :func:`make_templates` makes (for a model already trained)."""
@@ -158,5 +216,5 @@ def with_templates(ckpt: Checkpoint, made: dict, seconds: dict) -> Checkpoint:
     return replace(ckpt, templates={**ckpt.templates, **made}, train_config=train_config)
 
 
-__all__ = ["TEMPLATE_BELOW", "ClickCentring", "attach_templates", "carried_templates", "make_templates",
-           "template_classes", "with_templates"]
+__all__ = ["TEMPLATE_BELOW", "ClickCentring", "LiveTemplates", "attach_templates", "carried_templates",
+           "make_templates", "template_classes", "with_templates"]
