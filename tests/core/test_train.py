@@ -630,6 +630,17 @@ def test_picks_changed_while_training_go_into_the_running_training(small_sim):
     assert notes[3].startswith("not used:") and "ribosome" in notes[3]  # training needs picks of each class
 
 
+def test_making_a_template_first_leaves_the_networks_training_as_it_was(small_sim):
+    """The template is made before the networks (centre_clicks off, the default): the
+    networks learn exactly what they learn without one, step for step."""
+    tomo, sim = small_sim
+    cfg = {**TINY, "epochs": 3}
+    a = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**cfg, template="blob"))
+    b = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**cfg, template="off"))
+    assert set(a.templates) == {"blob"} and b.templates == {}
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+
+
 def test_live_training_makes_a_template_once_a_class_has_enough_picks(small_sim):
     """Live training has no planned end: a class gets its template once its picks reach
     LIVE_FIRST (here when the user's eighth blob arrives, before epoch 2), and from then on
