@@ -77,6 +77,12 @@ def test_the_clicks_average_into_the_body_and_its_match_tells_it_from_a_look_ali
     t = build_template([vol], [clicks], RADIUS, n_rot=300, iterations=3, search=2, restarts=2)
     assert t.n_particles == 16 and t.volume.shape == (17, 17, 17)  # the particle's sphere and room
     assert 0 < t.threshold < t.clicks_median
+    # few clicks flatter themselves (each is a large share of the average it is scored
+    # against): the share left when each is left out of it is smaller (under REFERENCE_SHARE
+    # it lowers the threshold in proportion)
+    few = build_template([vol], [clicks[:5]], RADIUS, n_rot=300, iterations=3, search=2, restarts=2)
+    assert 0 < few.left_out_share < t.left_out_share <= 1.0
+    assert Template.from_dict(few.to_dict()).left_out_share == pytest.approx(few.left_out_share)
     # the average is the body in some orientation: its best match with the clean body is close
     m = Matcher(-_body(8, BODY), RADIUS, tilt_range=90.0, n_rot=2000)
     cc = m.scores(t.volume[None]).max()
