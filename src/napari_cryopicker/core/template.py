@@ -14,7 +14,8 @@ at the tomogram's full resolution, and each moves to its best shift.
 The template and the data are compared through the data's missing wedge (about y, a tilt
 range of ``tilt_range`` degrees): each turned template has that wedge cut out before it is
 compared. A candidate's score is its NCC; the class's threshold is ``THRESHOLD_SHARE`` of
-the clicks' median NCC with the finished template.
+the clicks' median NCC with the finished template, lowered when few clicks flatter
+themselves (:func:`_left_out_share`, ``REFERENCE_SHARE``).
 
 On the realistic benchmark it took the 14-nm chaperonin (7 voxels across at the network's
 bin 2) from F1 0.64-0.69 to 0.87-0.90 (docs/method.md, "Templates averaged from the clicks").
