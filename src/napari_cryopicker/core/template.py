@@ -234,7 +234,7 @@ def _align(stacks, centred, rots, rng, radius, tilt_range, iterations, mask, sig
 
 
 def _left_out_share(stacks, poses, rots, mask, tilt_range: float) -> float:
-    """How much of the particles' NCC with their own average is each one's own share of it:
+    """How much of the particles' NCC with their own average is left when each is left out:
     the median over particles of NCC(particle, the average of the others) / NCC(particle,
     the average of all), both at the particle's best pose. A few particles flatter
     themselves (each is 1/N of the average): from 8 off-centre chaperonin clicks their
