@@ -97,7 +97,8 @@ def test_the_clicks_average_into_the_body_and_its_match_tells_it_from_a_look_ali
     auc = (s_true[:, None] > s_decoy[None]).mean()
     assert auc > 0.95, auc
     assert (s_true >= t.threshold).mean() >= 0.75 and (s_decoy >= t.threshold).mean() <= 0.25
-    # the clicks moved onto their match (what the networks learn from): nearer the centres
+    # the clicks moved onto their match (what the networks learn from with centre_clicks):
+    # nearer the centres
     moved = t.centres[0]
     assert moved.shape == clicks.shape
     d_click = np.linalg.norm(clicks - true[:16], axis=1)

@@ -73,7 +73,7 @@ def test_the_templates_are_made_first_within_the_time_budget(small_sim):
     cfg = TrainConfig(**{**TINY, "epochs": 10_000, "time_limit": 20, "template": "blob"})
     t0 = time.monotonic()
     ck = train_model([tomo], [sim.picks], sim.classes, cfg)
-    assert time.monotonic() - t0 < 20 + 10  # (an epoch may end a little after the limit)
+    assert time.monotonic() - t0 < 20 + 15  # (an epoch may end a little after the limit)
     assert set(ck.templates) == {"blob"} and ck.templates["blob"]["n_particles"] == 8
     assert ck.train_config["time_limit"] == 20 and ck.train_config["template_seconds"]["blob"] > 0
     assert cfg.time_limit == 20  # the caller's configuration is left as it was
@@ -644,8 +644,7 @@ def test_making_a_template_first_leaves_the_networks_training_as_it_was(small_si
 def test_live_training_makes_a_template_once_a_class_has_enough_picks(small_sim):
     """Live training has no planned end: a class gets its template once its picks reach
     LIVE_FIRST (here when the user's eighth blob arrives, before epoch 2), and from then on
-    every model the run gives holds it (the live suggestions, "pick now", Stop); the
-    networks learn from its clicks moved onto their match."""
+    every model the run gives holds it (the live suggestions, "pick now", Stop)."""
     from napari_cryopicker.core.train_template import LIVE_FIRST, LiveTemplates
 
     tomo, sim = small_sim

@@ -24,6 +24,7 @@ bin 2) from F1 0.64-0.69 to 0.87-0.90 (docs/method.md, "Templates averaged from 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -293,7 +294,9 @@ def build_template(data: Sequence, zyx: Sequence[np.ndarray], radius: float, *, 
                     tilt_range=float(tilt_range), n_particles=len(stacks), clicks_median=med, left_out_share=share,
                     centres=centres)
 
+
 _MATCHERS: dict = {}
+_MATCHERS_LOCK = threading.Lock()
 
 
 def matcher(t: Template) -> Matcher:
@@ -302,11 +305,12 @@ def matcher(t: Template) -> Matcher:
     import hashlib
 
     key = (hashlib.sha1(np.ascontiguousarray(t.volume, np.float32).tobytes()).hexdigest(), t.radius, t.tilt_range)
-    if key not in _MATCHERS:
-        if len(_MATCHERS) >= 4:
-            _MATCHERS.pop(next(iter(_MATCHERS)))
-        _MATCHERS[key] = Matcher(t.volume, t.radius, t.tilt_range)
-    return _MATCHERS[key]
+    with _MATCHERS_LOCK:  # the training thread's suggestions and a "pick now" may ask at once
+        if key not in _MATCHERS:
+            if len(_MATCHERS) >= 4:
+                _MATCHERS.pop(next(iter(_MATCHERS)))
+            _MATCHERS[key] = Matcher(t.volume, t.radius, t.tilt_range)
+        return _MATCHERS[key]
 
 
 #: MP-NMS threshold for the candidates of a class with a template (its template decides)

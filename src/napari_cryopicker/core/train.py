@@ -116,8 +116,8 @@ class TrainConfig:
     # Classes scored by a template averaged from their clicks (core.template): "auto" (each
     # class under TEMPLATE_BELOW voxels across on a binned working grid, where binning holds
     # its detail back, and under TEMPLATE_FULL_BELOW at full resolution), "off", or class
-    # names. Built before the networks of a run with a planned end, within its time budget;
-    # the networks learn from its clicks moved onto their match. Since session 20: on the
+    # names. Built before the networks of a run with a planned end, within its time budget
+    # (live training: as the picks come, train_template.LiveTemplates). Since session 20: on the
     # realistic benchmark's three seeds the chaperonin went 0.64-0.69 -> 0.87-0.90, above
     # template matching with the exact map.
     template: str | Sequence[str] = "auto"

@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import Cancelled, CryoPickerError, CryoPickerWarning
 from .progress import Progress, ensure
-from .template import Matcher, Template, build_template
+from .template import Template, build_template, matcher
 
 if TYPE_CHECKING:  # pragma: no cover
     from .classes import ClassTable
@@ -79,7 +79,6 @@ class ClickCentring:
     def __init__(self, data: Sequence, templates: dict[str, Template]):
         self.data, self.templates = list(data), templates
         self._known: dict[tuple, np.ndarray] = {}
-        self._matchers: dict[str, Matcher] = {}
 
     @staticmethod
     def _key(i: int, name: str, p: np.ndarray) -> tuple:
@@ -98,7 +97,6 @@ class ClickCentring:
         names = set(other.templates)
         self._known = {k: v for k, v in self._known.items() if k[1] not in names}
         self._known.update(other._known)
-        self._matchers = {k: v for k, v in self._matchers.items() if k not in names}
         self.templates = {**self.templates, **other.templates}
 
     def apply(self, picks: Sequence[Picks]) -> list[Picks]:
@@ -112,9 +110,7 @@ class ClickCentring:
                 zyx = p.zyx[rows]
                 new = [k for k, a in enumerate(zyx) if self._key(i, name, a) not in self._known]
                 if new:
-                    if name not in self._matchers:
-                        self._matchers[name] = Matcher(t.volume, t.radius, t.tilt_range)
-                    _, moved = self._matchers[name].score(self.data[i], zyx[new])
+                    _, moved = matcher(t).score(self.data[i], zyx[new])
                     for k, b in zip(new, moved):
                         self._known[self._key(i, name, zyx[k])] = b
                 if len(rows):
@@ -185,8 +181,9 @@ class LiveTemplates:
         return out
 
     def update(self, picks: Sequence[Picks]) -> list[Picks]:
-        """Make the templates ``picks`` call for; ``picks`` with the clicks of every class with
-        a template moved onto their match. A Stop meanwhile leaves the last templates."""
+        """Make the templates ``picks`` call for; ``picks`` as they are (with ``centre_clicks``:
+        the clicks of every class with a template moved onto their match). A Stop meanwhile
+        leaves the last templates."""
         for name in self.due(picks):
             try:
                 made, seconds, centring = make_templates(self.tomograms, picks, [name], self.classes, self.config,
