@@ -65,10 +65,14 @@ class Annotator:
         self.view = self.views[len(self.views) // 2]
         self.clicked: set[int] = set()  # truth rows already clicked or accepted
         self.cap: int | None = None  # the most actions this annotator makes (--max-actions)
+        self.allowed: float | None = None  # the most actions by now, at a human pace (--pace)
 
     def left(self) -> int:
-        """Actions this annotator may still make."""
-        return 1 << 30 if self.cap is None else max(0, self.cap - self.actions)
+        """Actions this annotator may still make (now)."""
+        n = 1 << 30 if self.cap is None else max(0, self.cap - self.actions)
+        if self.allowed is not None:
+            n = min(n, max(0, int(self.allowed) - self.actions))
+        return n
 
     def in_view(self, zyx) -> np.ndarray:
         return np.abs(np.asarray(zyx)[:, 0] - self.view) <= self.slab / 2
@@ -82,26 +86,46 @@ class Annotator:
         self.picks.voxel_size = self.truth.voxel_size
         self.version += 1
 
-    def click(self, per_class: int, missed: np.ndarray | None = None) -> int:
+    def click(self, per_class: int, missed: np.ndarray | None = None, total: int | None = None) -> int:
         """Click up to ``per_class`` unclicked particles of each class in view (those in
-        ``missed``, truth rows, first), off-centre by up to half a radius."""
-        n = 0
+        ``missed``, truth rows, first), off-centre by up to half a radius; with ``total``,
+        at most that many, only missed ones, one per class in turn, the class with the most
+        missed first (a user clicks where the suggestions are worst)."""
         names = self.truth.table["class_name"].to_numpy()
         seen = np.flatnonzero(self.in_view(self.truth.zyx))
+        miss = set() if missed is None else set(int(i) for i in missed)
+        queues = []
         for c in self.classes:
             rows = [i for i in seen if names[i] == c.name and i not in self.clicked]
             if missed is not None:
-                rows = sorted(rows, key=lambda i: i not in set(missed))
+                rows = sorted(rows, key=lambda i: i not in miss)
             else:
                 self.rng.shuffle(rows)
-            for i in rows[:min(per_class, self.left() - n)]:
-                d = self.rng.normal(size=3)
-                d *= self.rng.uniform(0, 0.5 * c.radius) / np.linalg.norm(d)
-                self._add(self.truth.zyx[i] + d, c.name, "manual")
-                self.clicked.add(i)
-                n += 1
+            if total is not None:
+                rows = [i for i in rows if i in miss]
+            queues.append((c, rows))
+        if total is not None:  # the class with the most missed first
+            queues.sort(key=lambda q: -len(q[1]))
+        queues = [(c, rows[:per_class]) for c, rows in queues]
+        limit = self.left() if total is None else min(total, self.left())
+        if total is None:  # each class's in turn
+            order = [(c, i) for c, rows in queues for i in rows]
+        else:  # one of each class in turn
+            order = [(c, rows[k]) for k in range(per_class) for c, rows in queues if k < len(rows)]
+        n = 0
+        for c, i in order[:limit]:
+            d = self.rng.normal(size=3)
+            d *= self.rng.uniform(0, 0.5 * c.radius) / np.linalg.norm(d)
+            self._add(self.truth.zyx[i] + d, c.name, "manual")
+            self.clicked.add(i)
+            n += 1
         self.clicks += n
         return n
+
+    def tally(self) -> dict:
+        """Picks per class and source (manual, accepted, rejected)."""
+        t = self.picks.table
+        return {f"{c}/{s}": int(v) for (c, s), v in t.groupby(["class_name", "source"]).size().items()} if len(t) else {}
 
     def answer(self, candidates, limit: int) -> int:
         """Answer up to ``limit`` candidates (most doubtful first) from the truth: accept (as
@@ -190,6 +214,7 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = 
     user = Annotator(train_truth, classes, args.slab, shape, seed)
     user.cap = args.max_actions
     user.click(args.first)
+    first_actions = user.actions
     cfg = TrainConfig(**{"epochs": 100_000, "continuous": True, "seed": seed, "device": args.device, **overrides})
     # the networks to score: each learning-rate cycle's last (settled) one, and the last
     ends, n = [], cfg.warmup_epochs
@@ -203,6 +228,7 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = 
     log: list[dict] = []
     seen = {"version": -1}
     first_suggestions = None
+    last_model: dict = {}
 
     def refresh():
         if user.version == seen["version"]:
@@ -213,6 +239,8 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = 
     def on_model(ckpt) -> None:
         nonlocal off_clock, first_suggestions
         epoch = ckpt.best_epoch or len(log) + 1
+        if args.pace > 0:  # a user makes one action per ``pace`` seconds, while training runs
+            user.allowed = first_actions + (time.monotonic() - t0 - off_clock) / args.pace
         z0 = int(max(0, user.view - args.slab // 2 - 8))
         z1 = int(min(shape[0], user.view + args.slab // 2 + 8))
         slab = Tomogram(tomo.data[z0:z1], tomo.voxel_size, tomo.path, tomo.voxel_size_xyz, tomo.name)
@@ -229,9 +257,14 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = 
         order = np.argsort(doubt(sug.zyx, sug.table["class_name"].to_numpy(), sug.table["score"].to_numpy(float),
                                  th, classes, known), kind="stable")
         shown = sug.take(order)
-        answered = user.answer(shown, args.answers)
-        clicked = user.click(args.clicks, user.missed(sug.subset(sug.table["score"].to_numpy() >= np.array(
-            [th.get(c, 0.3) for c in sug.table["class_name"]]))))
+        missed = user.missed(sug.subset(sug.table["score"].to_numpy() >= np.array(
+            [th.get(c, 0.3) for c in sug.table["class_name"]])))
+        if args.pace > 0:  # as many clicks on misses as answers, in the actions the pace allows
+            clicked = user.click(args.clicks, missed, total=(user.left() + 1) // 2)
+            answered = user.answer(shown, args.answers)
+        else:
+            answered = user.answer(shown, args.answers)
+            clicked = user.click(args.clicks, missed)
         if epoch % args.rounds_per_view == 0:
             user.view = user.views[(user.views.index(user.view) + 1) % len(user.views)]
         row = {"epoch": epoch, "seconds": round(time.monotonic() - t0 - off_clock, 1), "actions": user.actions,
@@ -246,6 +279,7 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = 
             if all(v >= args.target for v in f1.values()):
                 progress.cancel()
         log.append(row)
+        last_model["ckpt"] = ckpt
         print(f"  seed {seed} epoch {epoch:3d} {row['seconds']:6.0f} s  actions {user.actions:4d} "
               f"(+{clicked} clicks, +{answered} answers)"
               + ("  F1 " + " / ".join(f"{v:.2f}" for v in row["f1"].values()) if "f1" in row else ""), flush=True)
@@ -259,13 +293,19 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = 
                                                 for n, s in score_against(picks, test_truth, classes)["1.0"].items()}}
     print(f"  seed {seed} after Stop: epoch {kept.best_epoch}'s model, F1 "
           + " / ".join(f"{v:.2f}" for v in stopped["f1"].values()), flush=True)
+    if args.save:
+        from napari_cryopicker.core.model import save_checkpoint
+
+        save_checkpoint(kept, OUT / f"{args.tag}_s{seed}_kept.pt")
+        if "ckpt" in last_model:
+            save_checkpoint(last_model["ckpt"], OUT / f"{args.tag}_s{seed}_last.pt")
     evals = [r for r in log if "f1" in r]
     reached = next((r for r in evals if all(v >= args.target for v in r["f1"].values())), None)
     per_class = {c.name: next(({"actions": r["actions"], "seconds": r["seconds"]} for r in evals
                                if r["f1"][c.name] >= args.target), None) for c in classes}
     return {"seed": seed, "target": args.target, "first_suggestions_s": first_suggestions,
             "reached": reached, "per_class": per_class, "last": evals[-1] if evals else None, "log": log,
-            "stopped": stopped,
+            "stopped": stopped, "pace_s": args.pace, "picks": user.tally(),
             "overrides": {k: str(v) for k, v in overrides.items()},
             "predict_overrides": {k: str(v) for k, v in (predict_overrides or {}).items()},
             "templates": {k: {"n_particles": t["n_particles"], "threshold": round(float(t["threshold"]), 3)}
@@ -288,6 +328,10 @@ def main(argv=None) -> int:
     ap.add_argument("--target", type=float, default=0.9)
     ap.add_argument("--max-actions", type=int, default=None,
                     help="the annotator stops after this many actions; training goes on to the budget")
+    ap.add_argument("--pace", type=float, default=0.0,
+                    help="seconds per action: by time t the annotator has made at most first + t / pace actions "
+                         "(0: as many as it likes after each epoch)")
+    ap.add_argument("--save", action="store_true", help="save the model Stop keeps and the last one (.pt)")
     ap.add_argument("--budget", type=float, default=600.0, help="seconds of training and answering")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field")
     ap.add_argument("--predict", dest="predict_sets", action="append", default=[], metavar="KEY=VALUE",
