@@ -307,6 +307,9 @@ def repredict(args) -> int:
         saved["predict_seconds"] = round(time.monotonic() - t1, 1)
         saved["scores"] = score(res.picks, seed, shape)
         saved["predict_overrides"] = {k: str(v) for k, v in predict_overrides.items()}
+        saved["thresholds"] = {k: round(float(v), 4) for k, v in (res.thresholds or {}).items()}
+        saved["templates"] = {k: {f: round(float(t[f]), 4) for f in ("threshold", "clicks_median", "left_out_share")
+                                  if f in t} for k, t in (ckpt.templates or {}).items()}
         res.picks.table.to_csv(OUT / f"{tag}_s{seed}_picks.csv", index=False)
         (OUT / f"{tag}_s{seed}.json").write_text(json.dumps(saved, indent=1))
         results.append(saved)
