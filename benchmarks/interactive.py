@@ -199,7 +199,7 @@ class Annotator:
 
 
 def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = None) -> dict:
-    from napari_cryopicker.core.doubt import doubt
+    from napari_cryopicker.core.doubt import class_turns, doubt
     from napari_cryopicker.core.predict import PredictConfig, predict_picks
     from napari_cryopicker.core.progress import Progress
     from napari_cryopicker.core.realistic import BENCHMARK_CLASSES, realistic_classes
@@ -254,8 +254,12 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = 
             first_suggestions = round(time.monotonic() - t0 - off_clock, 1)
         known = user.picks.zyx if len(user.picks) else None
         th = {c: float(v) for c, v in (res.thresholds or {}).items()}
-        order = np.argsort(doubt(sug.zyx, sug.table["class_name"].to_numpy(), sug.table["score"].to_numpy(float),
-                                 th, classes, known), kind="stable")
+        names = sug.table["class_name"].to_numpy()
+        keys = doubt(sug.zyx, names, sug.table["score"].to_numpy(float), th, classes, known)
+        if args.turns:  # as the Particles panel's "doubtful first" orders them
+            mine = user.picks.exclude_source("rejected") if len(user.picks) else user.picks
+            keys = class_turns(keys, names, mine.table["class_name"].value_counts().to_dict() if len(mine) else {})
+        order = np.argsort(keys, kind="stable")
         shown = sug.take(order)
         missed = user.missed(sug.subset(sug.table["score"].to_numpy() >= np.array(
             [th.get(c, 0.3) for c in sug.table["class_name"]])))
@@ -305,7 +309,7 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = 
                                if r["f1"][c.name] >= args.target), None) for c in classes}
     return {"seed": seed, "target": args.target, "first_suggestions_s": first_suggestions,
             "reached": reached, "per_class": per_class, "last": evals[-1] if evals else None, "log": log,
-            "stopped": stopped, "pace_s": args.pace, "picks": user.tally(),
+            "stopped": stopped, "pace_s": args.pace, "turns": args.turns, "picks": user.tally(),
             "overrides": {k: str(v) for k, v in overrides.items()},
             "predict_overrides": {k: str(v) for k, v in (predict_overrides or {}).items()},
             "templates": {k: {"n_particles": t["n_particles"], "threshold": round(float(t["threshold"]), 3)}
@@ -331,6 +335,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pace", type=float, default=0.0,
                     help="seconds per action: by time t the annotator has made at most first + t / pace actions "
                          "(0: as many as it likes after each epoch)")
+    ap.add_argument("--no-turns", dest="turns", action="store_false",
+                    help="the queue in plain doubt order, not the classes in turn (before session 22)")
     ap.add_argument("--save", action="store_true", help="save the model Stop keeps and the last one (.pt)")
     ap.add_argument("--budget", type=float, default=600.0, help="seconds of training and answering")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field")

@@ -81,3 +81,18 @@ def test_unlike_clicks_finds_the_candidates_that_do_not_look_like_the_clicks():
     # too few clicks of a class to compare with: no opinion
     assert not unlike_clicks(vol, cand, ["ribosome"] * 12, np.array(clicks[:5], float), ["ribosome"] * 5,
                              table).any()
+
+
+def test_the_queue_takes_the_classes_in_turn_the_least_picked_first():
+    from napari_cryopicker.core.doubt import class_turns
+
+    # ribosome candidates are all more doubtful than the proteasome's, but the queue
+    # alternates: each class's most doubtful first, the class with fewer picks leading
+    keys = np.array([0.01, 0.02, 0.03, 0.30, 0.20, 0.04])
+    cls = np.array(["ribosome", "ribosome", "ribosome", "proteasome", "proteasome", "ribosome"])
+    order = np.argsort(class_turns(keys, cls, {"ribosome": 30, "proteasome": 5}), kind="stable")
+    assert list(order) == [4, 0, 3, 1, 2, 5]
+    # more ribosome picks than proteasome picks no more: the ribosome leads each round
+    order = np.argsort(class_turns(keys, cls, {"ribosome": 2, "proteasome": 5}), kind="stable")
+    assert list(order) == [0, 4, 1, 3, 2, 5]
+    assert class_turns(np.zeros(0), np.zeros(0, str)).shape == (0,)

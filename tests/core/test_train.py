@@ -256,6 +256,33 @@ def test_unclicked_particles_far_from_clicks_are_not_taught_as_background(small_
     assert ck.history[-1]["val_loss"] is not None
 
 
+def test_live_training_centres_its_crops_on_each_class_in_turn(small_sim):
+    """continuous: a class with 3 picks gets as many pick-centred crops as one with 30 (live
+    answers pile up on one class); a run with a planned end draws each pick alike."""
+    from napari_cryopicker.core.picks import Picks
+    from napari_cryopicker.core.train_data import _prepare, _sample
+
+    tomo, sim = small_sim
+    a, b = sim.classes.names[:2]
+    rng = np.random.default_rng(1)
+    lo, hi = np.array([8, 8, 8]), np.asarray(tomo.shape) - 8
+    picks = Picks.concat([
+        Picks.from_zyx(rng.uniform(lo, hi, (30, 3)), class_name=a, score=1.0, source="manual", voxel_size=10.0),
+        Picks.from_zyx(rng.uniform(lo, hi, (3, 3)), class_name=b, score=1.0, source="manual", voxel_size=10.0),
+    ])
+    crop = (32, 32, 32)
+    for live, share in ((True, 0.5), (False, 3 / 33)):
+        cfg = TrainConfig(**{**TINY, "val_fraction": 0.0, "positive_fraction": 1.0, "jitter": 0.0,
+                             "continuous": live})
+        v = _prepare([tomo], [picks], sim.classes, cfg, crop)[0]
+        draws = np.random.default_rng(0)
+        starts = np.array([_sample(v, draws, crop, cfg) for _ in range(600)])
+        want = np.clip(v.zyx - np.asarray(crop) // 2, v.train_lo, np.asarray(v.train_hi) - np.asarray(crop))
+        on = np.abs(starts[:, None] - want[None]).max(axis=2).argmin(axis=1)  # the pick each crop is on
+        of_b = (v.picks.table["class_name"].to_numpy()[on] == b).mean()
+        assert abs(of_b - share) < 0.07, (live, of_b, share)
+
+
 def test_binned_training_picks_the_full_tomogram_in_its_own_voxels(tmp_path):
     """binning=2: the network works at twice the voxel size; the checkpoint keeps the user's
     classes and voxel size, and its picks come back in the full tomogram's voxels."""

@@ -89,7 +89,7 @@ class ParticleReview:
         """The review queue: the shown predictions, best score first, or (``order`` "doubtful
         first") those where an answer tells the model most first (:func:`..core.doubt.doubt`:
         near their class's threshold, with a rival of another class on them, far from every
-        click and rejection), or ("unlike the clicks first") those ranked so and, above all,
+        click and rejection), the classes in turn (:func:`..core.doubt.class_turns`), or ("unlike the clicks first") those ranked so and, above all,
         unlike the clicks of their class (:func:`..core.doubt.unlike_clicks`); ties: class,
         z, y, x."""
         r = self.rows()
@@ -97,7 +97,7 @@ class ParticleReview:
         clicks = r[r["kind"] == "pick"]
         r = r[r["kind"] == "prediction"].copy()
         if self.order in ("doubtful first", "unlike the clicks first"):
-            from ..core.doubt import doubt, unlike_clicks
+            from ..core.doubt import class_turns, doubt, unlike_clicks
 
             s = self.session
             zyx = r[["z", "y", "x"]].to_numpy(float)
@@ -113,6 +113,9 @@ class ParticleReview:
                                        s.classes, cache=self._profiles[1])
             r["_key"] = doubt(zyx, r["class"].to_numpy(), r["score"].to_numpy(float),
                               s.thresholds, s.classes, known, s.default_threshold, unlike=unlike)
+            if self.order == "doubtful first" and len(r):  # the classes in turn, the least picked first
+                r["_key"] = class_turns(r["_key"].to_numpy(), r["class"].to_numpy(),
+                                        clicks["class"].value_counts().to_dict())
             ascending = True
         else:
             r["_key"] = r["score"]

@@ -67,6 +67,28 @@ def doubt(zyx: np.ndarray, classes: np.ndarray, scores: np.ndarray, thresholds: 
     return out
 
 
+def class_turns(keys: np.ndarray, classes: np.ndarray, picked: Mapping[str, int] | None = None) -> np.ndarray:
+    """A queue order that takes the classes in turn: each class's candidates ranked by
+    ``keys`` (smaller first, as :func:`doubt` gives them), then the first of every class,
+    the second of every class, and so on; within a round the class with the fewest picks
+    (``picked``: name -> picks and accepted answers) first. Returns sort keys (smaller
+    first). An answer teaches a class less the more it has: in live training, a queue in
+    plain doubt order spent 30 of 44 answers on the one class the young network proposed
+    most (benchmarks/README.md, session 22)."""
+    keys = np.asarray(keys, float)
+    classes = np.asarray(classes).astype(str)
+    picked = picked or {}
+    names = sorted(set(classes), key=lambda c: (picked.get(c, 0), c))
+    slot = {c: i for i, c in enumerate(names)}
+    out = np.zeros(len(keys))
+    for c in names:
+        rows = np.flatnonzero(classes == c)
+        rank = np.empty(len(rows))
+        rank[np.argsort(keys[rows], kind="stable")] = np.arange(len(rows))
+        out[rows] = rank * (len(names) + 1) + slot[c]
+    return out
+
+
 def shell_profiles(data, zyx: np.ndarray, radius: int, cache: dict | None = None) -> np.ndarray:
     """A description of the density around each position that does not change when the
     particle turns: the mean and the spread of the voxels in each 1-voxel shell from the
