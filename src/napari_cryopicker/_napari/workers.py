@@ -233,9 +233,10 @@ class TrainingRun:
             self.best.emit()
 
     def pick_model(self):
-        """The model *Pick* uses now: while training runs, its best model so far if it
-        validates better than the session's model (or there is none yet), so the whole
-        tomogram can be picked at any time without stopping; else the session's model."""
+        """The model *Pick* uses now: while training runs, its best model so far (live
+        training: its newest) if it validates better than the session's model (or there is
+        none yet), so the whole tomogram can be picked at any time without stopping; else
+        the session's model."""
         s = self.session
         if self.running and self.interim is not None and (
                 s.checkpoint is None or validates_better(self.interim, s.checkpoint)):
@@ -273,10 +274,12 @@ class TrainingRun:
         elif outcome.ok:
             best = getattr(ckpt, "best_epoch", None)
             score = getattr(ckpt, "best_score", None)
-            extra = f" (best epoch {best}" + (f", validation score {score:.2f})" if score is not None else ")") \
-                if best is not None else ""
+            newest = bool((getattr(ckpt, "train_config", None) or {}).get("continuous"))  # live: the newest
+            extra = f" ({'epoch' if newest else 'best epoch'} {best}" \
+                + (f", validation score {score:.2f})" if score is not None else ")") if best is not None else ""
             stopped = self.task.progress is not None and self.task.progress.cancelled
-            notify(("Training stopped; the best model so far is kept" if stopped else "Training finished")
+            notify((f"Training stopped; the {'newest' if newest else 'best'} model so far is kept" if stopped
+                    else "Training finished")
                    + extra)
         elif outcome.status == "cancelled":
             notify("Training stopped before the first epoch ended; the previous model is unchanged")

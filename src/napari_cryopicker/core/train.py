@@ -619,12 +619,16 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
         state.history.append(record)
         if key is not None:
             state.top_score = max(state.top_score, key[0])
-        if key is not None and _better(key, state, config.select_tolerance):
-            state.best_key = key
+        # live training keeps its newest network: the one whose suggestions the user sees,
+        # taught by every pick so far (a validation slab of a few live picks cannot see a
+        # class learnt late; benchmarks/README.md, session 22)
+        newest = config.continuous
+        if newest or (key is not None and _better(key, state, config.select_tolerance)):
+            state.best_key = key if key is not None else state.best_key
             state.best_state = _copy_state(eval_net)
             state.best_epoch = record["epoch"]
             state.best_score = record["val_f1"]
-            state.best_nms = best_t
+            state.best_nms = best_t or state.best_nms
             kept = _checkpoint(state, mcfg, classes, vs, config, out) if (config.checkpoint_path or on_best) else None
             if on_best is not None:
                 on_best(kept)

@@ -342,13 +342,6 @@ def _sample(v: _Volume, rng: np.random.Generator, crop, config: TrainConfig) -> 
                 # user who rejected hundreds of candidates still trains on the particles
                 if rng.random() >= NEGATIVE_SHARE * len(v.positives) / n_neg:
                     k = rng.integers(v.n_pos)
-            if config.continuous and k < v.n_pos:
-                # live training: each class in turn, not each pick (the classes' picks grow
-                # unevenly there: answers pile up on the class the network proposes most)
-                names = v.picks.table["class_name"].to_numpy()[v.positives[:v.n_pos]]
-                kinds = np.unique(names)
-                mine = np.flatnonzero(names == kinds[rng.integers(len(kinds))])
-                k = int(mine[rng.integers(len(mine))])
             i = v.positives[k]
         j = rng.uniform(-config.jitter, config.jitter, 3) * np.asarray(crop)
         start = v.zyx[i] + j - np.asarray(crop) / 2

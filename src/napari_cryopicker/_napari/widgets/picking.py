@@ -168,7 +168,7 @@ class PickingWidget(PanelBase):
         model = self.train.pick_model()
         self.run.start(probability=self.probability.isChecked(), model=model)
         if model is not None and model is self.train.interim:
-            self.status.setText(f"Picking with the training's best model so far (epoch {model.best_epoch}); "
+            self.status.setText(f"Picking with the training's {_which(model)} model (epoch {model.best_epoch}); "
                                 "training goes on...")
 
     def stop(self, *_):
@@ -194,5 +194,10 @@ class PickingWidget(PanelBase):
             self.status.setText("Train or load a model first (Training panel)." if not self.train.running else
                                 "Pick becomes available once training has kept its first model.")
         elif not self.run.running:
-            self.status.setText(f"Training runs: Pick uses its best model so far (epoch {model.best_epoch})."
+            self.status.setText(f"Training runs: Pick uses its {_which(model)} model (epoch {model.best_epoch})."
                                 if model is self.train.interim else "")
+
+
+def _which(model) -> str:
+    """How a running training's model is chosen: live training keeps its newest network."""
+    return "newest" if (model.train_config or {}).get("continuous") else "best-so-far"

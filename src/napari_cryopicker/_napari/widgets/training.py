@@ -201,7 +201,8 @@ class TrainingWidget(PanelBase):
         self.btn_train = QPushButton("Train")
         self.btn_stop = QPushButton("Stop")
         self.btn_stop.setEnabled(False)
-        self.btn_stop.setToolTip("Stop after the current batch; the best model so far is kept")
+        self.btn_stop.setToolTip("Stop after the current batch; the best model so far is kept "
+                                 "(keep training until Stop: the newest)")
         row.addWidget(self.btn_train)
         row.addWidget(self.btn_stop)
         lay.addLayout(row)
@@ -266,7 +267,8 @@ class TrainingWidget(PanelBase):
     def stop(self, *_):
         self.run.stop()
         self.btn_stop.setEnabled(False)
-        self.hint.setText("Stopping after the current batch; the best model so far is kept.")
+        self.hint.setText("Stopping after the current batch; the "
+                          + ("newest" if self.run.continuous else "best") + " model so far is kept.")
 
     def _started(self):
         self.btn_train.setEnabled(False)
