@@ -15,11 +15,16 @@ who knows the particles would:
   doubtful first (``core.doubt``): a candidate within a radius of a particle of its class
   is accepted (an accepted pick where the model put it), one on a particle of another of
   the four classes is accepted as that class, anything else is rejected; then it clicks
-  up to ``--clicks`` particles per class in view that the suggestions missed;
+  up to ``--clicks`` particles per class in view that the suggestions missed (with
+  ``--pace S``, as a person at one action per S seconds: by then at most ``--first`` x 4 +
+  t / S actions, half of them clicks on missed particles, one per class in turn, the class
+  with the most missed in view first, half answers; the queue takes the classes in turn
+  as the Particles panel's "doubtful first" does, ``--no-turns`` for plain doubt order);
 * at the end of each learning-rate cycle (and of the run; or every ``--eval-every``
   epochs) that network picks the whole test tomogram and is scored per class (F1 within
-  the full radius), outside the clock; after the run, so is the model a Stop keeps (its
-  best-validated epoch, which *Pick* also uses while training runs).
+  the full radius), outside the clock; after the run, so is the model a Stop keeps (since
+  session 22 the newest network, which *Pick* also uses while training runs; before, the
+  best-validated one).
 
 One action = one click or one answer. With ``--max-actions N`` the annotator stops after N
 actions (the issue's bar: half the batch loop's 160) and training goes on with what it
@@ -27,7 +32,7 @@ has, to see where that many actions get within the budget. The run ends when eve
 ``--target`` or after ``--budget`` seconds of training and answering. The batch loop it is
 compared with is ``realistic.py``: 40 clicks per class (160 actions), 12 minutes.
 
-    nice -n 10 .venv/bin/python benchmarks/interactive.py --seeds 0 [--budget 600]
+    .venv/bin/python benchmarks/interactive.py --seeds 0 1 2 --max-actions 80 --pace 2.5 [--budget 600]
 
 Run it alone (2 cores shared with anything else train fewer epochs in the budget).
 Results: benchmarks/.cache/interactive/<tag>_s<seed>.json.
@@ -291,7 +296,7 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = 
             progress.cancel()
 
     kept = train_model([tomo], [user.picks], classes, cfg, progress=progress, on_model=on_model, refresh=refresh)
-    # what the user has after Stop: the best-validated model (the one Pick uses meanwhile)
+    # what the user has after Stop: the newest model (the one Pick uses meanwhile)
     picks = predict_picks(test, kept, PredictConfig(device=args.device, **(predict_overrides or {}))).picks
     stopped = {"epoch": kept.best_epoch, "f1": {n: round(s["f1"], 3)
                                                 for n, s in score_against(picks, test_truth, classes)["1.0"].items()}}

@@ -89,9 +89,9 @@ class ParticleReview:
         """The review queue: the shown predictions, best score first, or (``order`` "doubtful
         first") those where an answer tells the model most first (:func:`..core.doubt.doubt`:
         near their class's threshold, with a rival of another class on them, far from every
-        click and rejection), the classes in turn (:func:`..core.doubt.class_turns`), or ("unlike the clicks first") those ranked so and, above all,
-        unlike the clicks of their class (:func:`..core.doubt.unlike_clicks`); ties: class,
-        z, y, x."""
+        click and rejection), the classes in turn (:func:`..core.doubt.class_turns`), or
+        ("unlike the clicks first") those ranked so and, above all, unlike the clicks of
+        their class (:func:`..core.doubt.unlike_clicks`); ties: class, z, y, x."""
         r = self.rows()
         known = r.loc[r["kind"] != "prediction", ["z", "y", "x"]].to_numpy(float)
         clicks = r[r["kind"] == "pick"]

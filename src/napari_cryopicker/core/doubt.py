@@ -73,8 +73,8 @@ def class_turns(keys: np.ndarray, classes: np.ndarray, picked: Mapping[str, int]
     the second of every class, and so on; within a round the class with the fewest picks
     (``picked``: name -> picks and accepted answers) first. Returns sort keys (smaller
     first). An answer teaches a class less the more it has: in live training, a queue in
-    plain doubt order spent 30 of 44 answers on the one class the young network proposed
-    most (benchmarks/README.md, session 22)."""
+    plain doubt order spent 30 of 31 answers accepting the one class the young network
+    proposed (benchmarks/README.md, session 22)."""
     keys = np.asarray(keys, float)
     classes = np.asarray(classes).astype(str)
     picked = picked or {}
