@@ -686,9 +686,6 @@ def test_continuous_training_cycles_the_learning_rate_while_the_picks_change(sma
     # during it, so the next, 4 epochs from half the peak, starts high (epoch 4) and ends
     # low again (epoch 7)
     assert lr[1] > 0.6 and lr[2] < 0.1 and 0.3 < lr[3] < 0.5 and lr[6] < 0.05
-    # it keeps its newest network, the one whose suggestions the user saw, whatever the
-    # validation said of the others
-    assert ck.best_epoch == ck.history[-1]["epoch"] == 8
     # the same run with no change of the picks settles: after the first cycle the rate
     # stays at its floor instead of shaking the network up again (without settle: cycles)
     still = train_model([tomo], [sim.picks], sim.classes, cfg, refresh=lambda: None)
@@ -711,6 +708,24 @@ def test_continuous_training_cycles_the_learning_rate_while_the_picks_change(sma
         TrainConfig(continuous=True, fine_decoder=False))
     batch = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(TINY, epochs=1)))
     assert batch.model_config.fine_decoder is False and not any(k.startswith("dec.1.") for k in batch.state_dict)
+
+
+def test_live_training_keeps_its_newest_network_whatever_validation_prefers(small_sim, monkeypatch):
+    """Live training (continuous) hands over and returns every epoch's network, the one whose
+    suggestions the user saw; a run with a planned end keeps the epoch validation prefers
+    (here, made to prefer the first one only)."""
+    import napari_cryopicker.core.train as train_mod
+
+    tomo, sim = small_sim
+    monkeypatch.setattr(train_mod, "_better", lambda key, state, tol: state.best_epoch is None)
+    got = []
+    live = train_model([tomo], [sim.picks], sim.classes,
+                       TrainConfig(**dict(TINY, epochs=3), continuous=True, cycle_epochs=2, warmup_epochs=1),
+                       on_best=got.append)
+    assert [c.best_epoch for c in got] == [1, 2, 3] and live.best_epoch == 3
+    got = []
+    planned = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(TINY, epochs=3)), on_best=got.append)
+    assert [c.best_epoch for c in got] == [1] and planned.best_epoch == 1
 
 
 def test_rejections_do_not_crowd_the_particles_out_of_the_crops():
