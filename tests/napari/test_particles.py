@@ -212,6 +212,29 @@ def test_doubtful_first_orders_by_distance_to_the_threshold(reviewed, viewer):
     assert w.review.current.zyx == (25, 10, 50)
 
 
+def test_doubtful_first_takes_the_classes_in_turn(viewer, session):
+    """Three ribosome candidates right at their threshold are more doubtful than a
+    proteasome far above its own; the queue still asks about the proteasome, the class with
+    fewer picks, first, then the ribosomes, most doubtful first."""
+    from napari_cryopicker._napari.widgets.particles import ParticlesWidget
+
+    session.add_class("ribosome", 8)
+    session.add_class("proteasome", 6)
+    session.add_pick((5, 6, 7), "ribosome")
+    pred = Picks.from_zyx([[20, 40, 44], [20, 16, 16], [20, 48, 20], [20, 10, 50]],
+                          class_name=["ribosome", "ribosome", "ribosome", "proteasome"],
+                          score=[0.63, 0.64, 0.67, 0.9], voxel_size=VOXEL)
+    session.set_predictions(pred, skip_known=False)
+    session.thresholds.update({"ribosome": 0.62, "proteasome": 0.45})
+    w = dock(viewer, ParticlesWidget)
+    w.order.setCurrentText("doubtful first")
+    q = w.review.candidates()
+    assert [tuple(r) for r in q[["class", "score"]].to_numpy()] == [
+        ("proteasome", 0.9), ("ribosome", 0.63), ("ribosome", 0.64), ("ribosome", 0.67)]
+    w.next()
+    assert w.review.current.zyx == (20, 10, 50)
+
+
 def test_two_tables_share_the_keys_and_give_them_back(reviewed, viewer, qtbot):
     """The table exists as a tab and as a panel of its own: the newest one answers the keys;
     when it goes, the other one gets them back; when both go, N does nothing again."""
