@@ -1054,3 +1054,26 @@ def test_on_best_hands_over_each_better_model_and_the_last_is_the_one_returned(s
     ens = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**base, "epochs": 6, "members": 2}),
                       on_best=got.append)
     assert ens.n_members == 2 and got and all(len(c.history) <= 3 for c in got)  # the first network's only
+
+
+def test_training_moves_the_big_classes_clicks_onto_their_centres_once(small_sim, monkeypatch):
+    """The networks learn from the clicks of classes of at least SNAP_MIN_RADIUS voxels moved
+    onto their particles' centres (snap_clicks, on): the 25-voxel ribosome's, not the
+    9-voxel blob's; live training, handed the whole table before each epoch, moves a pick
+    once, when it first comes; with snap_clicks off nothing is moved."""
+    import napari_cryopicker.core.snap as snap
+
+    tomo, sim = small_sim
+    asked = []
+    real = snap.snap_to_density
+    monkeypatch.setattr(snap, "snap_to_density",
+                        lambda d, zyx, r, **k: asked.append((r, len(zyx))) or real(d, zyx, r, **k))
+    ribo = sim.picks.table["class_name"].to_numpy() == "ribosome"
+    fewer = sim.picks.subset(~ribo | (np.cumsum(ribo) <= 6))  # six of the eight ribosomes so far
+    answers = iter([None, [sim.picks]])
+    cfg = TrainConfig(**{**TINY, "epochs": 3}, continuous=True)
+    train_model([tomo], [fewer], sim.classes, cfg, refresh=lambda: next(answers, None))
+    assert asked == [(12.5, 6), (12.5, 2)]
+    asked.clear()
+    train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**TINY, "epochs": 1}, snap_clicks=False))
+    assert asked == []

@@ -48,6 +48,7 @@ from .train_data import (
 from .train_inputs import _checked_picks, _few_for_val
 from .train_plan import _Plan
 from .train_rotate import rotated_sample, rotation_for
+from .snap import ClickSnapping
 from .train_template import LiveTemplates, carried_templates, make_templates, template_classes
 from .train_state import TrainState, _better, _checkpoint, _copy_state, _ema_model, _init_from
 from .train_validate import _self_label, validate
@@ -127,6 +128,10 @@ class TrainConfig:
     # (realistic.py --scenario offcentre) seed 1's chaperonin fell from 0.81 to 0.64 with it
     # (seed 0: 0.74 -> 0.76); the template still moves each pick onto its match when picking
     centre_clicks: bool = False
+    # the networks learn from the clicks of each class of at least snap.SNAP_MIN_RADIUS
+    # voxels moved onto their particle's centre of density (core.snap.ClickSnapping); the
+    # user's picks stay where they were clicked. See docs/method.md (session 23).
+    snap_clicks: bool = True
     amp: bool = True                         # mixed precision on CUDA
     tune_thresholds: bool = True             # pick MP-NMS t_lm per class on validation
     checkpoint_path: str | None = None       # save the best model here (atomically) after each better epoch
@@ -273,6 +278,9 @@ def train_model(
         picks = centring.update(picks)
     elif centring is not None and config.centre_clicks:
         picks = centring.apply(picks)
+    snapping = _snapping(given, classes, config, with_template)
+    if snapping is not None:
+        picks = snapping.apply(picks)
     if factor > 1:
         tomograms = [working_tomogram(t, factor, subvoxels > 1, progress) for t in tomograms]
         picks = [picks_to_binned(p, factor) for p in picks]
@@ -291,6 +299,8 @@ def train_model(
             new = centring.update(new)
         elif centring is not None and config.centre_clicks:
             new = centring.apply(new)
+        if snapping is not None:
+            new = snapping.apply(new)
         return [picks_to_binned(p, factor) for p in new] if factor > 1 else new
 
     n = training_members(config, init)
@@ -304,6 +314,17 @@ def train_model(
     if seconds:
         ckpt = replace(ckpt, train_config={**ckpt.train_config, "template_seconds": seconds})
     return ckpt
+
+
+def _snapping(tomograms, classes: ClassTable, config: TrainConfig, with_template) -> ClickSnapping | None:
+    """What moves the clicks onto their particles' centres (``config.snap_clicks``): every
+    class big enough, but those whose clicks their template moves (``centre_clicks``)."""
+    if not config.snap_clicks:
+        return None
+    moved_by_template = set(with_template) if config.centre_clicks else set()
+    s = ClickSnapping([t.data for t in tomograms], classes)
+    s.names = [n for n in s.names if n not in moved_by_template]
+    return s if s.names else None
 
 
 #: networks of a run with a planned end (TrainConfig.members = None)
