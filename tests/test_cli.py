@@ -145,9 +145,10 @@ def test_train_makes_several_networks_unless_told(simdir, tmp_path, capsys):
     assert "--members 0" in capsys.readouterr().err
 
 
-def test_train_turns_crops_by_30_degrees_unless_told(simdir, tmp_path, capsys):
+def test_train_turns_crops_by_30_degrees_and_snaps_clicks_unless_told(simdir, tmp_path, capsys):
     """The model records the rotation it was trained with: 30 by default, --rotate 0 none;
-    an angle out of range is one clear line."""
+    an angle out of range is one clear line. Likewise the clicks moved onto their centres
+    (on; --no-snap off)."""
     from napari_cryopicker.core.model import load_checkpoint
 
     base = ["train", "--tomogram", str(simdir / "tomogram.mrc"), "--picks", str(simdir / "picks.csv"),
@@ -155,8 +156,10 @@ def test_train_turns_crops_by_30_degrees_unless_told(simdir, tmp_path, capsys):
             "--epochs", "1", "--patch", "32", "--device", "cpu", "--members", "1"]
     assert main([*base, "--out", str(tmp_path / "a.pt")]) == 0
     assert load_checkpoint(tmp_path / "a.pt").train_config["rotate"] == 30.0
-    assert main([*base, "--out", str(tmp_path / "b.pt"), "--rotate", "0"]) == 0
+    assert load_checkpoint(tmp_path / "a.pt").train_config["snap_clicks"] is True
+    assert main([*base, "--out", str(tmp_path / "b.pt"), "--rotate", "0", "--no-snap"]) == 0
     assert load_checkpoint(tmp_path / "b.pt").train_config["rotate"] == 0.0
+    assert load_checkpoint(tmp_path / "b.pt").train_config["snap_clicks"] is False
     capsys.readouterr()
     assert main([*base, "--out", str(tmp_path / "c.pt"), "--rotate", "-5"]) == 2
     assert "--rotate -5" in capsys.readouterr().err

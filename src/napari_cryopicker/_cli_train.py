@@ -44,6 +44,9 @@ def add_train_parser(sub) -> None:
                    help="only some of the particles in the tomograms are picked: blobs the network finds away "
                         "from every pick are not taught as background (off by default: measured, plain "
                         "training did as well or better even with 40 of 113 particles picked)")
+    t.add_argument("--snap", action=argparse.BooleanOptionalAction, default=None,
+                   help="the networks learn from the picks of classes of 20+ voxels across moved onto their "
+                        "particle's centre of density (the picks themselves stay as they are; on by default)")
     c = t.add_argument_group("copick project (train on its runs' picks; needs the copick library)")
     c.add_argument("--copick", default=None, metavar="CONFIG.json",
                    help="train on every run of this copick project that has picks (its particle objects are "
@@ -111,6 +114,8 @@ def cmd_train(a) -> int:
         cfg.rotate = a.rotate
     if a.sparse is not None:
         cfg.sparse = a.sparse
+    if a.snap is not None:
+        cfg.snap_clicks = a.snap
     if a.template is not None:
         cfg.template = a.template
     if a.tilt_range is not None:

@@ -176,6 +176,10 @@ def test_training_started_and_stopped_from_the_widget(viewer, picked, qtbot):
     assert w.binning.currentText() == "auto binning" and run.config_values()["binning"] == "auto"
     w.binning.setCurrentText("bin 2")  # the user chooses the grid the network works on
     assert run.config_values()["binning"] == 2
+    assert w.snap.isChecked() and run.config_values()["snap_clicks"] is True  # on by default
+    w.snap.setChecked(False)
+    assert run.config_values()["snap_clicks"] is False
+    w.snap.setChecked(True)
     assert w.template.isChecked() and run.config_values()["template"] == "auto"  # on by default
     w.template.setChecked(False)
     assert run.config_values()["template"] == "off" and not w.tilt.isEnabled()
@@ -695,6 +699,17 @@ def test_live_suggestions_appear_and_update_while_training(viewer, picked, qtbot
             assert layer.metadata[META]["kind"] == "suggestions" and layer.metadata[META]["epoch"] == best
     assert len(picked.training_picks()) == before  # suggestions are not picks
     assert viewer.layers.selection.active is viewer.layers["picks: blob"]
+    # the panel says which classes the network proposes nothing of yet (they need more clicks)
+    shown = {ly.name.split(": ", 1)[1]: len(ly.data) for ly in viewer.layers if ly.name.startswith("suggestions: ")}
+    assert {k: v for k, v in shown.items() if v} == w.run.live_counts
+    assert ("none yet of blob" in w.live_info.text()) == (not w.run.live_counts.get("blob"))
+    w.run.live_counts = {}
+    w.run.suggested.emit(0, best)
+    assert w.live_info.text().endswith("0 suggestion(s) around this slice from epoch "
+                                       f"{best}'s network; none yet of blob: click a few more of those")
+    w.run.live_counts = {"blob": 2}
+    w.run.suggested.emit(2, best)
+    assert "none yet" not in w.live_info.text()
 
 
 def test_the_whole_tomogram_can_be_picked_with_the_best_model_so_far_while_training_goes_on(

@@ -52,6 +52,7 @@ class TrainingRun:
         self.live = False  # live suggestions: each epoch's network picks the slab in view
         self.continuous = False  # keep training until Stop (learning-rate cycles, no planned end)
         self.live_updates = 0
+        self.live_counts: dict[str, int] = {}  # the last live suggestions per class
         self._unfollow: Callable[[], None] | None = None
         self.task = BackgroundTask("Training", session, "train")
         self.task.finished.connect(self._finished)
@@ -222,6 +223,8 @@ class TrainingRun:
             return
         show_suggestions(self.session, picks, epoch)
         self.live_updates += 1
+        self.live_counts = {str(k): int(v) for k, v in picks.table["class_name"].value_counts().items()} \
+            if len(picks) else {}
         self.suggested.emit(len(picks), int(epoch))
 
     def _best_from_worker(self, ckpt) -> None:

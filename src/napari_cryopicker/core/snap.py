@@ -110,7 +110,7 @@ class ClickSnapping:
         self.data = list(data)
         self.names = [c.name for c in classes if c.radius >= min_radius]
         self.radius = {c.name: c.radius for c in classes}
-        self._sign: dict[str, float] = {}
+        self._sign: dict[int, float] = {}  # tomogram -> polarity of its particles
         self._known: dict[tuple, np.ndarray] = {}
 
     @staticmethod
@@ -126,16 +126,18 @@ class ClickSnapping:
             positive = ~(p.table["source"] == "rejected").to_numpy() if "source" in p.table else np.ones(len(p), bool)
             p = p.copy()
             cols = [p.table.columns.get_loc(c) for c in ("z", "y", "x")]
+            mine = positive & np.isin(names, self.names)
+            if i not in self._sign and mine.any():  # the tomogram's contrast, from its first picks
+                r = np.array([self.radius[n] for n in names[mine]])
+                self._sign[i] = polarity(self.data[i], p.zyx[mine], float(np.median(r)))
             for name in self.names:
                 rows = np.flatnonzero((names == name) & positive)
                 if not len(rows):
                     continue
                 zyx = p.zyx[rows]
-                if name not in self._sign:  # from the first picks of the class
-                    self._sign[name] = polarity(self.data[i], zyx, self.radius[name])
                 new = [k for k, a in enumerate(zyx) if self._key(i, name, a) not in self._known]
                 if new:
-                    moved = snap_to_density(self.data[i], zyx[new], self.radius[name], sign=self._sign[name])
+                    moved = snap_to_density(self.data[i], zyx[new], self.radius[name], sign=self._sign[i])
                     for k, b in zip(new, moved):
                         self._known[self._key(i, name, zyx[k])] = b
                 p.table.iloc[rows, cols] = np.array([self._known[self._key(i, name, a)] for a in zyx])
