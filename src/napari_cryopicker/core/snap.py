@@ -7,9 +7,9 @@ the particle is, and on crowded data a ball half a radius off spills onto a neig
 :func:`snap_to_density` moves each click to the centre of mass of the particle's density
 around it (smoothed, above the level of a shell just outside it, in the particles'
 polarity), a few times over: on the benchmark's ~28- and ~24-voxel classes that brings
-the clicks to 0.06-0.11 radii of the truth (``benchmarks/.cache/scratch/com23.py``). On a
-14-voxel class the noise and the neighbours pull the centre of mass about (0.25 -> 0.19
-radii, a few further off than before), so only classes of at least
+the clicks to 0.06-0.11 radii of the truth (``benchmarks/.cache/scratch/com23.py``,
+``snap23.py``). On a 14-voxel class the noise and the neighbours pull the centre of mass
+about (0.22-0.28 -> 0.17-0.19 radii, a few further off than before), so only classes of at least
 :data:`SNAP_MIN_RADIUS` voxels are moved (:class:`ClickSnapping`,
 ``TrainConfig.snap_clicks``). The user's picks are left where they were clicked: only the
 labels the networks learn from move."""

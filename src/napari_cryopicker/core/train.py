@@ -28,6 +28,7 @@ from .errors import Cancelled, CryoPickerError, CryoPickerWarning
 from .model import Checkpoint, ModelConfig, ResUNet, cudnn_autotune, resolve_device, save_checkpoint
 from .picks import Picks
 from .progress import Progress, ensure
+from .snap import ClickSnapping
 from .tomogram import Tomogram
 from .train_data import (
     NEGATIVE,
@@ -48,7 +49,6 @@ from .train_data import (
 from .train_inputs import _checked_picks, _few_for_val
 from .train_plan import _Plan
 from .train_rotate import rotated_sample, rotation_for
-from .snap import ClickSnapping
 from .train_template import LiveTemplates, carried_templates, make_templates, template_classes
 from .train_state import TrainState, _better, _checkpoint, _copy_state, _ema_model, _init_from
 from .train_validate import _self_label, validate
