@@ -1,7 +1,7 @@
 """Clicks moved onto their particle's centre of density before the networks learn from
 them (core.snap): on a tomogram written to disk by mrcfile, off-centre clicks of dark (and
 of bright) particles come back near the centres, a click pulled onto a neighbour stays,
-rejections and small classes are left alone, and training moves each pick once."""
+rejections and small classes are left alone, and each pick is moved once (training: test_train)."""
 
 from __future__ import annotations
 
