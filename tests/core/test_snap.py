@@ -117,3 +117,16 @@ def test_click_snapping_moves_big_classes_positive_picks_once(crowd, monkeypatch
     again = s.apply([more])[0]
     assert asked == [10, 1]  # only the new pick is matched (live training hands the whole table each epoch)
     assert np.array_equal(again.zyx[:10], out.zyx[:10])
+
+
+def test_a_stop_while_clicks_are_moved_stops_there(crowd):
+    from napari_cryopicker.core.errors import Cancelled
+    from napari_cryopicker.core.progress import Progress
+
+    path, centres = crowd
+    classes = ClassTable.parse([f"big={2 * R}"])
+    picks = Picks.from_zyx(centres, class_name="big", source="manual", voxel_size=10.0)
+    prog = Progress()
+    prog.cancel()
+    with pytest.raises(Cancelled, match="before the first epoch"):
+        ClickSnapping([open_tomogram(path).data], classes, progress=prog).apply([picks])

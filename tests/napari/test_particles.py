@@ -13,18 +13,22 @@ from napari_cryopicker.core.picks import Picks
 
 @pytest.fixture
 def reviewed(viewer, session):
+    # scores 0.9 > 0.7 > 0.5 > 0.3: the review queue is this order
+    w = _panel(viewer, session, [[20, 40, 44], [10, 16, 16], [16, 48, 20], [25, 10, 50]],
+               ["ribosome", "proteasome", "ribosome", "proteasome"], [0.7, 0.9, 0.3, 0.5])
+    return w, session
+
+
+def _panel(viewer, session, zyx, classes, scores, thresholds=None):
+    """The Particles panel over these predictions, one ribosome picked (classes ribosome, proteasome)."""
     from napari_cryopicker._napari.widgets.particles import ParticlesWidget
 
     session.add_class("ribosome", 8)
     session.add_class("proteasome", 6)
     session.add_pick((5, 6, 7), "ribosome")
-    # scores 0.9 > 0.7 > 0.5 > 0.3: the review queue is this order
-    pred = Picks.from_zyx([[20, 40, 44], [10, 16, 16], [16, 48, 20], [25, 10, 50]],
-                          class_name=["ribosome", "proteasome", "ribosome", "proteasome"],
-                          score=[0.7, 0.9, 0.3, 0.5], voxel_size=VOXEL)
-    session.set_predictions(pred, skip_known=False)
-    w = dock(viewer, ParticlesWidget)
-    return w, session
+    session.set_predictions(Picks.from_zyx(zyx, class_name=classes, score=scores, voxel_size=VOXEL), skip_known=False)
+    session.thresholds.update(thresholds or {})
+    return dock(viewer, ParticlesWidget)
 
 
 def _cell(w, row, col):
@@ -216,17 +220,9 @@ def test_doubtful_first_takes_the_classes_in_turn(viewer, session):
     """Three ribosome candidates right at their threshold are more doubtful than a
     proteasome far above its own; the queue still asks about the proteasome, the class with
     fewer picks, first, then the ribosomes, most doubtful first."""
-    from napari_cryopicker._napari.widgets.particles import ParticlesWidget
-
-    session.add_class("ribosome", 8)
-    session.add_class("proteasome", 6)
-    session.add_pick((5, 6, 7), "ribosome")
-    pred = Picks.from_zyx([[20, 40, 44], [20, 16, 16], [20, 48, 20], [20, 10, 50]],
-                          class_name=["ribosome", "ribosome", "ribosome", "proteasome"],
-                          score=[0.63, 0.64, 0.67, 0.9], voxel_size=VOXEL)
-    session.set_predictions(pred, skip_known=False)
-    session.thresholds.update({"ribosome": 0.62, "proteasome": 0.45})
-    w = dock(viewer, ParticlesWidget)
+    w = _panel(viewer, session, [[20, 40, 44], [20, 16, 16], [20, 48, 20], [20, 10, 50]],
+               ["ribosome", "ribosome", "ribosome", "proteasome"], [0.63, 0.64, 0.67, 0.9],
+               {"ribosome": 0.62, "proteasome": 0.45})
     w.order.setCurrentText("doubtful first")
     q = w.review.candidates()
     assert [tuple(r) for r in q[["class", "score"]].to_numpy()] == [

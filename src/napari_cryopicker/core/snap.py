@@ -22,7 +22,9 @@ import numpy as np
 from scipy import ndimage
 
 from .classes import ClassTable
+from .errors import Cancelled
 from .picks import Picks
+from .progress import Progress
 
 #: classes whose clicks are moved: radius in voxels of the full-resolution tomogram
 SNAP_MIN_RADIUS = 10.0
@@ -106,8 +108,10 @@ class ClickSnapping:
     tomogram; what it moved once it remembers, so that live training, which hands it the
     whole table before every epoch, moves each new pick only once. Rejections stay."""
 
-    def __init__(self, data: Sequence, classes: ClassTable, min_radius: float = SNAP_MIN_RADIUS):
+    def __init__(self, data: Sequence, classes: ClassTable, min_radius: float = SNAP_MIN_RADIUS,
+                 progress: Progress | None = None):
         self.data = list(data)
+        self.progress = progress  # a Stop while picks are moved (many tomograms: seconds) stops there
         self.names = [c.name for c in classes if c.radius >= min_radius]
         self.radius = {c.name: c.radius for c in classes}
         self._sign: dict[int, float] = {}  # tomogram -> polarity of its particles
@@ -135,6 +139,9 @@ class ClickSnapping:
                 if not len(rows):
                     continue
                 zyx = p.zyx[rows]
+                if self.progress is not None and self.progress.cancelled:
+                    raise Cancelled("training was stopped before the first epoch finished (while the clicks "
+                                    "were moved onto their centres); no model was saved")
                 new = [k for k, a in enumerate(zyx) if self._key(i, name, a) not in self._known]
                 if new:
                     moved = snap_to_density(self.data[i], zyx[new], self.radius[name], sign=self._sign[i])

@@ -278,9 +278,10 @@ def train_model(
         picks = centring.update(picks)
     elif centring is not None and config.centre_clicks:
         picks = centring.apply(picks)
-    snapping = _snapping(given, classes, config, with_template)
+    snapping = _snapping(given, classes, config, with_template, progress)
     if snapping is not None:
         picks = snapping.apply(picks)
+        snapping.progress = None  # a Stop later on is the training loop's to handle
     if factor > 1:
         tomograms = [working_tomogram(t, factor, subvoxels > 1, progress) for t in tomograms]
         picks = [picks_to_binned(p, factor) for p in picks]
@@ -316,13 +317,14 @@ def train_model(
     return ckpt
 
 
-def _snapping(tomograms, classes: ClassTable, config: TrainConfig, with_template) -> ClickSnapping | None:
+def _snapping(tomograms, classes: ClassTable, config: TrainConfig, with_template,
+              progress: Progress | None = None) -> ClickSnapping | None:
     """What moves the clicks onto their particles' centres (``config.snap_clicks``): every
     class big enough, but those whose clicks their template moves (``centre_clicks``)."""
     if not config.snap_clicks:
         return None
     moved_by_template = set(with_template) if config.centre_clicks else set()
-    s = ClickSnapping([t.data for t in tomograms], classes)
+    s = ClickSnapping([t.data for t in tomograms], classes, progress=progress)
     s.names = [n for n in s.names if n not in moved_by_template]
     return s if s.names else None
 
