@@ -1080,3 +1080,33 @@ def test_training_moves_the_big_classes_clicks_onto_their_centres_once(small_sim
     asked.clear()
     train_model([tomo], [sim.picks], sim.classes, TrainConfig(**{**TINY, "epochs": 1}, snap_clicks=False))
     assert asked == []
+
+
+def test_crops_centre_on_each_class_equally_often_however_many_picks_it_has():
+    """30 picks of one class and 10 of another: half the centred crops land on each (a
+    quarter on the small class without the balance), in whatever order they were clicked;
+    with 20 and 18 (within BALANCE_RATIO) the crops are the very ones drawn without it."""
+    from napari_cryopicker.core.train_data import _prepare, _sample
+
+    tomo = Tomogram(np.zeros((64, 64, 64), np.float32), 10.0)
+    classes = ClassTable([ParticleClass("big", 10), ParticleClass("small", 6)])
+    zyx = np.random.default_rng(0).integers(10, 54, (40, 3)).astype(float)
+
+    def starts(n_big, n_small, balance, shuffle=False):
+        names = ["small"] * n_small + ["big"] * n_big  # the small class's clicks came first
+        picks = Picks.from_zyx(zyx[: len(names)], class_name=names, source="manual")
+        if shuffle:
+            picks = picks.take(np.random.default_rng(5).permutation(len(names)))
+        cfg = TrainConfig(positive_fraction=1.0, jitter=0.0, val_fraction=0.0, balance_classes=balance)
+        v = _prepare([tomo], [picks], classes, cfg, (16, 16, 16))[0]
+        rng = np.random.default_rng(1)
+        st = [tuple(np.asarray(_sample(v, rng, (16, 16, 16), cfg)) + 8) for _ in range(4000)]
+        small = {tuple(c) for c in np.rint(picks.zyx[picks.table["class_name"].to_numpy() == "small"]).astype(int)}
+        return st, np.mean([s in small for s in st])
+
+    assert abs(starts(30, 10, True)[1] - 0.5) < 0.03
+    assert abs(starts(30, 10, False)[1] - 0.25) < 0.03
+    assert abs(starts(30, 10, True, shuffle=True)[1] - 0.5) < 0.03  # clicks in any order
+    assert len(set(starts(30, 10, True)[0])) == 40  # every pick is still drawn, not only some
+    # near-equal classes: the same crops as without the balance
+    assert starts(20, 18, True)[0] == starts(20, 18, False)[0]

@@ -165,6 +165,11 @@ class TrainConfig:
     # (accepted or rejected candidates), so that an answer is seen more often than a click
     # (0: answers are drawn like any pick, rejections capped as NEGATIVE_SHARE says).
     answer_share: float = 0.0
+    # Crops centred on a pick are centred on each class equally often, whatever its number
+    # of picks (classes within train_data.BALANCE_RATIO of each other draw the very crops
+    # they would without). Off: on the live benchmark (the chaperonin with 12-15 clicks beside
+    # 20-30 of the others) it changed nothing beyond the runs' spread (session 24, docs/method.md).
+    balance_classes: bool = False
     # Validate and keep an exponential moving average of the weights and batch-norm
     # statistics (decay per step; 0: the raw weights), which smooths the step-to-step
     # noise of small batches: see docs/method.md.
