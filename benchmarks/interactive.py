@@ -20,6 +20,9 @@ who knows the particles would:
   t / S actions, half of them clicks on missed particles, one per class in turn, the class
   with the most missed in view first, half answers; the queue takes the classes in turn
   as the Particles panel's "doubtful first" does, ``--no-turns`` for plain doubt order);
+  with ``--heed-hint N`` it does what the Training panel's live line asks ("none yet of X:
+  click a few more of those"): before any other click, up to N missed particles of each
+  class with no suggestion at its threshold in view;
 * at the end of each learning-rate cycle (and of the run; or every ``--eval-every``
   epochs) that network picks the whole test tomogram and is scored per class (F1 within
   the full radius), outside the clock; after the run, so is the model a Stop keeps (since
@@ -91,11 +94,15 @@ class Annotator:
         self.picks.voxel_size = self.truth.voxel_size
         self.version += 1
 
-    def click(self, per_class: int, missed: np.ndarray | None = None, total: int | None = None) -> int:
+    def click(self, per_class: int, missed: np.ndarray | None = None, total: int | None = None,
+              first: dict[str, int] | None = None) -> int:
         """Click up to ``per_class`` unclicked particles of each class in view (those in
         ``missed``, truth rows, first), off-centre by up to half a radius; with ``total``,
         at most that many, only missed ones, one per class in turn, the class with the most
-        missed first (a user clicks where the suggestions are worst)."""
+        missed first (a user clicks where the suggestions are worst). ``first`` (class ->
+        clicks): those classes' clicks come before the others', that many of each (the
+        Training panel's live hint names the classes it proposes nothing of yet)."""
+        first = first or {}
         names = self.truth.table["class_name"].to_numpy()
         seen = np.flatnonzero(self.in_view(self.truth.zyx))
         miss = set() if missed is None else set(int(i) for i in missed)
@@ -111,12 +118,15 @@ class Annotator:
             queues.append((c, rows))
         if total is not None:  # the class with the most missed first
             queues.sort(key=lambda q: -len(q[1]))
-        queues = [(c, rows[:per_class]) for c, rows in queues]
+        hinted = [(c, rows) for c, rows in queues if c.name in first]  # one of each in turn, then the next
+        ahead = [(c, rows[k]) for k in range(max(first.values(), default=0)) for c, rows in hinted
+                 if k < min(len(rows), first[c.name])]
+        queues = [(c, rows[:per_class]) for c, rows in queues if c.name not in first]
         limit = self.left() if total is None else min(total, self.left())
         if total is None:  # each class's in turn
-            order = [(c, i) for c, rows in queues for i in rows]
+            order = ahead + [(c, i) for c, rows in queues for i in rows]
         else:  # one of each class in turn
-            order = [(c, rows[k]) for k in range(per_class) for c, rows in queues if k < len(rows)]
+            order = ahead + [(c, rows[k]) for k in range(per_class) for c, rows in queues if k < len(rows)]
         n = 0
         for c, i in order[:limit]:
             d = self.rng.normal(size=3)
@@ -268,16 +278,23 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = 
         shown = sug.take(order)
         missed = user.missed(sug.subset(sug.table["score"].to_numpy() >= np.array(
             [th.get(c, 0.3) for c in sug.table["class_name"]])))
+        hinted = {}
+        if args.heed_hint:  # the live hint: classes with no suggestion at their threshold in view
+            shown_names = set(res.picks.subset(user.in_view(res.picks.zyx + [z0, 0, 0]) & (
+                res.picks.table["score"].to_numpy() >= np.array([th.get(c, 0.3) for c in res.picks.table["class_name"]])
+            )).table["class_name"]) if len(res.picks) else set()
+            hinted = {c.name: args.heed_hint for c in classes if c.name not in shown_names}
         if args.pace > 0:  # as many clicks on misses as answers, in the actions the pace allows
-            clicked = user.click(args.clicks, missed, total=(user.left() + 1) // 2)
+            clicked = user.click(args.clicks, missed, total=(user.left() + 1) // 2, first=hinted)
             answered = user.answer(shown, args.answers)
         else:
             answered = user.answer(shown, args.answers)
-            clicked = user.click(args.clicks, missed)
+            clicked = user.click(args.clicks, missed, first=hinted)
         if epoch % args.rounds_per_view == 0:
             user.view = user.views[(user.views.index(user.view) + 1) % len(user.views)]
         row = {"epoch": epoch, "seconds": round(time.monotonic() - t0 - off_clock, 1), "actions": user.actions,
-               "clicks": user.clicks, "answers": user.answers, "answered": answered, "clicked": clicked}
+               "clicks": user.clicks, "answers": user.answers, "answered": answered, "clicked": clicked,
+               **({"hinted": sorted(hinted)} if hinted else {})}
         over = time.monotonic() - t0 - off_clock > args.budget
         if epoch in cycle_ends or (args.eval_every and epoch % args.eval_every == 0) or over:
             t_e = time.monotonic()
@@ -314,7 +331,8 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = 
                                if r["f1"][c.name] >= args.target), None) for c in classes}
     return {"seed": seed, "target": args.target, "first_suggestions_s": first_suggestions,
             "reached": reached, "per_class": per_class, "last": evals[-1] if evals else None, "log": log,
-            "stopped": stopped, "pace_s": args.pace, "turns": args.turns, "picks": user.tally(),
+            "stopped": stopped, "pace_s": args.pace, "turns": args.turns, "heed_hint": args.heed_hint,
+            "picks": user.tally(),
             "overrides": {k: str(v) for k, v in overrides.items()},
             "predict_overrides": {k: str(v) for k, v in (predict_overrides or {}).items()},
             "templates": {k: {"n_particles": t["n_particles"], "threshold": round(float(t["threshold"]), 3)}
@@ -340,6 +358,10 @@ def main(argv=None) -> int:
     ap.add_argument("--pace", type=float, default=0.0,
                     help="seconds per action: by time t the annotator has made at most first + t / pace actions "
                          "(0: as many as it likes after each epoch)")
+    ap.add_argument("--heed-hint", type=int, default=0, metavar="N",
+                    help="clicks first up to N missed particles of each class the network suggests none of in view "
+                         "(as the Training panel's live hint asks: 'none yet of X: click a few more of those'); "
+                         "0: off (before session 24)")
     ap.add_argument("--no-turns", dest="turns", action="store_false",
                     help="the queue in plain doubt order, not the classes in turn (before session 22)")
     ap.add_argument("--save", action="store_true", help="save the model Stop keeps and the last one (.pt)")
