@@ -204,7 +204,7 @@ def _by_class(picks: Picks, rows: np.ndarray, classes: ClassTable) -> tuple[np.n
 
 
 #: classes whose pick counts are all within this factor of each other are drawn as they are
-#: (the realistic benchmark's 40 clicks per class leave 33-37 in the training part: its runs,
+#: (the realistic benchmark's 40 clicks per class leave 30-38 in the training part: its runs,
 #: measured before the balance, draw the same crops); else a class is drawn first, then a pick
 BALANCE_RATIO = 1.5
 
