@@ -38,8 +38,8 @@ class _Volume:
     n_pos: int = 0
     answered: np.ndarray | None = None  # indices into zyx of the user's answers (accepted, rejected) inside the train region
     train_lo: list[int] | None = None  # inclusive lower bound of the training box per axis (None: zeros)
-    # picks per class among positives[:n_pos], which are ordered by class (_by_class); None: not known
-    class_counts: np.ndarray | None = None
+    # for each class with picks, the positions in positives[:n_pos] of its picks (_by_class); None: not known
+    class_groups: list[np.ndarray] | None = None
 
     def __post_init__(self):
         if self.train_lo is None:
@@ -153,11 +153,11 @@ def _prepare(tomograms, picks_list, classes, config: TrainConfig, crop) -> list[
         zyx = np.rint(picks.zyx).astype(np.int64) if len(picks) else np.zeros((0, 3), np.int64)
         rej = (picks.table["source"] == "rejected").to_numpy()
         in_train = _in_box(zyx, train_lo, train_hi)
-        pos_idx, counts = _by_class(picks, np.flatnonzero(~rej & in_train), classes)
+        pos_idx = np.flatnonzero(~rej & in_train)
         neg_idx = np.flatnonzero(rej & in_train)
         v = _Volume(tomo, c, s, zyx, picks, np.concatenate([pos_idx, neg_idx]), train_hi, region, truth,
                     n_pos=len(pos_idx), answered=_answered(picks, in_train), train_lo=train_lo,
-                    class_counts=counts)
+                    class_groups=_by_class(picks, pos_idx))
         vols.append(v)
     return vols
 
@@ -174,8 +174,7 @@ def _renew(vols: list[_Volume], picks_list: Sequence[Picks], classes: ClassTable
         zyx = np.rint(picks.zyx).astype(np.int64) if len(picks) else np.zeros((0, 3), np.int64)
         rej = (picks.table["source"] == "rejected").to_numpy()
         in_train = _in_box(zyx, v.train_lo, v.train_hi)
-        pos_idx, counts = _by_class(picks, np.flatnonzero(~rej & in_train), classes)
-        neg_idx = np.flatnonzero(rej & in_train)
+        pos_idx, neg_idx = np.flatnonzero(~rej & in_train), np.flatnonzero(rej & in_train)
         if v.val_region is not None:
             pos = picks.select(source=["manual", "accepted", "imported", "predicted"])
             axis, cut, high = v.val_cut()
@@ -183,7 +182,7 @@ def _renew(vols: list[_Volume], picks_list: Sequence[Picks], classes: ClassTable
             if m.sum() >= 2:
                 v.val_truth = pos.subset(m)
         v.zyx, v.picks, v.positives, v.n_pos = zyx, picks, np.concatenate([pos_idx, neg_idx]), len(pos_idx)
-        v.class_counts = counts
+        v.class_groups = _by_class(picks, pos_idx)
         v.answered = _answered(picks, in_train)
         after += len(picks)
     if not any(v.n_pos for v in vols):
@@ -191,16 +190,10 @@ def _renew(vols: list[_Volume], picks_list: Sequence[Picks], classes: ClassTable
     return f"{before} -> {after} picks and rejections"
 
 
-def _by_class(picks: Picks, rows: np.ndarray, classes: ClassTable) -> tuple[np.ndarray, np.ndarray]:
-    """``rows`` of ``picks`` ordered by class (in the class table's order, stably), and how
-    many there are of each class present."""
-    if not len(rows):
-        return rows, np.zeros(0, int)
-    order = {n: i for i, n in enumerate(classes.names)}
-    k = np.array([order.get(n, len(order)) for n in picks.table["class_name"].to_numpy()[rows]])
-    rows = rows[np.argsort(k, kind="stable")]
-    _, counts = np.unique(k, return_counts=True)
-    return rows, counts
+def _by_class(picks: Picks, rows: np.ndarray) -> list[np.ndarray]:
+    """For each class among ``picks``' ``rows``, the positions in ``rows`` of its picks."""
+    names = picks.table["class_name"].to_numpy()[rows].astype(str)
+    return [np.flatnonzero(names == n) for n in np.unique(names)]
 
 
 #: classes whose pick counts are all within this factor of each other are drawn as they are
@@ -209,15 +202,9 @@ def _by_class(picks: Picks, rows: np.ndarray, classes: ClassTable) -> tuple[np.n
 BALANCE_RATIO = 1.5
 
 
-def _unbalanced(counts: np.ndarray | None) -> bool:
-    return counts is not None and len(counts) > 1 and counts.max() > BALANCE_RATIO * counts.min()
-
-
-def _balanced(rng: np.random.Generator, counts: np.ndarray) -> int:
-    """A pick drawn from positives ordered by class (``counts`` of each): a class drawn
-    uniformly, then one of its picks."""
-    j = int(rng.integers(len(counts)))
-    return int(np.sum(counts[:j])) + int(rng.integers(counts[j]))
+def _unbalanced(groups: list[np.ndarray] | None) -> bool:
+    sizes = [len(g) for g in groups or []]
+    return len(sizes) > 1 and max(sizes) > BALANCE_RATIO * min(sizes)
 
 
 def _answered(picks: Picks, in_train: np.ndarray) -> np.ndarray:
@@ -376,8 +363,9 @@ def _sample(v: _Volume, rng: np.random.Generator, crop, config: TrainConfig) -> 
                 # user who rejected hundreds of candidates still trains on the particles
                 if rng.random() >= NEGATIVE_SHARE * len(v.positives) / n_neg:
                     k = rng.integers(v.n_pos)
-            if config.balance_classes and k < v.n_pos and _unbalanced(v.class_counts):
-                k = _balanced(rng, v.class_counts)
+            if config.balance_classes and k < v.n_pos and _unbalanced(v.class_groups):
+                group = v.class_groups[rng.integers(len(v.class_groups))]  # a class, then one of its picks
+                k = group[rng.integers(len(group))]
             i = v.positives[k]
         j = rng.uniform(-config.jitter, config.jitter, 3) * np.asarray(crop)
         start = v.zyx[i] + j - np.asarray(crop) / 2

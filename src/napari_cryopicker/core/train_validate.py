@@ -213,7 +213,7 @@ def _self_label(net, vols: list[_Volume], classes: ClassTable, config: TrainConf
                 extra = np.arange(first, len(v.zyx))
                 v.positives = np.concatenate([v.positives, extra])
                 v.n_pos += len(extra)
-                v.class_counts = None  # no longer ordered by class: drawn as they are
+                v.class_groups = None  # the added picks have no group: drawn as they are
     return added
 
 
