@@ -27,7 +27,9 @@ who knows the particles would:
   epochs) that network picks the whole test tomogram and is scored per class (F1 within
   the full radius), outside the clock; after the run, so is the model a Stop keeps (since
   session 22 the newest network, which *Pick* also uses while training runs; before, the
-  best-validated one).
+  best-validated one; with ``--set keep_average=N`` the mean of the last N networks since
+  the picks last changed, and ``--eval-kept`` scores that mean too at each evaluation,
+  beside the newest network, on the same run).
 
 One action = one click or one answer. With ``--max-actions N`` the annotator stops after N
 actions (the issue's bar: half the batch loop's 160) and training goes on with what it
@@ -251,6 +253,11 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = 
         seen["version"] = user.version
         return [user.picks]
 
+    kept_now: dict = {}
+
+    def on_best(ckpt) -> None:  # what Stop or "pick now" would keep (keep_average: an average)
+        kept_now["ckpt"] = ckpt
+
     def on_model(ckpt) -> None:
         nonlocal off_clock, first_suggestions
         epoch = ckpt.best_epoch or len(log) + 1
@@ -300,20 +307,31 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = 
             t_e = time.monotonic()
             picks = predict_picks(test, ckpt, PredictConfig(device=args.device, **(predict_overrides or {}))).picks
             f1 = {n: round(s["f1"], 3) for n, s in score_against(picks, test_truth, classes)["1.0"].items()}
-            off_clock += time.monotonic() - t_e
             row["f1"] = f1
+            if args.eval_kept and kept_now.get("ckpt") is not None and kept_now["ckpt"].train_config.get(
+                    "keep_average", 0) > 1 and ckpt.history[-1].get("kept_average", 1) > 1:
+                picks = predict_picks(test, kept_now["ckpt"], PredictConfig(
+                    device=args.device, **(predict_overrides or {}))).picks
+                row["f1_kept"] = {n: round(s["f1"], 3)
+                                  for n, s in score_against(picks, test_truth, classes)["1.0"].items()}
+                row["kept_average"] = ckpt.history[-1]["kept_average"]
+            off_clock += time.monotonic() - t_e
             if all(v >= args.target for v in f1.values()):
                 progress.cancel()
         log.append(row)
         last_model["ckpt"] = ckpt
         print(f"  seed {seed} epoch {epoch:3d} {row['seconds']:6.0f} s  actions {user.actions:4d} "
               f"(+{clicked} clicks, +{answered} answers)"
-              + ("  F1 " + " / ".join(f"{v:.2f}" for v in row["f1"].values()) if "f1" in row else ""), flush=True)
+              + ("  F1 " + " / ".join(f"{v:.2f}" for v in row["f1"].values()) if "f1" in row else "")
+              + (f"  kept (mean of {row['kept_average']}) " + " / ".join(f"{v:.2f}" for v in row["f1_kept"].values())
+                 if "f1_kept" in row else ""), flush=True)
         if over:
             progress.cancel()
 
-    kept = train_model([tomo], [user.picks], classes, cfg, progress=progress, on_model=on_model, refresh=refresh)
-    # what the user has after Stop: the newest model (the one Pick uses meanwhile)
+    kept = train_model([tomo], [user.picks], classes, cfg, progress=progress, on_model=on_model, refresh=refresh,
+                       on_best=on_best)
+    # what the user has after Stop: the model Pick uses meanwhile (the newest, or with
+    # keep_average the mean of the last networks since the picks last changed)
     picks = predict_picks(test, kept, PredictConfig(device=args.device, **(predict_overrides or {}))).picks
     stopped = {"epoch": kept.best_epoch, "f1": {n: round(s["f1"], 3)
                                                 for n, s in score_against(picks, test_truth, classes)["1.0"].items()}}
@@ -364,6 +382,8 @@ def main(argv=None) -> int:
                          "0: off (before session 24)")
     ap.add_argument("--no-turns", dest="turns", action="store_false",
                     help="the queue in plain doubt order, not the classes in turn (before session 22)")
+    ap.add_argument("--eval-kept", action="store_true",
+                    help="with --set keep_average=N: score the kept (averaged) model too at each evaluation")
     ap.add_argument("--save", action="store_true", help="save the model Stop keeps and the last one (.pt)")
     ap.add_argument("--budget", type=float, default=600.0, help="seconds of training and answering")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field")

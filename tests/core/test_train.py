@@ -713,9 +713,9 @@ def test_continuous_training_cycles_the_learning_rate_while_the_picks_change(sma
     assert batch.model_config.fine_decoder is False and not any(k.startswith("dec.1.") for k in batch.state_dict)
 
 
-def test_live_training_keeps_its_newest_network_whatever_validation_prefers(small_sim, monkeypatch):
-    """Live training (continuous) hands over and returns every epoch's network, the one whose
-    suggestions the user saw; a run with a planned end keeps the epoch validation prefers
+def test_live_training_without_averaging_keeps_its_newest_network_whatever_validation_prefers(small_sim, monkeypatch):
+    """Live training (continuous) with keep_average=1 hands over and returns every epoch's
+    network, the one whose suggestions the user saw (by default, the mean of the last ones: below); a run with a planned end keeps the epoch validation prefers
     (here, made to prefer the first one only)."""
     import napari_cryopicker.core.train as train_mod
 
@@ -723,12 +723,91 @@ def test_live_training_keeps_its_newest_network_whatever_validation_prefers(smal
     monkeypatch.setattr(train_mod, "_better", lambda key, state, tol: state.best_epoch is None)
     got = []
     live = train_model([tomo], [sim.picks], sim.classes,
-                       TrainConfig(**dict(TINY, epochs=3), continuous=True, cycle_epochs=2, warmup_epochs=1),
-                       on_best=got.append)
+                       TrainConfig(**dict(TINY, epochs=3), continuous=True, cycle_epochs=2, warmup_epochs=1,
+                                   keep_average=1), on_best=got.append)
     assert [c.best_epoch for c in got] == [1, 2, 3] and live.best_epoch == 3
     got = []
     planned = train_model([tomo], [sim.picks], sim.classes, TrainConfig(**dict(TINY, epochs=3)), on_best=got.append)
     assert [c.best_epoch for c in got] == [1] and planned.best_epoch == 1
+
+
+def test_live_training_with_keep_average_keeps_the_mean_of_the_networks_since_the_picks_changed(
+        small_sim, monkeypatch):
+    """keep_average=3: what Stop and "pick now" get is the mean of the last three epochs'
+    networks (the suggestions' own, handed to on_model), counted from the epoch the picks
+    last changed, with thresholds validated on that mean; the newest alone right after a change."""
+    import torch
+
+    import napari_cryopicker.core.train as train_mod
+
+    tomo, sim = small_sim
+    fewer = sim.picks.subset(np.arange(len(sim.picks)) >= 2)
+    answers = iter([None, None, None, [sim.picks]])  # the picks change before epoch 5
+    newest, kept, validated = [], [], []
+    real_validate = train_mod.validate
+
+    def spy(net, *a, **k):
+        out = real_validate(net, *a, **k)
+        validated.append(({n: v.detach().clone() for n, v in net.state_dict().items()}, out))
+        return out
+
+    monkeypatch.setattr(train_mod, "validate", spy)
+    cfg = TrainConfig(**dict(TINY, epochs=7, val_fraction=0.3), continuous=True, cycle_epochs=2, warmup_epochs=1,
+                      keep_average=3)
+    final = train_model([tomo], [fewer], sim.classes, cfg, refresh=lambda: next(answers, None),
+                        on_model=newest.append, on_best=kept.append)
+    assert [c.best_epoch for c in kept] == [1, 2, 3, 4, 5, 6, 7]
+    assert [r["kept_average"] for r in final.history] == [1, 2, 3, 3, 1, 2, 3]
+    key = "enc.0.0.conv1.weight"
+    assert key in final.state_dict
+
+    def mean(epochs):
+        return torch.stack([newest[e - 1].state_dict[key] for e in epochs]).mean(0)
+
+    assert torch.allclose(kept[3].state_dict[key], mean([2, 3, 4]))
+    assert torch.equal(kept[4].state_dict[key], newest[4].state_dict[key])  # epoch 5: the picks changed
+    assert torch.allclose(final.state_dict[key], mean([5, 6, 7]))
+    assert not torch.allclose(final.state_dict[key], newest[-1].state_dict[key])
+    bn = next(k for k in final.state_dict if k.endswith("running_mean"))
+    assert torch.allclose(final.state_dict[bn], torch.stack([newest[e].state_dict[bn] for e in (4, 5, 6)]).mean(0))
+    # validated as it is: each epoch's newest network, then (from a mean of two on) the mean,
+    # whose score and thresholds the kept model carries
+    assert len(validated) == 7 + 5
+    weights, (_, score, thresholds) = validated[-1]
+    assert torch.allclose(weights[key], final.state_dict[key]) and final.best_score == score
+    assert all(final.postprocess[c]["t_lm"] == t for c, (t, _) in thresholds.items())
+    assert torch.equal(validated[-2][0][key], newest[-1].state_dict[key])
+    # live training's default
+    assert TrainConfig().keep_average == 4
+
+
+def test_without_hold_out_the_validation_slabs_picks_are_trained_on_and_still_set_thresholds():
+    """hold_out off (for live training, whose slab the first clicks fix): the picks in the
+    validation slab are positives too and crops reach into it; the slab and its truth stay."""
+    from napari_cryopicker.core.classes import ClassTable, ParticleClass
+    from napari_cryopicker.core.train_data import _prepare, _renew, _sample
+
+    tomo = Tomogram(np.zeros((48, 96, 256), np.float32), 10.0)
+    rng0 = np.random.default_rng(0)
+    zyx = np.column_stack([np.full(20, 24.0), rng0.uniform(10, 86, 20), np.linspace(10, 246, 20)])
+    picks = Picks.from_zyx(zyx, class_name="a", tomogram="t", voxel_size=10.0)
+    classes = ClassTable([ParticleClass("a", diameter=8)])
+    crop = (32, 32, 32)
+    held, = _prepare([tomo], [picks], classes, TrainConfig(val_fraction=0.2), crop)
+    free, = _prepare([tomo], [picks], classes, TrainConfig(val_fraction=0.2, hold_out=False), crop)
+    assert held.val_region == free.val_region is not None and len(held.val_truth) == len(free.val_truth) >= 2
+    axis, cut, high = held.val_cut()
+    assert (axis, high) == (2, True) and free.val_cut() == (axis, cut, high)
+    assert held.n_pos == int((zyx[:, 2] < cut).sum()) < 20 and free.n_pos == 20
+    rng = np.random.default_rng(1)
+    cfg = TrainConfig(val_fraction=0.2, positive_fraction=0.0)
+    ends = [_sample(v, rng, crop, cfg)[2] + crop[2] for v in (held, free) for _ in range(400)]
+    assert max(ends[:400]) <= cut and max(ends[400:]) > cut + 16
+    # a pick the user adds in the slab while training runs: trained on only without hold-out
+    more = Picks.concat([picks, Picks.from_zyx([[24.0, 40.0, 250.0]], class_name="a", tomogram="t",
+                                               voxel_size=10.0)])
+    _renew([held], [more], classes), _renew([free], [more], classes)
+    assert held.n_pos == int((zyx[:, 2] < cut).sum()) and free.n_pos == 21
 
 
 def test_rejections_do_not_crowd_the_particles_out_of_the_crops():

@@ -715,7 +715,7 @@ def test_live_suggestions_appear_and_update_while_training(viewer, picked, qtbot
 def test_the_whole_tomogram_can_be_picked_with_the_best_model_so_far_while_training_goes_on(
         viewer, picked, qtbot, monkeypatch):
     """Live mode's 'pick the whole tomogram now': while training runs with no planned end,
-    Pick uses the run's newest model (live training keeps its newest network), without
+    Pick uses the run's latest model (live training keeps the mean of its last networks), without
     stopping it; after Stop, the model kept.
     At bin 2 the 8-voxel blob gets a template once it has 8 picks: both models hold it."""
     import napari_cryopicker.core.predict as predict_mod
@@ -738,7 +738,7 @@ def test_the_whole_tomogram_can_be_picked_with_the_best_model_so_far_while_train
     train.btn_train.click()
     run = train.run
     qtbot.waitUntil(lambda: run.interim is not None and pick.btn_pick.isEnabled(), timeout=60000)
-    assert picked.checkpoint is None and "newest model" in pick.status.text()
+    assert picked.checkpoint is None and "latest (averaged) model" in pick.status.text()
     pick.btn_pick.click()
     qtbot.waitUntil(lambda: not runs_for(picked)["predict"].running and bool(used), timeout=60000)
     assert runs_for(picked)["predict"].task.last_outcome.ok
@@ -755,4 +755,4 @@ def test_the_whole_tomogram_can_be_picked_with_the_best_model_so_far_while_train
 
     assert "template of blob (8 picks)" in model_summary(picked)
     assert run.pick_model() is picked.checkpoint and pick.btn_pick.isEnabled()
-    assert "newest model" not in pick.status.text()
+    assert "latest (averaged) model" not in pick.status.text()

@@ -29,6 +29,10 @@ from .messages import notify
 from .overlays import CANDIDATE_FLOOR, FIDUCIALS_LAYER, show_fiducials, show_probability, show_suggestions
 from .tasks import BackgroundTask, Outcome, _config, _on_main
 
+# What live training keeps (Stop, and Pick while it runs): the mean of its last epochs'
+# networks since the picks last changed (core TrainConfig.keep_average)
+LIVE_KEPT = "latest (averaged)"
+
 if TYPE_CHECKING:  # pragma: no cover
     from .session import PickingSession
 
@@ -237,7 +241,7 @@ class TrainingRun:
 
     def pick_model(self):
         """The model *Pick* uses now: while training runs, its best model so far (live
-        training: its newest) if it validates better than the session's model (or there is
+        training: its latest, averaged over its last epochs) if it validates better than the session's model (or there is
         none yet), so the whole tomogram can be picked at any time without stopping; else
         the session's model."""
         s = self.session
@@ -277,11 +281,11 @@ class TrainingRun:
         elif outcome.ok:
             best = getattr(ckpt, "best_epoch", None)
             score = getattr(ckpt, "best_score", None)
-            newest = bool((getattr(ckpt, "train_config", None) or {}).get("continuous"))  # live: the newest
+            newest = bool((getattr(ckpt, "train_config", None) or {}).get("continuous"))  # live: the latest
             extra = f" ({'epoch' if newest else 'best epoch'} {best}" \
                 + (f", validation score {score:.2f})" if score is not None else ")") if best is not None else ""
             stopped = self.task.progress is not None and self.task.progress.cancelled
-            notify((f"Training stopped; the {'newest' if newest else 'best'} model so far is kept" if stopped
+            notify((f"Training stopped; the {LIVE_KEPT if newest else 'best'} model so far is kept" if stopped
                     else "Training finished")
                    + extra)
         elif outcome.status == "cancelled":

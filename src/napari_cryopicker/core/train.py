@@ -11,6 +11,7 @@ The loop never prints: it reports through :class:`~.progress.Progress` and an
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -50,7 +51,7 @@ from .train_inputs import _checked_picks, _few_for_val
 from .train_plan import _Plan
 from .train_rotate import rotated_sample, rotation_for
 from .train_template import LiveTemplates, carried_templates, make_templates, template_classes
-from .train_state import TrainState, _better, _checkpoint, _copy_state, _ema_model, _init_from
+from .train_state import TrainState, _better, _checkpoint, _copy_state, _ema_model, _init_from, _Settled
 from .train_validate import _self_label, validate
 
 __all__ = ["DEFAULT_MEMBERS", "TrainConfig", "TrainState", "loss_fn", "nms_defaults", "train_model",
@@ -195,6 +196,19 @@ class TrainConfig:
     # Live training: a cycle during which the user's picks did not change is not followed by
     # another; the rate stays at the floor until they change (train_plan._Plan._live_cycle).
     settle: bool = True
+    # Live training: what Stop and "pick now" keep is the mean of the last this many epochs'
+    # networks since the picks last changed (train_state._Settled); 1 (or 0): the newest
+    # network, the one the suggestions come from. A newest network early in a learning-rate
+    # cycle can be mid-swing (session 24: 0.86 -> 0.56 on the ribosome six epochs later);
+    # on the live benchmark the mean of 4 held the large classes where the newest swung
+    # (0.77-0.84 -> 0.86-0.92) without lagging the class still being learnt, which the mean
+    # of 8 did (chaperonin -0.04; benchmarks/README.md, session 25).
+    keep_average: int = 4
+    # The validation slab's picks are held out of training (they choose the epoch and set
+    # the thresholds). Off, they are trained on too and only set the thresholds: in live
+    # training the slab is fixed by the first clicks, and 15-35 % of the clicks made later
+    # fall in it (benchmarks/README.md, session 25).
+    hold_out: bool = True
     # Train this many networks one after another on the same picks, from different random
     # starts (seed, seed + 1000, ...), each with an equal share of the epochs and of the
     # time budget, and pick with the mean of their class probabilities (model.Ensemble),
@@ -558,7 +572,10 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
         return min(1.0, f)
 
     renewed_note = None
+    settled = _Settled(config.keep_average) if config.continuous and config.keep_average > 1 else None
+    avg_net = None
     for epoch in range(config.epochs):
+        news = epoch == 0
         if epoch >= plan.epochs:
             break
         if refresh is not None and epoch > 0:
@@ -567,6 +584,7 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
                 if new is not None:
                     renewed_note = _renew(vols, new, classes)
                     plan.note_news(step, warmup)
+                    news = True
             except CryoPickerError as e:
                 renewed_note = f"not used: {e}"
         net.train()
@@ -657,6 +675,17 @@ def _train(tomograms, picks, classes, config, init, progress, on_epoch, device, 
             state.best_epoch = record["epoch"]
             state.best_score = record["val_f1"]
             state.best_nms = best_t or state.best_nms
+            if settled is not None:
+                settled.add(state.best_state, restart=news)
+                record["kept_average"] = len(settled)
+                if len(settled) > 1:
+                    state.best_state = settled.mean()
+                    if has_val:  # its own thresholds: an average is less sure than its members
+                        avg_net = avg_net or copy.deepcopy(eval_net)
+                        avg_net.load_state_dict(state.best_state)
+                        _, state.best_score, t_avg = validate(avg_net, vols, classes, config, device, crop,
+                                                              n_classes, weights, mcfg.multiple, grid)
+                        state.best_nms = t_avg or state.best_nms
             kept = _checkpoint(state, mcfg, classes, vs, config, out) if (config.checkpoint_path or on_best) else None
             if on_best is not None:
                 on_best(kept)

@@ -40,10 +40,19 @@ class _Volume:
     train_lo: list[int] | None = None  # inclusive lower bound of the training box per axis (None: zeros)
     # for each class with picks, the positions in positives[:n_pos] of its picks (_by_class); None: not known
     class_groups: list[np.ndarray] | None = None
+    # the validation slab's picks are trained on too (TrainConfig.hold_out off): it only
+    # sets thresholds, from picks the network has seen
+    val_trains: bool = False
 
     def __post_init__(self):
         if self.train_lo is None:
             self.train_lo = [0, 0, 0]
+
+    def box(self) -> tuple[list[int], list[int]]:
+        """(lo, hi): where training crops and the picks they learn from lie."""
+        if self.val_trains:
+            return [0, 0, 0], list(self.tomo.shape)
+        return list(self.train_lo), list(self.train_hi)
 
     def val_cut(self) -> tuple[int, int, bool]:
         """(axis, cut, high): the held-out slab is ``axis >= cut`` (high) or ``< cut``."""
@@ -152,12 +161,13 @@ def _prepare(tomograms, picks_list, classes, config: TrainConfig, crop) -> list[
                                                          config.val_fold)
         zyx = np.rint(picks.zyx).astype(np.int64) if len(picks) else np.zeros((0, 3), np.int64)
         rej = (picks.table["source"] == "rejected").to_numpy()
-        in_train = _in_box(zyx, train_lo, train_hi)
+        v = _Volume(tomo, c, s, zyx, picks, np.zeros(0, np.int64), train_hi, region, truth, train_lo=train_lo,
+                    val_trains=region is not None and not config.hold_out)
+        in_train = _in_box(zyx, *v.box())
         pos_idx = np.flatnonzero(~rej & in_train)
         neg_idx = np.flatnonzero(rej & in_train)
-        v = _Volume(tomo, c, s, zyx, picks, np.concatenate([pos_idx, neg_idx]), train_hi, region, truth,
-                    n_pos=len(pos_idx), answered=_answered(picks, in_train), train_lo=train_lo,
-                    class_groups=_by_class(picks, pos_idx))
+        v.positives, v.n_pos = np.concatenate([pos_idx, neg_idx]), len(pos_idx)
+        v.answered, v.class_groups = _answered(picks, in_train), _by_class(picks, pos_idx)
         vols.append(v)
     return vols
 
@@ -173,7 +183,7 @@ def _renew(vols: list[_Volume], picks_list: Sequence[Picks], classes: ClassTable
         picks = picks.subset(picks.inside(v.tomo.shape))
         zyx = np.rint(picks.zyx).astype(np.int64) if len(picks) else np.zeros((0, 3), np.int64)
         rej = (picks.table["source"] == "rejected").to_numpy()
-        in_train = _in_box(zyx, v.train_lo, v.train_hi)
+        in_train = _in_box(zyx, *v.box())
         pos_idx, neg_idx = np.flatnonzero(~rej & in_train), np.flatnonzero(rej & in_train)
         if v.val_region is not None:
             pos = picks.select(source=["manual", "accepted", "imported", "predicted"])
@@ -350,8 +360,8 @@ NEGATIVE_SHARE = 0.25  # at most this share of the crops centred on a pick are c
 
 
 def _sample(v: _Volume, rng: np.random.Generator, crop, config: TrainConfig) -> list[int]:
-    lo = list(v.train_lo)
-    hi = [max(a, h - c) for a, h, c in zip(lo, v.train_hi, crop)]
+    lo, hi = v.box()
+    hi = [max(a, h - c) for a, h, c in zip(lo, hi, crop)]
     if len(v.positives) and rng.random() < config.positive_fraction:
         if config.answer_share > 0 and v.answered is not None and len(v.answered) and rng.random() < config.answer_share:
             i = v.answered[rng.integers(len(v.answered))]

@@ -73,7 +73,7 @@ def rotation_for(v: _Volume, start, crop, config: TrainConfig, rng: np.random.Ge
     if rng.random() >= config.rotate_share:
         return None
     rot = random_rotation(rng, config.rotate)
-    if v.val_region is not None:
+    if v.val_region is not None and not v.val_trains:
         m = reach(crop, rot, config)
         axis, cut, high = v.val_cut()
         if high and start[axis] + crop[axis] + m[axis] > cut:

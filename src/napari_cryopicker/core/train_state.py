@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,34 @@ def _ema_model(net: ResUNet, decay: float):
 
 def _copy_state(net) -> dict:
     return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+class _Settled:
+    """Live training's kept network: the mean of the last ``size`` epochs' networks (weights
+    and batch-norm statistics) since the user's picks last changed, so that a Stop or a
+    "pick now" early in a learning-rate cycle does not get a network mid-swing (averaged
+    weights along one run stay in one basin, as in stochastic weight averaging). Right after
+    a change it is the newest network alone: every network averaged was taught the same picks."""
+
+    def __init__(self, size: int):
+        self.states: deque[dict] = deque(maxlen=max(1, int(size)))
+
+    def add(self, state: dict, restart: bool) -> None:
+        if restart:
+            self.states.clear()
+        self.states.append(state)
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def mean(self) -> dict:
+        import torch
+
+        last = self.states[-1]
+        if len(self.states) == 1:
+            return last
+        return {k: (torch.stack([s[k] for s in self.states]).mean(0) if v.is_floating_point() else v.clone())
+                for k, v in last.items()}
 
 
 def _init_from(net: ResUNet, init: Checkpoint, classes: ClassTable) -> None:

@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QPushBut
 from superqt import QLabeledDoubleSlider
 
 from ..convert import SCORE_RAMP
-from ..workers import runs_for
+from ..workers import LIVE_KEPT, runs_for
 from ._common import PanelBase, hint_label, reports_errors
 
 
@@ -199,5 +199,5 @@ class PickingWidget(PanelBase):
 
 
 def _which(model) -> str:
-    """How a running training's model is chosen: live training keeps its newest network."""
-    return "newest" if (model.train_config or {}).get("continuous") else "best-so-far"
+    """How a running training's model is chosen: live training keeps its latest networks' mean."""
+    return LIVE_KEPT if (model.train_config or {}).get("continuous") else "best-so-far"

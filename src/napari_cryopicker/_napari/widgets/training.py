@@ -20,7 +20,7 @@ from ...core.binning import DEFAULT_BINNING
 from ..controllers import model_summary, save_model
 from ..session import overfitting_hint
 from ..messages import notify
-from ..workers import runs_for
+from ..workers import LIVE_KEPT, runs_for
 from ._common import PanelBase, hint_label, reports_errors
 
 
@@ -212,7 +212,7 @@ class TrainingWidget(PanelBase):
         self.btn_stop = QPushButton("Stop")
         self.btn_stop.setEnabled(False)
         self.btn_stop.setToolTip("Stop after the current batch; the best model so far is kept "
-                                 "(keep training until Stop: the newest)")
+                                 "(keep training until Stop: the latest, averaged over its last epochs)")
         row.addWidget(self.btn_train)
         row.addWidget(self.btn_stop)
         lay.addLayout(row)
@@ -280,7 +280,7 @@ class TrainingWidget(PanelBase):
         self.run.stop()
         self.btn_stop.setEnabled(False)
         self.hint.setText("Stopping after the current batch; the "
-                          + ("newest" if self.run.continuous else "best") + " model so far is kept.")
+                          + (LIVE_KEPT if self.run.continuous else "best") + " model so far is kept.")
 
     def _started(self):
         self.btn_train.setEnabled(False)
