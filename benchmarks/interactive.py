@@ -26,13 +26,15 @@ who knows the particles would:
 * at the end of each learning-rate cycle (and of the run; or every ``--eval-every``
   epochs) that network picks the whole test tomogram and is scored per class (F1 within
   the full radius), outside the clock; after the run, so is the model a Stop keeps (since
-  session 22 the newest network, which *Pick* also uses while training runs; before, the
-  best-validated one; with ``--set keep_average=N`` the mean of the last N networks since
-  the picks last changed, and ``--eval-kept`` scores that mean too at each evaluation,
-  beside the newest network, on the same run).
+  session 25 the mean of the last four networks since the picks last changed,
+  ``TrainConfig.keep_average``, which *Pick* also uses while training runs; sessions 22-24
+  the newest network, ``--set keep_average=1``; before, the best-validated one), and
+  ``--eval-kept`` scores that mean too at each evaluation, beside the newest network of
+  the same epoch, on the same run.
 
 One action = one click or one answer. With ``--max-actions N`` the annotator stops after N
-actions (the issue's bar: half the batch loop's 160) and training goes on with what it
+actions (the issue's bar: half the batch loop's; 80 is half its 160 clicks, 120 half of
+those and the 80 answers of its correction round) and training goes on with what it
 has, to see where that many actions get within the budget. The run ends when every class reaches
 ``--target`` or after ``--budget`` seconds of training and answering. The batch loop it is
 compared with is ``realistic.py``: 40 clicks per class (160 actions), 12 minutes.

@@ -742,7 +742,9 @@ def test_live_training_with_keep_average_keeps_the_mean_of_the_networks_since_th
 
     tomo, sim = small_sim
     fewer = sim.picks.subset(np.arange(len(sim.picks)) >= 2)
-    answers = iter([None, None, None, [sim.picks]])  # the picks change before epoch 5
+    # the picks change before epoch 5; before epoch 6 the same picks come again (as when the
+    # user moves a score slider): not a change
+    answers = iter([None, None, None, [sim.picks], [sim.picks.copy()]])
     newest, kept, validated = [], [], []
     real_validate = train_mod.validate
 
@@ -758,6 +760,7 @@ def test_live_training_with_keep_average_keeps_the_mean_of_the_networks_since_th
                         on_model=newest.append, on_best=kept.append)
     assert [c.best_epoch for c in kept] == [1, 2, 3, 4, 5, 6, 7]
     assert [r["kept_average"] for r in final.history] == [1, 2, 3, 3, 1, 2, 3]
+    assert [e for e, r in enumerate(final.history, 1) if "picks_renewed" in r] == [5]
     key = "enc.0.0.conv1.weight"
     assert key in final.state_dict
 
@@ -774,6 +777,7 @@ def test_live_training_with_keep_average_keeps_the_mean_of_the_networks_since_th
     # whose score and thresholds the kept model carries
     assert len(validated) == 7 + 5
     weights, (_, score, thresholds) = validated[-1]
+    assert score is not None and thresholds and final.history[-1]["kept_val_f1"] == score
     assert torch.allclose(weights[key], final.state_dict[key]) and final.best_score == score
     assert all(final.postprocess[c]["t_lm"] == t for c, (t, _) in thresholds.items())
     assert torch.equal(validated[-2][0][key], newest[-1].state_dict[key])
@@ -782,8 +786,8 @@ def test_live_training_with_keep_average_keeps_the_mean_of_the_networks_since_th
 
 
 def test_without_hold_out_the_validation_slabs_picks_are_trained_on_and_still_set_thresholds():
-    """hold_out off (for live training, whose slab the first clicks fix): the picks in the
-    validation slab are positives too and crops reach into it; the slab and its truth stay."""
+    """hold_out off (by default in live training, whose slab the first clicks fix): the picks
+    in the validation slab are positives too and crops reach into it; the slab and its truth stay."""
     from napari_cryopicker.core.classes import ClassTable, ParticleClass
     from napari_cryopicker.core.train_data import _prepare, _renew, _sample
 
@@ -795,6 +799,10 @@ def test_without_hold_out_the_validation_slabs_picks_are_trained_on_and_still_se
     crop = (32, 32, 32)
     held, = _prepare([tomo], [picks], classes, TrainConfig(val_fraction=0.2), crop)
     free, = _prepare([tomo], [picks], classes, TrainConfig(val_fraction=0.2, hold_out=False), crop)
+    live, = _prepare([tomo], [picks], classes, TrainConfig(val_fraction=0.2, continuous=True), crop)
+    held_live, = _prepare([tomo], [picks], classes, TrainConfig(val_fraction=0.2, continuous=True, hold_out=True),
+                          crop)
+    assert (held.val_trains, free.val_trains, live.val_trains, held_live.val_trains) == (False, True, True, False)
     assert held.val_region == free.val_region is not None and len(held.val_truth) == len(free.val_truth) >= 2
     axis, cut, high = held.val_cut()
     assert (axis, high) == (2, True) and free.val_cut() == (axis, cut, high)
@@ -803,11 +811,25 @@ def test_without_hold_out_the_validation_slabs_picks_are_trained_on_and_still_se
     cfg = TrainConfig(val_fraction=0.2, positive_fraction=0.0)
     ends = [_sample(v, rng, crop, cfg)[2] + crop[2] for v in (held, free) for _ in range(400)]
     assert max(ends[:400]) <= cut and max(ends[400:]) > cut + 16
+    # nor are turned crops kept from reading into it
+    from napari_cryopicker.core.train_rotate import rotation_for
+
+    turn = TrainConfig(rotate=30, rotate_share=1.0)
+    near = [0, 0, cut - crop[2]]
+    assert rotation_for(held, near, crop, turn, np.random.default_rng(2)) is None
+    assert rotation_for(free, near, crop, turn, np.random.default_rng(2)) is not None
     # a pick the user adds in the slab while training runs: trained on only without hold-out
     more = Picks.concat([picks, Picks.from_zyx([[24.0, 40.0, 250.0]], class_name="a", tomogram="t",
                                                voxel_size=10.0)])
     _renew([held], [more], classes), _renew([free], [more], classes)
     assert held.n_pos == int((zyx[:, 2] < cut).sum()) and free.n_pos == 21
+
+
+def test_a_run_without_hold_out_trains_and_validates(small_sim):
+    tomo, sim = small_sim
+    ck = train_model([tomo], [sim.picks], sim.classes,
+                     TrainConfig(**dict(TINY, epochs=2, val_fraction=0.3), hold_out=False))
+    assert all(r["val_f1"] is not None for r in ck.history) and ck.train_config["hold_out"] is False
 
 
 def test_rejections_do_not_crowd_the_particles_out_of_the_crops():

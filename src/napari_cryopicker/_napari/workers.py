@@ -241,9 +241,9 @@ class TrainingRun:
 
     def pick_model(self):
         """The model *Pick* uses now: while training runs, its best model so far (live
-        training: its latest, averaged over its last epochs) if it validates better than the session's model (or there is
-        none yet), so the whole tomogram can be picked at any time without stopping; else
-        the session's model."""
+        training: its latest, averaged over its last epochs) if it validates better than the
+        session's model (or there is none yet), so the whole tomogram can be picked at any
+        time without stopping; else the session's model."""
         s = self.session
         if self.running and self.interim is not None and (
                 s.checkpoint is None or validates_better(self.interim, s.checkpoint)):

@@ -162,7 +162,7 @@ def _prepare(tomograms, picks_list, classes, config: TrainConfig, crop) -> list[
         zyx = np.rint(picks.zyx).astype(np.int64) if len(picks) else np.zeros((0, 3), np.int64)
         rej = (picks.table["source"] == "rejected").to_numpy()
         v = _Volume(tomo, c, s, zyx, picks, np.zeros(0, np.int64), train_hi, region, truth, train_lo=train_lo,
-                    val_trains=region is not None and not config.hold_out)
+                    val_trains=region is not None and not holds_out(config))
         in_train = _in_box(zyx, *v.box())
         pos_idx = np.flatnonzero(~rej & in_train)
         neg_idx = np.flatnonzero(rej & in_train)
@@ -170,6 +170,19 @@ def _prepare(tomograms, picks_list, classes, config: TrainConfig, crop) -> list[
         v.answered, v.class_groups = _answered(picks, in_train), _by_class(picks, pos_idx)
         vols.append(v)
     return vols
+
+
+def holds_out(config: TrainConfig) -> bool:
+    """Whether the validation slab's picks are kept out of training (TrainConfig.hold_out;
+    None: yes, except in live training)."""
+    return (not config.continuous) if config.hold_out is None else bool(config.hold_out)
+
+
+def picks_signature(vols: list[_Volume]) -> list[tuple]:
+    """What the volumes' picks are (positions, classes, sources), to tell a real edit from a
+    refresh that brought the same picks."""
+    return [(v.zyx.tobytes(), tuple(v.picks.table["class_name"]), tuple(v.picks.table["source"]))
+            if len(v.picks) else () for v in vols]
 
 
 def _renew(vols: list[_Volume], picks_list: Sequence[Picks], classes: ClassTable) -> str:

@@ -176,6 +176,8 @@ def _self_label(net, vols: list[_Volume], classes: ClassTable, config: TrainConf
     net.eval()
     with torch.inference_mode():
         for v in vols:
+            # (the training box without the validation slab, even with hold_out off: what it
+            # adds becomes picks there, which would then score the network on its own guesses)
             region = tuple(slice(int(a), int(h)) for a, h in zip(v.train_lo, v.train_hi))
             cfg = PredictConfig(device=str(device), tile=256, margin=8, batch_size=1)
             lab, conf, _ = segment(v.tomo, net, n_classes, multiple, cfg, device, (v.centre, v.scale),
