@@ -385,7 +385,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-turns", dest="turns", action="store_false",
                     help="the queue in plain doubt order, not the classes in turn (before session 22)")
     ap.add_argument("--eval-kept", action="store_true",
-                    help="with --set keep_average=N: score the kept (averaged) model too at each evaluation")
+                    help="score the kept model too (the mean of the last keep_average networks, 4 by default) "
+                         "at each evaluation, beside the newest network of the same epoch")
     ap.add_argument("--save", action="store_true", help="save the model Stop keeps and the last one (.pt)")
     ap.add_argument("--budget", type=float, default=600.0, help="seconds of training and answering")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field")
