@@ -345,6 +345,7 @@ def run_seed(args, seed: int, overrides: dict, predict_overrides: dict | None = 
         save_checkpoint(kept, OUT / f"{args.tag}_s{seed}_kept.pt")
         if "ckpt" in last_model:
             save_checkpoint(last_model["ckpt"], OUT / f"{args.tag}_s{seed}_last.pt")
+        user.picks.table.to_csv(OUT / f"{args.tag}_s{seed}_picks.csv", index=False)  # clicks, answers: to probe
     evals = [r for r in log if "f1" in r]
     reached = next((r for r in evals if all(v >= args.target for v in r["f1"].values())), None)
     per_class = {c.name: next(({"actions": r["actions"], "seconds": r["seconds"]} for r in evals
@@ -387,7 +388,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-kept", action="store_true",
                     help="score the kept model too (the mean of the last keep_average networks, 4 by default) "
                          "at each evaluation, beside the newest network of the same epoch")
-    ap.add_argument("--save", action="store_true", help="save the model Stop keeps and the last one (.pt)")
+    ap.add_argument("--save", action="store_true", help="save the model Stop keeps and the last one (.pt), and the annotator's picks (_picks.csv)")
     ap.add_argument("--budget", type=float, default=600.0, help="seconds of training and answering")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig field")
     ap.add_argument("--predict", dest="predict_sets", action="append", default=[], metavar="KEY=VALUE",

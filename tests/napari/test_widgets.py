@@ -235,9 +235,50 @@ def test_a_stopped_run_keeps_the_old_model_unless_it_validates_better(viewer, pi
         assert picked.checkpoint is previous
         if wait_epochs:
             assert run.task.last_outcome.ok and run.discarded is not None  # trained, but not better
+            # the stopped run's model is not lost: it is on disk, to load back
+            from napari_cryopicker.core.model import load_checkpoint
+
+            assert run.set_aside is not None and run.set_aside.name.endswith(".cryopicker.set-aside.pt")
+            assert load_checkpoint(run.set_aside).best_epoch == run.discarded.best_epoch
     picked.checkpoint = None
     assert validates_better(SimpleNamespace(best_score=0.5), SimpleNamespace(best_score=None))
     assert not validates_better(SimpleNamespace(best_score=None), SimpleNamespace(best_score=0.5))
+
+
+def test_a_stopped_live_run_keeps_its_model_and_sets_the_previous_one_aside(viewer, picked, qtbot):
+    """Live training validates in-sample (it trains on its validation slab's picks too), so
+    its score cannot be weighed against a planned run's held-out one: during the run *Pick*
+    uses the live model, and Stop keeps it, whatever the previous model's score; the
+    previous model is saved beside the annotations and the notification says where."""
+    import dataclasses
+
+    from napari_cryopicker._napari.controllers import load_model
+    from napari_cryopicker._napari.messages import MESSAGES
+    from napari_cryopicker._napari.workers import is_live
+    from napari_cryopicker.core.model import load_checkpoint
+
+    w = dock(viewer, TrainingWidget)
+    w.epochs.setValue(1)
+    w.btn_train.click()
+    qtbot.waitUntil(lambda: not w.run.running, timeout=60000)
+    assert w.run.task.last_outcome.ok and not is_live(picked.checkpoint)
+    planned = dataclasses.replace(picked.checkpoint, best_score=1.0)  # a score no live run can beat
+    picked.set_checkpoint(planned)
+    w.continuous.setChecked(True)
+    w.btn_train.click()
+    qtbot.waitUntil(lambda: w.run.interim is not None, timeout=60000)
+    assert w.run.pick_model() is w.run.interim  # what the suggestions show, not the 1.0 model
+    w.btn_stop.click()
+    qtbot.waitUntil(lambda: not w.run.running, timeout=60000)
+    assert w.run.task.last_outcome.ok and w.run.discarded is None
+    assert is_live(picked.checkpoint) and picked.checkpoint is not planned
+    aside = w.run.set_aside
+    assert aside is not None and aside.name.endswith(".cryopicker.set-aside.pt") and aside != picked.model_path
+    back = load_checkpoint(aside)
+    assert back.best_score == 1.0 and not is_live(back)
+    assert any(aside.name in m and "Load model" in m for m in MESSAGES.texts())
+    load_model(picked, aside)  # and the user can go back to it
+    assert picked.checkpoint.best_score == 1.0 and picked.model_path == aside
 
 
 def test_a_small_class_holding_the_grid_back_is_a_notification(viewer, picked, qtbot):

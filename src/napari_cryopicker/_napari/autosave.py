@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 MODEL_SUFFIX = ".cryopicker.pt"  # the model trained in a session, beside its annotations
+SET_ASIDE_SUFFIX = ".cryopicker.set-aside.pt"  # a model a stopped run did not keep (or replaced)
 
 
 class SessionFiles:
@@ -64,6 +65,26 @@ class SessionFiles:
         except OSError as e:
             self.last_autosave_error = f"{target}: cannot save the model ({e.strerror or e})"
             notify(self.last_autosave_error + "; save it with Save model... before closing napari", "warning")
+
+    def set_model_aside(self, ckpt: Checkpoint, came_from: Path | None = None) -> Path | None:
+        """Keep ``ckpt``, a model the session does not use (any more), on disk so it can be
+        loaded back (Load model...): the file it ``came_from`` if that is a file of its own
+        (not the session's model file, which the next model overwrites), else
+        ``<tomogram>.cryopicker.set-aside.pt``. Returns the file (None if there is nowhere
+        to write, with a warning if writing failed)."""
+        target = self.model_autosave_path()
+        if came_from is not None and Path(came_from) != target and Path(came_from).is_file():
+            return Path(came_from)
+        if target is None or not self.autosave_enabled or not hasattr(ckpt, "to_payload"):
+            return None
+        target = target.with_name(target.name[: -len(MODEL_SUFFIX)] + SET_ASIDE_SUFFIX)
+        from ..core.model import save_checkpoint
+
+        try:
+            return save_checkpoint(ckpt, target)
+        except OSError as e:
+            notify(f"{target}: cannot save the model set aside ({e.strerror or e})", "warning")
+            return None
 
     # ------------------------------------------------------------------ saving
     def annotation_payload(self) -> dict:

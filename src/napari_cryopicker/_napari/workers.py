@@ -63,7 +63,9 @@ class TrainingRun:
         self.history: list[dict] = []
         self.fine_tune = False
         self._previous = None  # the session's model when the run started
+        self._previous_file = None  # and its file
         self.discarded = None  # a stopped run's model that did not beat the previous one
+        self.set_aside = None  # the file of the model a stopped run did not keep (or replaced)
         self.interim = None  # the running training's best model so far (what a Stop would keep)
 
     @property
@@ -109,8 +111,8 @@ class TrainingRun:
         values = self.config_values()
         self.history = []
         self.fine_tune = fine_tune
-        self._previous = s.checkpoint
-        self.discarded = self.interim = None
+        self._previous, self._previous_file = s.checkpoint, s.model_path
+        self.discarded = self.interim = self.set_aside = None
 
         def job(progress: Progress):
             from ..core.train import TrainConfig, train_model
@@ -139,7 +141,7 @@ class TrainingRun:
             raise CryoPickerError("tick the tomograms to train on first")
         table, vs, values, level = s.classes, s.voxel_size, self.config_values(), s.level
         self.history, self.fine_tune, self._previous, self.discarded = [], fine_tune, s.checkpoint, None
-        self.interim = None
+        self._previous_file, self.interim, self.set_aside = s.model_path, None, None
         live = self._live_model(s.tomogram, values)  # suggestions in the tomogram shown
 
         def job(progress: Progress):
@@ -240,13 +242,14 @@ class TrainingRun:
             self.best.emit()
 
     def pick_model(self):
-        """The model *Pick* uses now: while training runs, its best model so far (live
-        training: its latest, averaged over its last epochs) if it validates better than the
-        session's model (or there is none yet), so the whole tomogram can be picked at any
-        time without stopping; else the session's model."""
+        """The model *Pick* uses now: while training runs, its best model so far if it
+        validates better than the session's model (or there is none yet), so the whole
+        tomogram can be picked at any time without stopping; live training's latest model
+        (averaged over its last epochs) always, as its suggestions show it (its validation
+        score is in-sample: :func:`keeps_stopped`); else the session's model."""
         s = self.session
         if self.running and self.interim is not None and (
-                s.checkpoint is None or validates_better(self.interim, s.checkpoint)):
+                s.checkpoint is None or is_live(self.interim) or validates_better(self.interim, s.checkpoint)):
             return self.interim
         return s.checkpoint
 
@@ -259,10 +262,15 @@ class TrainingRun:
 
     def _result(self, ckpt) -> None:
         stopped = self.task.progress is not None and self.task.progress.cancelled
-        if stopped and self._previous is not None and not validates_better(ckpt, self._previous):
-            self.discarded = ckpt  # a run cut short keeps the previous model unless it beats it
-            return
-        self.session.set_checkpoint(ckpt)
+        s = self.session
+        if stopped and self._previous is not None:
+            # the model not kept stays on disk, to load back: no Stop loses a model
+            if not keeps_stopped(ckpt, self._previous):
+                self.discarded = ckpt
+                self.set_aside = s.set_model_aside(ckpt)
+                return
+            self.set_aside = s.set_model_aside(self._previous, self._previous_file)
+        s.set_checkpoint(ckpt)
 
     def _finished(self, outcome: Outcome) -> None:
         self.interim = None  # the run's result is the session's model now (or was discarded)
@@ -271,23 +279,27 @@ class TrainingRun:
                 self._unfollow()
             self._unfollow = None
         ckpt = self.session.checkpoint
+        aside = f" {self.set_aside.name} in {self.set_aside.parent}" if self.set_aside is not None else None
         if outcome.ok and self.discarded is not None:
             new = getattr(self.discarded, "best_score", None)
             old = getattr(ckpt, "best_score", None)
             notify("Training stopped; the previous model is kept: the stopped run's model "
                    + (f"validated at {new:.2f}" if new is not None else "was not validated")
                    + (f", the previous one at {old:.2f}" if old is not None else "")
-                   + ". Train longer to replace it.")
+                   + ". Train longer to replace it"
+                   + (f"; the stopped run's model is saved as{aside} (Load model... to use it)." if aside else "."))
         elif outcome.ok:
             best = getattr(ckpt, "best_epoch", None)
             score = getattr(ckpt, "best_score", None)
-            newest = bool((getattr(ckpt, "train_config", None) or {}).get("continuous"))  # live: the latest
+            newest = is_live(ckpt)  # live: the latest
             extra = f" ({'epoch' if newest else 'best epoch'} {best}" \
                 + (f", validation score {score:.2f})" if score is not None else ")") if best is not None else ""
             stopped = self.task.progress is not None and self.task.progress.cancelled
             notify((f"Training stopped; the {LIVE_KEPT if newest else 'best'} model so far is kept" if stopped
                     else "Training finished")
-                   + extra)
+                   + extra
+                   + (f"; the previous model is saved as{aside} (Load model... to go back)" if aside and stopped
+                      else ""))
         elif outcome.status == "cancelled":
             notify("Training stopped before the first epoch ended; the previous model is unchanged")
         self.finished.emit(outcome)
@@ -299,6 +311,22 @@ def validates_better(new, old) -> bool:
     a = getattr(new, "best_score", None)
     b = getattr(old, "best_score", None)
     return a is not None and (b is None or a > b)
+
+
+def is_live(ckpt) -> bool:
+    """Was ``ckpt`` trained live (``continuous``: until Stop, on picks that came as it ran)?"""
+    return bool((getattr(ckpt, "train_config", None) or {}).get("continuous"))
+
+
+def keeps_stopped(new, old) -> bool:
+    """Does a stopped run's model ``new`` replace the session's model ``old``?
+
+    A planned run cut short: only if it validates better. A live run: always. The user
+    stopped it watching its suggestions, and its validation score cannot be weighed
+    against another model's: live training trains on its validation slab's picks too
+    (``TrainConfig.hold_out``), so its score is in-sample and would win every comparison
+    with a model validated on held-out picks. The model not kept is set aside on disk."""
+    return is_live(new) or validates_better(new, old)
 
 
 # ----------------------------------------------------------------------------- picking
