@@ -3,8 +3,8 @@
 Forty clicks show a small particle in forty orientations; a network taught from them learns
 each orientation nearly from one noisy example. Template matching turns one template
 through every orientation instead. Here the template is the clicks' own average: the
-boxes around them are aligned to each other without a reference (each turned by a random
-rotation first, then turned and shifted to match the average they make, a few times over,
+boxes around them are aligned to each other without a reference (to one of them turned at
+random first, then turned and shifted to match the average they make, a few times over,
 from a few random starts, keeping the average they match best; :func:`build_template`), so
 no map of the complex is needed. The network's candidates of
 that class are then scored by the best normalised cross-correlation (NCC) with the
@@ -42,6 +42,13 @@ SEARCH = 3
 ITERATIONS = 5
 #: alignments from different random starts; the one the clicks match best is kept
 RESTARTS = 4
+#: how an alignment starts: from one particle, turned at random ("particle"), or from the
+#: mean of all, each turned at random ("mean", before session 26). From 28 off-centre
+#: chaperonin clicks, 4 starts from the mean found a template of precision 0.29-0.36 for
+#: two of three random seeds (0.79 for the third); 4 starts from one particle found
+#: 0.95-1.00 for all three, at recall 0.34-0.38 against 0.44-0.49 (capped by the network's
+#: candidates), F1 0.51-0.54 against 0.37-0.56 (benchmarks/README.md, session 26)
+START = "particle"
 #: the class threshold as a share of the clicks' median NCC
 THRESHOLD_SHARE = 0.8
 #: ... lowered in proportion when the clicks' left-out share (_left_out_share) is under
@@ -210,11 +217,19 @@ def _recentred(ref: np.ndarray, mask: np.ndarray, sign: float) -> np.ndarray:
     return ndimage.shift(ref, -com, order=1, mode="nearest").astype(np.float32)
 
 
-def _align(stacks, centred, rots, rng, radius, tilt_range, iterations, mask, sign, progress):
-    """One reference-free alignment from a random start: (average, each particle's NCC with
-    it, the index of each particle's best shift, its best (shift, rotation))."""
+def _align(stacks, centred, rots, rng, radius, tilt_range, iterations, mask, sign, progress, start=None,
+           first: str = START):
+    """One reference-free alignment from a random start (or the average ``start``): (average,
+    each particle's NCC with it, the index of each particle's best shift, its best (shift,
+    rotation)). The random start (``first``, :data:`START`): one particle turned at random
+    ("particle"), or the mean of all turned at random ("mean")."""
     n_rot = len(rots)
-    ref = np.mean([turn(b, rots[rng.integers(n_rot)]) for b in centred], axis=0)
+    if start is not None:
+        ref = start
+    elif first == "particle":
+        ref = turn(np.asarray(centred[rng.integers(len(centred))], np.float32), rots[rng.integers(n_rot)])
+    else:
+        ref = np.mean([turn(b, rots[rng.integers(n_rot)]) for b in centred], axis=0)
     own = np.zeros(len(stacks))
     where = np.zeros(len(stacks), int)
     poses = [(0, 0)] * len(stacks)
@@ -262,7 +277,7 @@ def _left_out_share(stacks, poses, rots, mask, tilt_range: float) -> float:
 
 def build_template(data: Sequence, zyx: Sequence[np.ndarray], radius: float, *, tilt_range: float = 60.0,
                    n_rot: int = ROTATIONS, iterations: int = ITERATIONS, search: int = SEARCH, seed: int = 0,
-                   restarts: int = RESTARTS, progress: Progress | None = None) -> Template:
+                   restarts: int = RESTARTS, first: str = START, progress: Progress | None = None) -> Template:
     """Average the particles at ``zyx`` (voxels, one array per volume of ``data``) into a
     template by reference-free alignment (each may move by up to ``search`` voxels: a click
     is seldom on the centre), and set the class threshold from them. The template's
@@ -281,7 +296,7 @@ def build_template(data: Sequence, zyx: Sequence[np.ndarray], radius: float, *, 
     best = None
     for _ in range(max(1, restarts)):  # alignment can settle on a poor average: keep the best start
         ref, own, where, poses = _align(stacks, centred, rots, rng, radius, tilt_range, iterations, mask, sign,
-                                        progress)
+                                        progress, first=first)
         if best is None or own.mean() > best[1].mean():
             best = (ref, own, where, poses)
     ref, own, where, poses = best

@@ -194,6 +194,11 @@ class TrainConfig:
     # cycle ends low, so its last network is a settled one, and later cycles fine-tune.
     continuous: bool = False
     cycle_epochs: int = 10
+    # Each cycle's peak, relative to the one before. 1.0 (every cycle from the full rate)
+    # replayed on one live stream (benchmarks/replay.py, live26p seed 2, session 26): the
+    # chaperonin 0.40 -> 0.49 at epoch 53, the other classes within 0.01; one stream, so
+    # the default stays.
+    cycle_decay: float = 0.5
     # Live training: a cycle during which the user's picks did not change is not followed by
     # another; the rate stays at the floor until they change (train_plan._Plan._live_cycle).
     settle: bool = True

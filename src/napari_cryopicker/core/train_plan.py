@@ -96,13 +96,13 @@ class _Plan:
             start, period, peak, since = cycles[-1]
             end = start + period
             if not c.settle or any(since <= t < end for t in self._news):
-                cycles.append((end, 2 * period, peak / 2, end))
+                cycles.append((end, 2 * period, peak * c.cycle_decay, end))
                 continue
             later = [t for t in self._news if t >= end]
             if not later or min(later) > into:
                 break  # holding at the floor
             # the news that starts a cycle is the one it learns: later news counts for it
-            cycles.append((min(later), 2 * period, peak / 2, min(later) + 1))
+            cycles.append((min(later), 2 * period, peak * c.cycle_decay, min(later) + 1))
         for start, period, peak, _ in reversed(cycles):
             if into >= start:
                 return peak, min(1.0, (into - start) / period)
